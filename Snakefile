@@ -1,0 +1,12 @@
+# The diffpref DAG for Snakemake: `snakemake --cores all` (or `--config profile=smoke`).
+# Wiring only; the rules live in workflow/rules/ and mirror dvc.yaml stage for stage.
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/pipeline.smk"
+
+
+rule all:
+    input:
+        "results/report",

@@ -1,0 +1,31 @@
+"""Backbones: the models objectives train, behind one interface (see ``base.Backbone``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from diffpref.backbones.base import Backbone, Cond
+
+if TYPE_CHECKING:
+    from diffpref.config import Config
+
+__all__ = ["Backbone", "Cond", "load_backbone", "resolve_device"]
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("params.yaml: device: cuda requested but no GPU is visible")
+    return torch.device(cfg.device)
+
+
+def load_backbone(cfg: Config, device: torch.device) -> Backbone:
+    dtype = getattr(torch, cfg.backbone.dtype)
+    if cfg.backbone.kind == "embedded":
+        from diffpref.backbones.embedded import EmbeddedBackbone
+
+        return EmbeddedBackbone(cfg.path("world"), device, dtype)
+    raise NotImplementedError(f"backbone.kind {cfg.backbone.kind!r} is not available yet")

@@ -1,0 +1,279 @@
+"""Typed, validated ``params.yaml``: one configuration for every stage.
+
+The file is read once per stage, the active ``profile`` is deep-merged over the base values,
+and the result is validated with pydantic *before* any work starts, so a typo costs one clear
+error (file, key, reason, exit code 2) instead of a crashed run an hour later.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from diffpref.objectives import get as get_objective
+from diffpref.world.settings import WorldParams
+
+
+class ConfigError(Exception):
+    """A bad ``params.yaml``: the CLI prints it and exits with code 2."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneParams(_Strict):
+    kind: Literal["embedded", "sd15", "sdxl"] = "embedded"
+    pretrained: str | None = Field(
+        None, description="local diffusers directory or hub id (sd15/sdxl); embedded: world"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class SamplingParams(_Strict):
+    scheduler: Literal["ddim", "dpmsolver"] = "dpmsolver"
+    steps: int = Field(20, ge=1)
+    guidance: float = Field(4.0, ge=0)
+
+
+class PromptParams(_Strict):
+    source: Literal["world", "file"] = "world"
+    n_train: int = Field(512, ge=1)
+    n_eval: int = Field(128, ge=1)
+    file: str | None = None
+
+
+class CandidateParams(_Strict):
+    k: int = Field(4, ge=2, description="candidates per training prompt")
+    batch_size: int = Field(256, ge=1)
+
+
+class RewardParams(_Strict):
+    models: list[str] = Field(default_factory=lambda: ["fidelity", "quality"], min_length=1)
+    batch_size: int = Field(512, ge=1)
+
+
+class LabelParams(_Strict):
+    reward: str = Field("fidelity", description="reward model that ranks candidates")
+    tie_threshold: float = Field(0.05, ge=0, description="pairs closer than this are dropped")
+    pairs: Literal["all", "best_worst"] = "all"
+    listwise_tau: float = Field(0.1, gt=0, description="softmax temperature of LAIR advantages")
+    listwise_standardize: bool = True
+    pointwise_threshold: float | None = Field(
+        None, description="desirable if reward >= this; None: above the prompt's median"
+    )
+
+
+class TrainParams(_Strict):
+    """Shared training settings; an objective may override any of them under ``train:``."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs / lists / images per step")
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float | None = Field(None, description="None: equal to the rank")
+    caption_dropout: float = Field(0.0, ge=0, le=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class TrainOverrides(_Strict):
+    steps: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    lora_rank: int | None = Field(None, ge=1)
+    caption_dropout: float | None = Field(None, ge=0, le=1)
+
+
+class EvaluateParams(_Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    batch_size: int = Field(256, ge=1)
+    bootstrap: int = Field(1000, ge=10)
+    win_reward: str = Field("fidelity", description="reward whose per-sample wins define win rate")
+
+
+class ReportParams(_Strict):
+    grid_prompts: int = Field(8, ge=1)
+
+
+class Objective(BaseModel):
+    """One entry of ``objectives:``: a loss from the registry plus its hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    loss: str
+    params: Any  # the loss module's own validated ``Params``
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
+
+    @property
+    def module(self) -> Any:
+        return get_objective(self.loss)
+
+    @property
+    def labels(self) -> str:
+        return self.params.labels
+
+
+class Config(_Strict):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    profile: str = "default"
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    results: str = "results"
+    world: WorldParams = Field(default_factory=WorldParams)
+    backbone: BackboneParams = Field(default_factory=BackboneParams)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    prompts: PromptParams = Field(default_factory=PromptParams)
+    candidates: CandidateParams = Field(default_factory=CandidateParams)
+    rewards: RewardParams = Field(default_factory=RewardParams)
+    labels: LabelParams = Field(default_factory=LabelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    objectives: dict[str, Objective] = Field(default_factory=dict)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+
+    def train_for(self, objective: str) -> TrainParams:
+        """Shared training settings with the objective's overrides applied."""
+        over = self.objectives[objective].train.model_dump(exclude_none=True)
+        return self.train.model_copy(update=over)
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.results, *parts)
+
+
+def _objective(name: str, entry: Any) -> Objective:
+    if name == "base":
+        raise ConfigError("'base' is reserved for the untrained model")
+    if not isinstance(entry, dict) or "loss" not in entry:
+        raise ConfigError("needs a 'loss' key naming a registered loss")
+    entry = dict(entry)
+    loss = entry.pop("loss")
+    train = entry.pop("train", {})
+    try:
+        module = get_objective(loss)
+    except KeyError as e:
+        raise ConfigError(f"loss: {e.args[0]}") from None
+    return Objective(name=name, loss=loss, params=module.Params(**entry), train=train)
+
+
+def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = [prefix] if prefix else []
+        loc += [str(p) for p in err["loc"]]
+        out.append(f"{path}: {'.'.join(loc)}: {err['msg']}")
+    return out
+
+
+# The params keys each stage reads: dvc.yaml lists exactly these under `params:` and the
+# Snakefile hashes the same sections, so an edit reruns exactly the stages that read it.
+COMMON_KEYS = ["profile", "profiles", "seed"]
+STAGE_KEYS: dict[str, list[str]] = {
+    "world": ["world"],
+    "prompts": ["prompts", "world"],
+    "candidates": ["backbone", "sampling", "candidates"],
+    "rewards": ["rewards"],
+    "labels": ["labels"],
+    "train": ["backbone", "train", "objectives.{objective}"],
+    "evaluate": ["backbone", "sampling", "evaluate", "rewards"],
+    "report": ["report", "evaluate"],
+}
+
+
+def stage_keys(stage: str, objective: str | None = None) -> list[str]:
+    keys = COMMON_KEYS + STAGE_KEYS[stage]
+    return [k.format(objective=objective) for k in keys]
+
+
+def _lookup(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def stage_params(raw: dict[str, Any], stage: str, objective: str | None = None) -> dict:
+    """The raw params sections a stage reads (what its params hash and MLflow params cover)."""
+    return {k: _lookup(raw, k) for k in stage_keys(stage, objective)}
+
+
+def params_hash(raw: dict[str, Any], stage: str, objective: str | None = None) -> str:
+    blob = json.dumps(stage_params(raw, stage, objective), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_raw(path: str | Path, profile: str | None = None) -> dict[str, Any]:
+    """The file's mapping with ``profile`` (from the argument or the file) merged in."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    if profile is not None:
+        raw["profile"] = profile
+    name = raw.get("profile", "default")
+    profiles = raw.get("profiles") or {}
+    if name != "default":
+        if name not in profiles:
+            known = ", ".join(["default", *profiles])
+            raise ConfigError(f"{path}: profile: unknown profile {name!r} (known: {known})")
+        raw = deep_merge(raw, profiles[name])
+    return raw
+
+
+def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[Config, dict]:
+    """Validated config plus the merged raw mapping (for hashing and logging)."""
+    path = Path(path)
+    raw = read_raw(path, profile)
+    rest = {k: v for k, v in raw.items() if k != "objectives"}
+    errors: list[str] = []
+    cfg = None
+    try:
+        cfg = Config.model_validate(rest)
+    except ValidationError as e:
+        errors += _errors(path, "", e)
+    objectives = raw.get("objectives") or {}
+    if not isinstance(objectives, dict):
+        errors.append(f"{path}: objectives: must be a mapping name -> {{loss: ..., ...}}")
+        objectives = {}
+    parsed = {}
+    for name, entry in objectives.items():
+        try:
+            parsed[name] = _objective(str(name), entry)
+        except ValidationError as e:
+            errors += _errors(path, f"objectives.{name}", e)
+        except ConfigError as e:
+            errors.append(f"{path}: objectives.{name}: {e}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    assert cfg is not None
+    cfg.objectives = parsed
+    return cfg, raw

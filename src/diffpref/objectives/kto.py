@@ -1,0 +1,63 @@
+"""Diffusion-KTO — Li et al., arXiv 2404.04465 (NeurIPS 2024); code
+``jacklishufan/diffusion-kto`` (``train_kto_sd_v1.5.py``).
+
+Per-image binary labels (desirable / undesirable), no pairs. With per-sample errors (**mean**
+over latent elements) of the model and the frozen reference on the same ``(t, ε)``::
+
+    g = mse_ref − mse_θ                         # implicit reward of each image
+    z = clamp(mean_batch(g), min=0)             # reference point, detached
+    h = σ(sign · β · (g − z)),  sign = +1 desirable, −1 undesirable
+    L = mean(w_y · (1 − h)),   w_y = λ_D or λ_U
+
+``z`` is a baseline, not a target: the official code detaches it (``bce_offset=none``) so the
+gradient only moves each image's own ``g``. ``[I]`` The official ``z`` is all-reduced over
+GPUs; here it is the mean over the batch handed in (the loop may pass a larger batch, or a
+running mean, if it wants the multi-GPU behaviour). ``Errors.beta_scale`` multiplies β.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from diffpref.objectives.base import (
+    Errors,
+    Metrics,
+    ParamsBase,
+    check_groups,
+    detached,
+    effective_beta,
+    per_sample,
+)
+
+NEEDS_REFERENCE = True
+
+
+class Params(ParamsBase):
+    labels: Literal["pointwise"] = "pointwise"
+    beta: float = Field(1000.0, gt=0, description="official beta_dpo default")
+    lambda_d: float = Field(1.0, ge=0, description="weight of desirable images")
+    lambda_u: float = Field(1.0, ge=0, description="weight of undesirable images")
+
+
+def loss(e: Errors, p: Params) -> tuple[Tensor, Metrics]:
+    m = check_groups(e.model, 1, "model")[:, 0]
+    r = check_groups(e.ref, 1, "ref")[:, 0].detach()
+    good = per_sample(e.desirable, m.shape[0], "desirable").bool()
+    g = r - m
+    z = g.mean().clamp(min=0).detach()
+    sign = torch.where(good, 1.0, -1.0).to(g.dtype)
+    h = torch.sigmoid(sign * effective_beta(p.beta, e, g) * (g - z))
+    w = torch.where(good, p.lambda_d, p.lambda_u).to(g.dtype)
+    value = (w * (1 - h)).mean()
+    metrics = detached(
+        implicit_acc=(sign * (g - z) > 0).float(),
+        reference_point=z,
+        implicit_reward=g,
+        model_err=m,
+        ref_err=r,
+    )
+    return value, metrics

@@ -1,0 +1,63 @@
+"""SoftREPA — Lee, Cha, Kim, Ye, "Aligning Text to Image in Diffusion Models is Easier Than You
+Think", arXiv 2503.08250 (NeurIPS 2025); code ``softrepa/SoftREPA`` (``train.py``).
+
+The backbone is frozen; only a few soft text tokens are trained, contrastively over the
+image–caption pairs of a batch, with the denoising error as the (negative) logit. One ``t``
+and **one noise tensor shared by every pair**; ``err[i, j]`` = per-sample **mean** over latent
+elements of ``(pred(x_t^i, c^j) − target)²``::
+
+    logits[i, j] = scale · exp(−err[i, j] / temp)          # scale 4.0, temp 0.07 (fixed)
+    L = CE(logits, targets = diagonal) + dweight · mean_i err[i, i]
+
+The code declares ``scale``/``temp`` as ``nn.Parameter`` but never gives them to the optimiser,
+so they are constants here. The paper writes a timestep-dependent τ(t); the code uses 0.07.
+
+Signature: ``loss(err_matrix [B_img, B_txt], p) -> (loss, metrics)``; caption ``i`` belongs to
+image ``i`` (``B_txt ≥ B_img``; extra captions are negatives only).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from diffpref.objectives.base import Metrics, ParamsBase, denoising_error, detached
+
+NEEDS_REFERENCE = False
+
+
+class Params(ParamsBase):
+    labels: Literal["captions"] = "captions"
+    n_tokens: int = Field(4, ge=1, description="soft tokens per conditioned block")
+    scale: float = Field(4.0, gt=0, description="logit scale")
+    temp: float = Field(0.07, gt=0, description="temperature on the denoising error")
+    dweight: float = Field(10.0, ge=0, description="weight of the matched-pair denoising loss")
+
+
+def error_matrix(pred: Tensor, target: Tensor) -> Tensor:
+    """``[B_img, B_txt]`` errors from ``pred [B_img, B_txt, C, H, W]`` and a broadcastable
+    target (the shared noise ``[C, H, W]``)."""
+    return denoising_error(pred, target, n_batch_dims=2)
+
+
+def loss(err_matrix: Tensor, p: Params) -> tuple[Tensor, Metrics]:
+    if err_matrix.ndim != 2 or err_matrix.shape[1] < err_matrix.shape[0]:
+        shape = tuple(err_matrix.shape)
+        raise ValueError(f"err_matrix must be [B_img, B_txt >= B_img], got {shape}")
+    b = err_matrix.shape[0]
+    logits = p.scale * torch.exp(-err_matrix / p.temp)
+    targets = torch.arange(b, device=err_matrix.device)
+    pos = err_matrix.diagonal()
+    value = F.cross_entropy(logits, targets) + p.dweight * pos.mean()
+    neg_mask = torch.ones_like(err_matrix, dtype=torch.bool)
+    neg_mask[targets, targets] = False
+    metrics = detached(
+        contrastive_acc=(logits.argmax(dim=1) == targets).float(),
+        pos_err=pos,
+        neg_err=err_matrix[neg_mask] if neg_mask.any() else pos.new_zeros(()),
+    )
+    return value, metrics

@@ -1,0 +1,171 @@
+"""The comparison report: one table objective x metric, plots and a same-seed image grid."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from diffpref import evaluation
+from diffpref.io import read_json
+
+
+def comparison_table(
+    results: Path, names: list[str], versus: str | None, win_reward: str, n_boot: int
+) -> pd.DataFrame:
+    """One row per model (base first): rewards, win rates with CIs, accuracy, cost."""
+    rows = []
+    scores = {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
+    for n in names:
+        m = read_json(results / "eval" / n / "metrics.json")
+        row: dict = {"model": n}
+        for reward, r in m["reward"].items():
+            row[f"{reward}_mean"] = r["mean"]
+            row[f"{reward}_ci"] = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        if n != "base":
+            w = m["win_vs_base"][win_reward]
+            row["win_vs_base"] = w["win_rate"]
+            row["win_vs_base_ci"] = f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
+            row["win_vs_base_ci_low"] = w["ci_low"]
+        if versus and versus in scores and n not in ("base", versus):
+            w = evaluation.win_rate(
+                _reward(scores[n], win_reward), _reward(scores[versus], win_reward), n_boot
+            )
+            row[f"win_vs_{versus}"] = w["win_rate"]
+            row[f"win_vs_{versus}_ci"] = f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
+        for cat, acc in m["accuracy"].get(win_reward, {}).items():
+            row[f"acc_{cat}"] = acc
+        row["diversity"] = m["diversity"]
+        tm = results / "adapters" / n / "train_metrics.json"
+        if tm.is_file():
+            s = read_json(tm)["summary"]
+            row.update(
+                train_time_s=s["train_time_s"], groups_per_s=s["groups_per_s"],
+                peak_memory_mb=s["peak_memory_mb"], trainable_params=s["trainable_params"],
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _reward(df: pd.DataFrame, reward: str) -> pd.DataFrame:
+    return df[df.reward == reward][["prompt_id", "seed", "score"]]
+
+
+def plot_rewards(results: Path, names: list[str], out: Path) -> None:
+    metrics = {n: read_json(results / "eval" / n / "metrics.json") for n in names}
+    rewards = list(metrics[names[0]]["reward"])
+    fig, axes = plt.subplots(1, len(rewards), figsize=(4 * len(rewards), 3.2), squeeze=False)
+    for ax, r in zip(axes[0], rewards):
+        mean = [metrics[n]["reward"][r]["mean"] for n in names]
+        lo = [mean[i] - metrics[n]["reward"][r]["ci_low"] for i, n in enumerate(names)]
+        hi = [metrics[n]["reward"][r]["ci_high"] - mean[i] for i, n in enumerate(names)]
+        ax.bar(names, mean, yerr=[lo, hi], capsize=3, color="#4c72b0")
+        ax.set_title(f"held-out {r} (95% CI)")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_training(results: Path, names: list[str], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for n in names:
+        tm = results / "adapters" / n / "train_metrics.json"
+        if tm.is_file():
+            h = read_json(tm)["history"]
+            ax.plot([r["step"] for r in h], [r["loss"] for r in h], label=n)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def image_grid(results: Path, names: list[str], n_prompts: int, out: Path) -> None:
+    """Rows: models; columns: the same (prompt, seed) samples, so differences are the method's."""
+    keys = pd.read_parquet(results / "eval" / names[0] / "samples.parquet")
+    prompts = pd.read_parquet(results / "prompts" / "eval.parquet")
+    first = keys.drop_duplicates("prompt_id").index[:n_prompts].to_numpy()
+    text = dict(zip(prompts.prompt_id, prompts.prompt))
+    fig, axes = plt.subplots(
+        len(names), len(first), figsize=(1.3 * len(first), 1.4 * len(names) + 0.8), squeeze=False
+    )
+    for i, n in enumerate(names):
+        imgs = np.load(results / "eval" / n / "samples.npy", mmap_mode="r")
+        for j, k in enumerate(first):
+            img = np.asarray(imgs[k]).transpose(1, 2, 0)
+            ax = axes[i][j]
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0,
+                      vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(n, fontsize=8)
+            if i == 0:
+                ax.set_title(_wrap(text[keys.prompt_id[k]]), fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _wrap(s: str, width: int = 22) -> str:
+    words, lines, cur = s.split(), [], ""
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "\n".join([*lines, cur])
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join("" if pd.isna(r[c]) else fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def to_html(title: str, sections: list[tuple[str, str]], images: list[Path]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for head, md in sections:
+        body.append(f"<h2>{html.escape(head)}</h2>")
+        body.append(_md_block_to_html(md))
+    for img in images:
+        data = base64.b64encode(img.read_bytes()).decode()
+        body.append(f'<h3>{html.escape(img.stem)}</h3><img src="data:image/png;base64,{data}">')
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"\
+           f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def _md_block_to_html(md: str) -> str:
+    """Markdown tables become HTML tables; other lines become paragraphs."""
+    out, rows = [], []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line.replace("|", "").strip()) <= set("-: "):
+                rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            head, *rest = rows
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+                                 for r in rest) + "</table>")
+            rows = []
+        if line.strip():
+            out.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
+    return "\n".join(out)

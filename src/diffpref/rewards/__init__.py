@@ -1,0 +1,62 @@
+"""Reward models behind one ``score(images, prompts)`` interface, loaded lazily by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from diffpref.config import Config
+
+
+def _world_reward(name: str) -> Callable[[Config, torch.device], object]:
+    def load(cfg: Config, device: torch.device):
+        if name == "fidelity":
+            from diffpref.rewards.fidelity import FidelityReward as cls
+        else:
+            from diffpref.rewards.quality import QualityReward as cls
+        return cls.load(Path(cfg.path("world", "rewards", name)), device)
+
+    return load
+
+
+REGISTRY: dict[str, Callable[[Config, torch.device], object]] = {
+    "fidelity": _world_reward("fidelity"),
+    "quality": _world_reward("quality"),
+}
+
+
+def load_reward(name: str, cfg: Config, device: torch.device):
+    if name not in REGISTRY:
+        raise KeyError(f"unknown reward model {name!r} (known: {', '.join(REGISTRY)})")
+    return REGISTRY[name](cfg, device)
+
+
+@torch.no_grad()
+def score_table(
+    models: dict[str, object], images: np.ndarray, prompts: list[str], keys: pd.DataFrame,
+    batch_size: int, device: torch.device,
+) -> pd.DataFrame:
+    """Long table ``keys + reward, score[, correct]`` for every model and image.
+
+    ``images`` is uint8 [N,C,H,W]; ``keys`` holds the identifying columns of each image row.
+    """
+    out = []
+    for name, model in models.items():
+        scores, correct = [], []
+        for s in tqdm(range(0, len(images), batch_size), desc=f"reward {name}", unit="batch"):
+            x = torch.from_numpy(images[s : s + batch_size]).to(device).float() / 255
+            p = prompts[s : s + batch_size]
+            scores.append(model.score(x, p).float().cpu())
+            if hasattr(model, "correct"):
+                correct.append(model.correct(x, p).cpu())
+        df = keys.copy()
+        df["reward"] = name
+        df["score"] = torch.cat(scores).numpy()
+        df["correct"] = torch.cat(correct).numpy().astype(float) if correct else np.nan
+        out.append(df)
+    return pd.concat(out, ignore_index=True)

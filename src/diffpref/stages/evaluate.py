@@ -1,0 +1,79 @@
+"""evaluate@<objective> / evaluate_base: held-out generation with shared seeds, then scores.
+
+Every objective samples the same held-out prompts from the same per-sample seeds as the base
+model, so win rates compare like with like.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from diffpref import evaluation, training
+from diffpref.backbones import load_backbone, resolve_device
+from diffpref.io import atomic_dir, read_table, write_json
+from diffpref.rewards import load_reward, score_table
+from diffpref.stages.candidates import generate
+
+
+def run(ctx) -> None:
+    cfg, name = ctx.cfg, ctx.objective
+    ev = cfg.evaluate
+    device = resolve_device(cfg)
+    prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
+    base_scores = None
+    if name != "base":
+        base_scores = read_table(
+            cfg.path("eval", "base", "scores.parquet"), ["prompt_id", "seed", "reward", "score"]
+        )
+    backbone = load_backbone(cfg, device)
+    if name != "base":
+        training.load_lora(backbone.unet, cfg.path("adapters", name))
+    seeds = [list(ev.seeds) for _ in range(len(prompts))]
+    images, latents, _ = generate(
+        backbone, prompts.prompt.tolist(), seeds, cfg.sampling, ev.batch_size, desc=f"eval {name}"
+    )
+    keys = pd.DataFrame(
+        {
+            "prompt_id": np.repeat(prompts.prompt_id.to_numpy(), len(ev.seeds)),
+            "seed": np.tile(np.asarray(ev.seeds), len(prompts)),
+        }
+    )
+    text = np.repeat(prompts.prompt.to_numpy(), len(ev.seeds)).tolist()
+    models = {r: load_reward(r, cfg, device) for r in cfg.rewards.models}
+    scores = score_table(models, images.numpy(), text, keys, ev.batch_size, device)
+    if "category" in prompts:
+        scores = scores.merge(prompts[["prompt_id", "category"]], on="prompt_id", how="left")
+    metrics = summarize(scores, base_scores, latents.numpy(), keys, ev)
+    metrics["objective"] = name
+    with atomic_dir(cfg.path("eval", name)) as tmp:
+        scores.to_parquet(tmp / "scores.parquet")
+        np.save(tmp / "samples.npy", images.numpy())
+        keys.to_parquet(tmp / "samples.parquet")
+        write_json(tmp / "metrics.json", metrics)
+    ctx.run.log_metrics(flat_numbers(metrics))
+
+
+def summarize(scores: pd.DataFrame, base: pd.DataFrame | None, latents: np.ndarray,
+              keys: pd.DataFrame, ev) -> dict:
+    out: dict = {"reward": {}, "win_vs_base": {}, "accuracy": {}}
+    for reward, g in scores.groupby("reward"):
+        out["reward"][reward] = evaluation.mean_ci(g, "score", ev.bootstrap)
+        if base is not None:
+            b = base[base.reward == reward]
+            out["win_vs_base"][reward] = evaluation.win_rate(g, b, ev.bootstrap)
+        if g.correct.notna().all() and "category" in g:
+            out["accuracy"][reward] = evaluation.per_category(g)
+    out["diversity"] = evaluation.diversity(latents, keys.prompt_id.to_numpy())
+    out["n_samples"] = len(keys)
+    return out
+
+
+def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_numbers(v, f"{prefix}{k}."))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out

@@ -1,0 +1,39 @@
+"""labels: pairwise, smoothed, listwise and pointwise label files from the rewards."""
+
+from __future__ import annotations
+
+from diffpref import labels
+from diffpref.io import atomic_dir, read_table
+
+
+def run(ctx) -> None:
+    cfg = ctx.cfg.labels
+    rewards = read_table(
+        ctx.cfg.path("rewards", "rewards.parquet"), ["prompt_id", "cand_idx", "reward", "score"]
+    )
+    scores = labels.score_matrix(rewards, cfg.reward)
+    pairs = labels.pairwise(scores, cfg.tie_threshold, cfg.pairs)
+    if pairs.empty:
+        raise ValueError(
+            f"labels: no pair of candidates differs by more than labels.tie_threshold="
+            f"{cfg.tie_threshold} on reward {cfg.reward!r}; lower the threshold or add candidates"
+        )
+    tables = {
+        "pairwise": pairs,
+        "smoothed": labels.smoothed(pairs, scores),
+        "listwise": labels.listwise(scores, cfg.listwise_tau, cfg.listwise_standardize),
+        "pointwise": labels.pointwise(scores, cfg.pointwise_threshold),
+    }
+    with atomic_dir(ctx.cfg.path("labels")) as tmp:
+        for name, df in tables.items():
+            df.to_parquet(tmp / f"{name}.parquet")
+    n_possible = len(scores) * scores.shape[1] * (scores.shape[1] - 1) // 2
+    ctx.run.log_metrics(
+        {
+            "n_pairs": len(pairs),
+            "tie_fraction": 1 - len(pairs) / max(n_possible, 1) if cfg.pairs == "all" else 0.0,
+            "mean_margin": float(pairs.margin.mean()),
+            "n_desirable": int(tables["pointwise"].desirable.sum()),
+            "n_lists": int(tables["listwise"].prompt_id.nunique()),
+        }
+    )

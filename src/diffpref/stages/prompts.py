@@ -1,0 +1,38 @@
+"""prompts: the train/eval prompt tables every later stage reads."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from diffpref.io import atomic_dir
+
+
+def run(ctx) -> None:
+    cfg = ctx.cfg
+    p = cfg.prompts
+    if p.source == "world":
+        from diffpref.world.prompts import generate_prompts
+
+        df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed)
+    else:
+        raise NotImplementedError("prompts.source: file is not available yet")
+    check_prompts(df)
+    with atomic_dir(cfg.path("prompts")) as tmp:
+        for split in ("train", "eval"):
+            df[df.split == split].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet")
+    ctx.run.log_metrics({f"n_{s}": int((df.split == s).sum()) for s in ("train", "eval")})
+    if "category" in df:
+        for cat, n in df[df.split == "eval"].category.value_counts().items():
+            ctx.run.log_metric(f"n_eval_{cat}", int(n))
+
+
+def check_prompts(df: pd.DataFrame) -> None:
+    for col in ("prompt_id", "prompt", "split"):
+        if col not in df:
+            raise ValueError(f"prompt table lacks column {col!r}")
+    if df.prompt_id.duplicated().any():
+        raise ValueError("duplicate prompt_id values in the prompt table")
+    if (df.prompt.str.strip() == "").any():
+        raise ValueError("empty prompts in the prompt table")
+    if not set(df.split) <= {"train", "eval"}:
+        raise ValueError(f"unknown split values {set(df.split) - {'train', 'eval'}}")

@@ -1,0 +1,27 @@
+"""rewards: every configured reward model scores every candidate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffpref.backbones import resolve_device
+from diffpref.io import atomic_dir, read_table
+from diffpref.rewards import load_reward, score_table
+
+
+def run(ctx) -> None:
+    cfg = ctx.cfg
+    device = resolve_device(cfg)
+    cands = read_table(cfg.path("candidates", "candidates.parquet"), ["prompt_id", "cand_idx"])
+    prompts = read_table(cfg.path("candidates", "prompts.parquet"), ["prompt_id", "prompt"])
+    text = cands.merge(prompts[["prompt_id", "prompt"]], on="prompt_id", how="left").prompt
+    images = np.load(cfg.path("candidates", "images.npy"), mmap_mode="r")
+    models = {name: load_reward(name, cfg, device) for name in cfg.rewards.models}
+    table = score_table(
+        models, images, text.tolist(), cands[["prompt_id", "cand_idx"]],
+        cfg.rewards.batch_size, device,
+    )
+    with atomic_dir(cfg.path("rewards")) as tmp:
+        table.to_parquet(tmp / "rewards.parquet")
+    for name, g in table.groupby("reward"):
+        ctx.run.log_metric(f"mean_{name}", float(g.score.mean()))

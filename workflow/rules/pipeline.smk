@@ -1,0 +1,154 @@
+# One rule per stage; inputs are the stage's source files and upstream artifacts (as in dvc.yaml).
+SRC = "src/diffpref"
+
+
+rule world:
+    input:
+        f"{SRC}/stages/world.py",
+        py(f"{SRC}/world"),
+    output:
+        directory("results/world"),
+    params:
+        p=params_of("world"),
+    threads: workflow.cores
+    shell:
+        cmd("world")
+
+
+rule prompts:
+    input:
+        f"{SRC}/stages/prompts.py",
+        f"{SRC}/world/prompts.py",
+    output:
+        directory("results/prompts"),
+    params:
+        p=params_of("prompts"),
+    threads: 1
+    shell:
+        cmd("prompts")
+
+
+rule candidates:
+    input:
+        f"{SRC}/stages/candidates.py",
+        py(f"{SRC}/backbones"),
+        "results/world",
+        "results/prompts",
+    output:
+        directory("results/candidates"),
+    params:
+        p=params_of("candidates"),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    shell:
+        cmd("candidates")
+
+
+rule rewards:
+    input:
+        f"{SRC}/stages/rewards.py",
+        py(f"{SRC}/rewards"),
+        "results/world",
+        "results/candidates",
+    output:
+        directory("results/rewards"),
+    params:
+        p=params_of("rewards"),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    shell:
+        cmd("rewards")
+
+
+rule labels:
+    input:
+        f"{SRC}/stages/labels.py",
+        f"{SRC}/labels.py",
+        "results/rewards",
+    output:
+        directory("results/labels"),
+    params:
+        p=params_of("labels"),
+    threads: 1
+    shell:
+        cmd("labels")
+
+
+rule train:
+    input:
+        f"{SRC}/stages/train.py",
+        f"{SRC}/training.py",
+        py(f"{SRC}/objectives"),
+        py(f"{SRC}/backbones"),
+        "results/world",
+        "results/candidates",
+        "results/labels",
+    output:
+        directory("results/adapters/{objective}"),
+    params:
+        p=lambda w: params_of("train", w.objective),
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        cmd("train", "{wildcards.objective}")
+
+
+rule evaluate_base:
+    input:
+        f"{SRC}/stages/evaluate.py",
+        f"{SRC}/evaluation.py",
+        py(f"{SRC}/backbones"),
+        py(f"{SRC}/rewards"),
+        "results/world",
+        "results/prompts",
+    output:
+        directory("results/eval/base"),
+    params:
+        p=params_of("evaluate"),
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        cmd("evaluate", "base")
+
+
+rule evaluate:
+    input:
+        f"{SRC}/stages/evaluate.py",
+        f"{SRC}/evaluation.py",
+        py(f"{SRC}/backbones"),
+        py(f"{SRC}/rewards"),
+        "results/world",
+        "results/prompts",
+        "results/adapters/{objective}",
+        "results/eval/base",
+    output:
+        directory("results/eval/{objective}"),
+    params:
+        p=params_of("evaluate"),
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        cmd("evaluate", "{wildcards.objective}")
+
+
+rule report:
+    input:
+        f"{SRC}/stages/report.py",
+        f"{SRC}/report.py",
+        "results/world",
+        expand("results/adapters/{objective}", objective=OBJECTIVES),
+        expand("results/eval/{objective}", objective=["base", *OBJECTIVES]),
+    output:
+        directory("results/report"),
+        "results/metrics.json",
+        "results/plots/comparison.csv",
+    params:
+        p=params_of("report"),
+    threads: 1
+    shell:
+        cmd("report")
