@@ -1,43 +1,52 @@
-"""The one training loop: LoRA on the backbone's UNet, any objective from the registry.
+"""The one training loop, for every objective in the registry.
 
-Per step: draw a batch of groups (pairs, lists or single images), share one timestep and one
-noise draw within each group, compute per-sample denoising errors of the trained model (and of
-the reference, adapters disabled, when the objective needs one), hand them to the objective's
-pure ``loss`` and step the optimiser. Checkpoints are written atomically so an interrupted run
-resumes where it stopped.
+Per step: draw a batch of training units, let the objective's *method* turn it into a loss
+(errors of the trained model and, where needed, of the reference), step the optimiser, run the
+method's after-step hook. Two methods cover every objective:
+
+- ``GroupMethod`` (LoRA): pairs, lists or single images share one timestep and one noise draw
+  per group; the pure ``loss(Errors, params)`` of the objective does the math. Named hooks:
+  Rethinking-DPO timestep sampling, reward scale λ(t) and moving reference; SmPO's ReNoise
+  inversion.
+- ``CaptionMethod`` (soft tokens, backbone frozen): every image of the batch against every
+  caption of the batch (SoftREPA, AGSM), one timestep and one noise for the whole batch.
+
+Checkpoints are written atomically every ``checkpoint_every`` steps; an interrupted run resumes
+from the last one (same params hash) and ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import resource
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from peft import LoraConfig
+from diffusers import DDIMInverseScheduler
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
+from diffpref import adapters
 from diffpref.backbones.base import Backbone, Cond, cond_index
 from diffpref.io import read_table
+from diffpref.objectives import rethinking
 from diffpref.objectives.base import Errors, denoising_error
+from diffpref.objectives.smpo import renoise_invert
 
 if TYPE_CHECKING:
     from diffpref.config import Objective, TrainParams
 
 log = logging.getLogger(__name__)
-
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 @dataclass
@@ -79,8 +88,7 @@ def load_train_data(results: Path, labels: str) -> TrainData:
             extras["prob"] = torch.tensor(df.prob.to_numpy(), dtype=torch.float32)
     elif labels == "listwise":
         df = read_table(ldir / "listwise.parquet", ["prompt_id", "cand_idx", "advantage"])
-        df = df.sort_values(["prompt_id", "cand_idx"])
-        lists = list(df.groupby("prompt_id", sort=True))
+        lists = list(df.sort_values(["prompt_id", "cand_idx"]).groupby("prompt_id", sort=True))
         groups = [[row[p, int(c)] for c in g.cand_idx] for p, g in lists]
         pids = pd.Series([p for p, _ in lists])
         extras["advantage"] = torch.tensor(
@@ -110,27 +118,6 @@ def load_train_data(results: Path, labels: str) -> TrainData:
     )
 
 
-@contextmanager
-def adapters_disabled(unet) -> Iterator[None]:
-    """The base model as reference; adapters are re-enabled even if the forward raises."""
-    unet.disable_adapters()
-    try:
-        yield
-    finally:
-        unet.enable_adapters()
-
-
-def add_lora(unet, rank: int, alpha: float | None) -> list[torch.nn.Parameter]:
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
-    )
-    unet.add_adapter(config)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:  # trainable LoRA weights in fp32 even when the base runs in bf16/fp16
-        p.data = p.data.float()
-    return params
-
-
 def batch_iterator(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
     """Shuffled epochs without replacement; a batch never spans two permutations."""
     while True:
@@ -141,42 +128,225 @@ def batch_iterator(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Te
             yield perm[s : s + batch_size]
 
 
+def drop_captions(cond: Cond, uncond: Cond, p: float, gen: torch.Generator) -> Cond:
+    """Replace a fraction ``p`` of the captions by the empty prompt (official DPO: 20%)."""
+    if p <= 0:
+        return cond
+    b = next(iter(cond.values())).shape[0]
+    drop = torch.rand(b, generator=gen) < p
+    return {
+        k: torch.where(drop.to(v.device).view(-1, *[1] * (v.dim() - 1)), uncond[k].to(v), v)
+        for k, v in cond.items()
+    }
+
+
+def as_eps(backbone: Backbone, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The model output as a noise prediction (v-prediction converted)."""
+    if backbone.prediction_type == "epsilon":
+        return out
+    a = backbone.noise_scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1).to(out)
+    return a.sqrt() * out + (1 - a).sqrt() * x_t
+
+
 @dataclass
 class StepInputs:
     x_t: Tensor  # [B*G, C, H, W]
     target: Tensor  # [B*G, C, H, W]
     t: Tensor  # [B] shared within a group
     cond: Cond  # [B*G, ...]
+    group: int  # G
 
 
-def make_inputs(
-    backbone: Backbone, data: TrainData, idx: Tensor, t: Tensor, gen: torch.Generator,
-    caption_dropout: float,
-) -> StepInputs:
-    rows = data.groups[idx]  # [B, G]
-    b, g = rows.shape
-    x0 = data.latents[rows.flatten()].to(backbone.dtype)
-    cond = cond_index(data.text, data.prompt_rows[idx])
-    if caption_dropout > 0:
-        drop = torch.rand(b, generator=gen).to(x0.device) < caption_dropout
-        cond = {
-            k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), data.uncond[k].to(v), v)
-            for k, v in cond.items()
-        }
-    noise = torch.randn((b, *x0.shape[1:]), generator=gen).to(x0)
-    noise = noise.repeat_interleave(g, 0)  # one noise draw per group, as in official DPO
-    t_rep = t.repeat_interleave(g, 0)
-    x_t = backbone.noise_scheduler.add_noise(x0, noise, t_rep)
-    return StepInputs(
-        x_t=x_t, target=backbone.target(x0, noise, t_rep), t=t,
-        cond={k: v.repeat_interleave(g, 0).to(backbone.dtype) for k, v in cond.items()},
-    )
+class GroupMethod:
+    """LoRA on groups of images of one prompt (pairs, lists, single images)."""
+
+    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams,
+                 data: TrainData):
+        self.backbone, self.data, self.tp = backbone, data, tp
+        self.module, self.hp = objective.module, objective.params
+        self.unet = backbone.unet
+        self.params = adapters.add_lora(self.unet, tp.lora_rank, tp.lora_alpha)
+        self.rt: rethinking.Params | None = getattr(self.hp, "rethinking", None)
+        self.moving_ref = self.schedule = None
+        if self.rt is not None and self.module.NEEDS_REFERENCE:
+            self.moving_ref = adapters.MovingReference(self.unet, tp.lora_rank, tp.lora_alpha)
+            self.schedule = rethinking.ReferenceSchedule(self.rt.reference_every, self.rt.delta)
+        self.grid = None
+        if getattr(self.hp, "inversion_steps", 0):
+            inv = DDIMInverseScheduler.from_config(backbone.noise_scheduler.config)
+            inv.set_timesteps(self.hp.inversion_steps)
+            self.grid = inv.timesteps.sort().values
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.backbone.noise_scheduler.config.num_train_timesteps
+
+    def sample_t(self, n: int, gen: torch.Generator) -> Tensor:
+        if self.rt is not None:
+            return rethinking.sample_timesteps(
+                n, self.num_train_timesteps, self.rt.timestep_bins, self.rt.timestep_gamma, gen
+            )
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=gen)
+
+    def inputs(self, rows: Tensor, prompt_rows: Tensor, t: Tensor, gen: torch.Generator
+               ) -> StepInputs:
+        bb, data, g = self.backbone, self.data, rows.shape[1]
+        x0 = data.latents[rows.flatten()].to(bb.dtype)
+        cond = drop_captions(cond_index(data.text, prompt_rows), data.uncond,
+                             self.tp.caption_dropout, gen)
+        cond = {k: v.repeat_interleave(g, 0).to(bb.dtype) for k, v in cond.items()}
+        t_rep = t.repeat_interleave(g, 0).to(x0.device)
+        noise = torch.randn((len(rows), *x0.shape[1:]), generator=gen).to(x0)
+        noise = noise.repeat_interleave(g, 0)  # one noise draw per group, as in official DPO
+        if self.grid is None:
+            x_t = bb.noise_scheduler.add_noise(x0, noise, t_rep)
+        else:  # SmPO: the current model's ReNoise inversion gives input and implied noise
+            def eps_fn(x: Tensor, tau: Tensor) -> Tensor:
+                return as_eps(bb, bb.predict(x, tau, cond), x, tau)
+
+            x_t, noise = renoise_invert(
+                eps_fn, x0, t_rep, bb.noise_scheduler.alphas_cumprod, self.grid.to(x0.device)
+            )
+            x_t, noise = x_t.to(x0), noise.to(x0)
+        return StepInputs(x_t, bb.target(x0, noise, t_rep), t.to(x0.device), cond, g)
+
+    def errors(self, inp: StepInputs) -> Tensor:
+        t_rep = inp.t.repeat_interleave(inp.group, 0)
+        pred = self.backbone.predict(inp.x_t, t_rep, inp.cond)
+        return denoising_error(pred.float(), inp.target.float()).view(-1, inp.group)
+
+    def reference_errors(self, inp: StepInputs) -> Tensor:
+        ctx = self.moving_ref.active() if self.moving_ref else adapters.adapters_disabled(self.unet)
+        with torch.no_grad(), ctx:
+            return self.errors(inp)
+
+    def step(self, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        t = self.sample_t(len(idx), gen)
+        inp = self.inputs(self.data.groups[idx], self.data.prompt_rows[idx], t, gen)
+        ref = self.reference_errors(inp) if self.module.NEEDS_REFERENCE else None
+        model = self.errors(inp)
+        extra = lambda k: self.data.extras[k][idx] if k in self.data.extras else None  # noqa: E731
+        scale = None
+        if self.rt is not None and self.rt.reward_scale:
+            scale = rethinking.reward_scale(self.backbone.noise_scheduler.alphas_cumprod, inp.t.cpu())
+            scale = scale.to(model.device, model.dtype)
+        errs = Errors(model=model, ref=ref, t=inp.t, beta_scale=scale, prob=extra("prob"),
+                      advantage=extra("advantage"), desirable=extra("desirable"))
+        return self.module.loss(errs, self.hp)
+
+    def after_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
+        if self.schedule is None:
+            return {}
+        action = self.schedule.step(step, lambda: self.divergence(gen))
+        if action == "copy":
+            self.moving_ref.copy_policy()
+        if action is None:
+            return {}
+        return {"ref_divergence": self.schedule.last_divergence,
+                "ref_frozen": float(self.schedule.frozen)}
+
+    @torch.no_grad()
+    def divergence(self, gen: torch.Generator) -> float:
+        """D(reference, initial model) on a few winner latents with shared (t, noise)."""
+        n = min(self.rt.divergence_images, len(self.data.groups))
+        idx = torch.randperm(len(self.data.groups), generator=gen)[:n].to(self.data.groups.device)
+        t = torch.randint(0, self.num_train_timesteps, (n,), generator=gen)
+        inp = self.inputs(self.data.groups[idx][:, :1], self.data.prompt_rows[idx], t, gen)
+        with self.moving_ref.active():
+            ref = self.errors(inp)
+        with adapters.adapters_disabled(self.unet):
+            init = self.errors(inp)
+        return float(rethinking.divergence(ref[:, 0], init[:, 0], self.num_train_timesteps))
+
+    def state(self) -> dict:
+        s = {"lora": get_peft_model_state_dict(self.unet, adapter_name="default")}
+        if self.moving_ref:
+            s.update(ref=self.moving_ref.state(), schedule=self.schedule)
+        return s
+
+    def load_state(self, s: dict) -> None:
+        set_peft_model_state_dict(self.unet, s["lora"], adapter_name="default")
+        if self.moving_ref:
+            self.moving_ref.load(s["ref"])
+            self.schedule = s["schedule"]
+
+    def save(self, out: Path) -> None:
+        adapters.save_lora(self.unet, out, self.tp.lora_rank, self.tp.lora_alpha)
 
 
-def errors_of(backbone: Backbone, inp: StepInputs, g: int) -> Tensor:
-    t_rep = inp.t.repeat_interleave(g, 0)
-    pred = backbone.predict(inp.x_t, t_rep, inp.cond)
-    return denoising_error(pred.float(), inp.target.float()).view(-1, g)
+class CaptionMethod:
+    """Soft tokens against a frozen backbone: every image of a batch with every caption."""
+
+    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams,
+                 data: TrainData):
+        self.backbone, self.data, self.tp = backbone, data, tp
+        self.module, self.hp = objective.module, objective.params
+        dim = data.text["hidden"].shape[-1]
+        init = data.uncond["hidden"][0, 0]  # SD1.5 recipe: the empty prompt's first token
+        dev = backbone.device
+        self.sets = [adapters.SoftTokens(self.hp.n_tokens, dim, init).to(dev)
+                     for _ in range(self.module.TOKEN_SETS)]
+        self.params = [s.tokens for s in self.sets]
+        self.ema = [s.tokens.detach().clone() for s in self.sets] if len(self.sets) > 1 else None
+
+    def _pair_tokens(self, tokens: list[Tensor], b: int) -> Tensor:
+        """[B*B, n, D]: set 0 on matched pairs (i == j), set 1 (if any) on the others."""
+        pos = tokens[0].expand(b * b, *tokens[0].shape)
+        if len(tokens) == 1:
+            return pos
+        matched = torch.eye(b, dtype=torch.bool, device=pos.device).flatten()
+        return torch.where(matched.view(-1, 1, 1), pos, tokens[1].expand_as(pos))
+
+    def step(self, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        bb, data = self.backbone, self.data
+        b = len(idx)
+        x0 = data.latents[data.groups[idx][:, 0]].to(bb.dtype)
+        cond = cond_index(data.text, data.prompt_rows[idx])
+        t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (1,), generator=gen)
+        t = t.to(x0.device).expand(b)
+        noise = torch.randn((1, *x0.shape[1:]), generator=gen).to(x0).expand_as(x0)
+        x_t = bb.noise_scheduler.add_noise(x0, noise, t)
+        target = bb.target(x0, noise, t)  # [B_img, ...]
+        x_pairs = x_t.repeat_interleave(b, 0)  # pair (i, j) at row i*B + j
+        t_pairs = t[:1].expand(b * b)
+        c_pairs = {k: v[torch.arange(b).repeat(b)].to(bb.dtype) for k, v in cond.items()}
+
+        def predict(tokens: list[Tensor]) -> Tensor:
+            c = self.sets[0].insert(c_pairs, self._pair_tokens(tokens, b))
+            return bb.predict(x_pairs, t_pairs, c).float().view(b, b, *x0.shape[1:])
+
+        pred = predict([s.tokens for s in self.sets])
+        ema_pred = None
+        if self.ema is not None:
+            with torch.no_grad():
+                ema_pred = predict(self.ema)
+        return self.module.caption_loss(pred, ema_pred, target.float()[:, None], self.hp)
+
+    def after_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
+        if self.ema is not None:
+            self.module.ema_update(self.ema, [s.tokens.detach() for s in self.sets],
+                                   self.hp.ema_decay)
+        return {}
+
+    def state(self) -> dict:
+        return {"tokens": [s.tokens.detach().clone() for s in self.sets], "ema": self.ema}
+
+    def load_state(self, s: dict) -> None:
+        for p, v in zip(self.params, s["tokens"]):
+            p.data.copy_(v)
+        self.ema = s["ema"]
+
+    def save(self, out: Path) -> None:
+        named = {"tokens": self.sets[0].tokens}
+        if len(self.sets) > 1:
+            named.update(negative=self.sets[1].tokens, tokens_ema=self.ema[0],
+                         negative_ema=self.ema[1])
+        adapters.save_tokens(out, named)
+
+
+def make_method(backbone, objective, tp, data) -> GroupMethod | CaptionMethod:
+    cls = CaptionMethod if objective.labels == "captions" else GroupMethod
+    return cls(backbone, objective, tp, data)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -189,6 +359,7 @@ def peak_memory_mb(device: torch.device) -> float:
 class TrainResult:
     history: list[dict[str, float]]
     summary: dict[str, float]
+    method: GroupMethod | CaptionMethod
 
 
 def train(
@@ -196,69 +367,51 @@ def train(
     checkpoint: Path, params_hash: str,
 ) -> TrainResult:
     device = backbone.device
-    module, hp = objective.module, objective.params
-    unet = backbone.unet
     torch.manual_seed(seed)
-    params = add_lora(unet, tp.lora_rank, tp.lora_alpha)
-    unet.train()
-    opt = torch.optim.AdamW(params, lr=tp.lr, weight_decay=tp.weight_decay)
+    data = data.to(device)
+    method = make_method(backbone, objective, tp, data)
+    backbone.unet.train()
+    opt = torch.optim.AdamW(method.params, lr=tp.lr, weight_decay=tp.weight_decay)
     warm = max(tp.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     gen = torch.Generator().manual_seed(seed)
-    data = data.to(device)
-    n_groups, g = data.groups.shape
     history: list[dict[str, float]] = []
     step = 0
     state_file = checkpoint / "state.pt"
     if state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=False)
         if state["params_hash"] == params_hash:
-            set_peft_model_state_dict(unet, state["lora"])
+            method.load_state(state["method"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             gen.set_state(state["gen"])
             step, history = state["step"], state["history"]
             log.info("resumed from %s at step %d", state_file, step)
     # the batch order has its own generator: replaying it on resume reproduces the same batches
-    batches = batch_iterator(n_groups, tp.batch_size, torch.Generator().manual_seed(seed + 1))
+    batches = batch_iterator(len(data.groups), tp.batch_size,
+                             torch.Generator().manual_seed(seed + 1))
     for _ in range(step):
         next(batches)
-    needs_ref = module.NEEDS_REFERENCE
     autocast = torch.autocast(
         device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.mixed_precision),
         enabled=tp.mixed_precision != "no",
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    n_trainable = sum(p.numel() for p in params)
     running: dict[str, list[float]] = {}
     start, start_step = time.perf_counter(), step
     bar = tqdm(total=tp.steps, initial=step, desc=f"train {objective.name}", unit="step")
     while step < tp.steps:
         idx = next(batches).to(device)
-        t = torch.randint(
-            0, backbone.noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
-        ).to(device)
-        inp = make_inputs(backbone, data, idx, t, gen, tp.caption_dropout)
         with autocast:
-            ref = None
-            if needs_ref:
-                with torch.no_grad(), adapters_disabled(unet):
-                    ref = errors_of(backbone, inp, g)
-            model = errors_of(backbone, inp, g)
-        errs = Errors(
-            model=model, ref=ref, t=t,
-            prob=data.extras["prob"][idx] if "prob" in data.extras else None,
-            advantage=data.extras["advantage"][idx] if "advantage" in data.extras else None,
-            desirable=data.extras["desirable"][idx] if "desirable" in data.extras else None,
-        )
-        loss, metrics = module.loss(errs, hp)
+            loss, metrics = method.step(idx, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tp.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(method.params, tp.max_grad_norm)
         opt.step()
         sched.step()
         step += 1
+        metrics = {**metrics, **method.after_step(step, gen)}
         bar.update(1)
         for k, v in {"loss": loss, "grad_norm": grad_norm, **metrics}.items():
             running.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
@@ -269,49 +422,33 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             running = {}
         if step % tp.checkpoint_every == 0 and step < tp.steps:
-            _save_checkpoint(state_file, unet, opt, sched, gen, step, history, params_hash)
+            _save_checkpoint(state_file, method, opt, sched, gen, step, history, params_hash)
     bar.close()
     elapsed = time.perf_counter() - start
     done = step - start_step
+    per_unit = data.groups.shape[1] if isinstance(method, GroupMethod) else tp.batch_size
     summary = {
         "steps": step,
         "train_time_s": elapsed,
         "groups_per_s": done * tp.batch_size / elapsed if elapsed > 0 else 0.0,
-        "images_per_s": done * tp.batch_size * g / elapsed if elapsed > 0 else 0.0,
+        "images_per_s": done * tp.batch_size * per_unit / elapsed if elapsed > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(device),
-        "trainable_params": n_trainable,
+        "trainable_params": sum(p.numel() for p in method.params),
         "final_loss": history[-1]["loss"] if history else float("nan"),
     }
-    unet.eval()
-    return TrainResult(history, summary)
+    backbone.unet.eval()
+    return TrainResult(history, summary, method)
 
 
-def _save_checkpoint(path, unet, opt, sched, gen, step, history, params_hash) -> None:
+def _save_checkpoint(path, method, opt, sched, gen, step, history, params_hash) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
-            "lora": get_peft_model_state_dict(unet), "opt": opt.state_dict(),
+            "method": copy.deepcopy(method.state()), "opt": opt.state_dict(),
             "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
             "history": history, "params_hash": params_hash,
         },
         tmp,
     )
     tmp.replace(path)
-
-
-def save_lora(unet, out: Path, rank: int, alpha: float | None) -> None:
-    """diffusers-format LoRA (``pytorch_lora_weights.safetensors``), loadable by pipelines."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(
-        out, unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata={"r": rank, "lora_alpha": alpha or rank,
-                                    "target_modules": LORA_TARGETS},
-    )
-
-
-def load_lora(unet, adapter_dir: Path) -> None:
-    unet.load_lora_adapter(str(adapter_dir / "pytorch_lora_weights.safetensors"), prefix="unet")

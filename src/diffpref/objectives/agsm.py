@@ -38,6 +38,7 @@ from torch import Tensor
 from diffpref.objectives.base import Metrics, ParamsBase, denoising_error, detached
 
 NEEDS_REFERENCE = False
+TOKEN_SETS = 2  # ψ+ on matched pairs, ψ− on mismatched ones, each with an EMA copy
 
 
 class Params(ParamsBase):
@@ -96,3 +97,12 @@ def ema_update(ema_params: Iterable[Tensor], params: Iterable[Tensor], decay: fl
         raise ValueError(f"{len(ema_list)} EMA tensors for {len(param_list)} parameters")
     for e, q in zip(ema_list, param_list, strict=True):
         e.mul_(decay).add_(q.detach().to(e.dtype), alpha=1 - decay)
+
+
+def caption_loss(
+    pred: Tensor, ema_pred: Tensor | None, target: Tensor, p: Params
+) -> tuple[Tensor, Metrics]:
+    """The training loop's soft-token entry point; ``target`` is the (broadcast) noise."""
+    if ema_pred is None:
+        raise ValueError("AGSM needs the EMA tokens' predictions")
+    return loss(pred, ema_pred, target, p)

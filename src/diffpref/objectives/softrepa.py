@@ -28,6 +28,7 @@ from torch import Tensor
 from diffpref.objectives.base import Metrics, ParamsBase, denoising_error, detached
 
 NEEDS_REFERENCE = False
+TOKEN_SETS = 1  # one soft-token set for every (image, caption) pair
 
 
 class Params(ParamsBase):
@@ -61,3 +62,10 @@ def loss(err_matrix: Tensor, p: Params) -> tuple[Tensor, Metrics]:
         neg_err=err_matrix[neg_mask] if neg_mask.any() else pos.new_zeros(()),
     )
     return value, metrics
+
+
+def caption_loss(
+    pred: Tensor, ema_pred: Tensor | None, target: Tensor, p: Params
+) -> tuple[Tensor, Metrics]:
+    """The training loop's soft-token entry point (SoftREPA keeps no EMA tokens)."""
+    return loss(error_matrix(pred, target), p)

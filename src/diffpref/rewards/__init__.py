@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from diffpref.config import Config
+if TYPE_CHECKING:
+    from diffpref.config import Config
 
 
 def _world_reward(name: str) -> Callable[[Config, torch.device], object]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from diffpref import evaluation, training
+from diffpref import evaluation
+from diffpref.adapters import Adapted
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.io import atomic_dir, read_table, write_json
 from diffpref.rewards import load_reward, score_table
@@ -27,11 +28,11 @@ def run(ctx) -> None:
             cfg.path("eval", "base", "scores.parquet"), ["prompt_id", "seed", "reward", "score"]
         )
     backbone = load_backbone(cfg, device)
-    if name != "base":
-        training.load_lora(backbone.unet, cfg.path("adapters", name))
+    adapted = Adapted(backbone, None if name == "base" else cfg.path("adapters", name))
     seeds = [list(ev.seeds) for _ in range(len(prompts))]
     images, latents, _ = generate(
-        backbone, prompts.prompt.tolist(), seeds, cfg.sampling, ev.batch_size, desc=f"eval {name}"
+        backbone, prompts.prompt.tolist(), seeds, cfg.sampling, ev.batch_size, desc=f"eval {name}",
+        adapt=adapted.cond,
     )
     keys = pd.DataFrame(
         {

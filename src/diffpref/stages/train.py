@@ -22,7 +22,7 @@ def run(ctx) -> None:
         backbone, data, objective, tp, cfg.seed, ckpt, params_hash(ctx.raw, "train", name)
     )
     with atomic_dir(cfg.path("adapters", name)) as tmp:
-        training.save_lora(backbone.unet, tmp, tp.lora_rank, tp.lora_alpha)
+        result.method.save(tmp)
         write_json(tmp / "train_metrics.json", {"summary": result.summary,
                                                 "history": result.history,
                                                 "objective": objective.loss,

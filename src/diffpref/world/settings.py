@@ -33,21 +33,21 @@ class WorldParams(BaseModel):
 
     # fidelity cell classifier (11-way)
     classifier_width: int = 32
-    classifier_steps: int = 1200
+    classifier_steps: int = 500
     classifier_batch: int = 256
     classifier_lr: float = 3e-3
 
     # quality discriminator
     quality_width: int = 16
-    quality_steps: int = 600
+    quality_steps: int = 500
     quality_batch: int = 256
     quality_lr: float = 3e-3
 
     # VAE (AutoencoderKL, 1 -> 4 channels, 32x32 -> 8x8)
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    vae_steps: int = 500
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 400
     vae_batch: int = 64
-    vae_lr: float = 1e-3
+    vae_lr: float = 1.5e-3
     vae_kl_weight: float = 1e-4
 
     # base-model training data
@@ -55,8 +55,8 @@ class WorldParams(BaseModel):
         default_factory=lambda: {"single": 0.4, "two_object": 0.15, "counting": 0.15,
                                  "position": 0.15, "brightness": 0.15}
     )
-    n_canvases: int = 40_000
-    n_captions: int = 4_000
+    n_canvases: int = 20_000
+    n_captions: int = 3_000
     text_max_length: int = 16
     caption_dropout: float = 0.1
 
@@ -64,9 +64,9 @@ class WorldParams(BaseModel):
     unet_channels: tuple[int, ...] = (64, 128)
     unet_heads: int = 8
     unet_layers_per_block: int = 1
-    unet_steps: int = 900
+    unet_steps: int = 450
     unet_batch: int = 128
-    unet_lr: float = 5e-4
+    unet_lr: float = 1e-3
     unet_warmup: int = 50
     unet_ema_decay: float = 0.0  # 0 disables EMA
 

@@ -166,7 +166,7 @@ def train_vae(vae: AutoencoderKL, canvases: Tensor, p: WorldParams,
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
@@ -254,9 +254,9 @@ def train_unet(
                 for k, v in unet.state_dict().items():
                     if v.is_floating_point():
                         ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if callback is not None:
-            callback(step, float(loss))
+            callback(step, losses[-1])
     if ema is not None:
         unet.load_state_dict(ema)
     return losses

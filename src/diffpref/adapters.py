@@ -1,0 +1,149 @@
+"""What an objective trains, how it is saved, and how evaluation puts it back.
+
+Two kinds, both small next to the frozen backbone:
+- **LoRA** on the UNet's attention projections (peft), saved in diffusers format so stock
+  pipelines load it with ``load_lora_weights``. The untouched base is the reference (adapters
+  disabled); Rethinking-DPO's moving reference is a second adapter, ``ref``.
+- **Soft tokens** (SoftREPA / AGSM): learned vectors inserted right after the first (BOS/CLS)
+  token of the cross-attention context, saved as ``soft_tokens.safetensors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from diffpref.backbones.base import Cond
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_FILE = "pytorch_lora_weights.safetensors"
+TOKENS_FILE = "soft_tokens.safetensors"
+
+
+def lora_config(rank: int, alpha: float | None) -> LoraConfig:
+    return LoraConfig(
+        r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+    )
+
+
+def add_lora(unet, rank: int, alpha: float | None) -> list[nn.Parameter]:
+    """Attach the trainable ``default`` adapter; its weights stay fp32 under bf16/fp16 bases."""
+    unet.add_adapter(lora_config(rank, alpha))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+@contextmanager
+def adapters_disabled(unet) -> Iterator[None]:
+    """The base model (the DPO reference); adapters are re-enabled even if the forward raises."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+class MovingReference:
+    """A second LoRA adapter holding a copy of the policy (Rethinking-DPO's reference update)."""
+
+    def __init__(self, unet, rank: int, alpha: float | None):
+        self.unet = unet
+        unet.add_adapter(lora_config(rank, alpha), adapter_name="ref")
+        unet.set_adapter("default")
+        self.pairs = [
+            (m.lora_A["ref"].weight, m.lora_A["default"].weight) for m in self._lora_modules()
+        ] + [(m.lora_B["ref"].weight, m.lora_B["default"].weight) for m in self._lora_modules()]
+        for ref, _ in self.pairs:  # gaussian init leaves B = 0: the reference starts as the base
+            ref.requires_grad_(False)
+            ref.data = ref.data.float()
+
+    def _lora_modules(self) -> list[nn.Module]:
+        return [m for m in self.unet.modules() if hasattr(m, "lora_A") and "ref" in m.lora_A]
+
+    @torch.no_grad()
+    def copy_policy(self) -> None:
+        for ref, pol in self.pairs:
+            ref.copy_(pol)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        self.unet.set_adapter("ref")
+        try:
+            yield
+        finally:
+            self.unet.set_adapter("default")
+
+    def state(self) -> list[Tensor]:
+        return [r.detach().clone() for r, _ in self.pairs]
+
+    @torch.no_grad()
+    def load(self, state: list[Tensor]) -> None:
+        for (ref, _), s in zip(self.pairs, state):
+            ref.copy_(s)
+
+
+def save_lora(unet, out: Path, rank: int, alpha: float | None) -> None:
+    """diffusers-format LoRA (``pytorch_lora_weights.safetensors``), loadable by pipelines."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
+    StableDiffusionPipeline.save_lora_weights(
+        out, unet_lora_layers=layers, safe_serialization=True,
+        unet_lora_adapter_metadata={"r": rank, "lora_alpha": alpha or rank,
+                                    "target_modules": LORA_TARGETS},
+    )
+
+
+class SoftTokens(nn.Module):
+    """``n`` learned context vectors inserted after the first token of every text context."""
+
+    def __init__(self, n: int, dim: int, init: Tensor | None = None, std: float = 0.02):
+        super().__init__()
+        if init is not None:  # SD1.5 recipe: start from the empty prompt's first token state
+            tokens = init.detach().reshape(1, dim).repeat(n, 1).clone()
+        else:
+            tokens = torch.randn(n, dim) * std
+        self.tokens = nn.Parameter(tokens.float())
+
+    def insert(self, cond: Cond, tokens: Tensor | None = None) -> Cond:
+        """``tokens`` may be per sample ``[B, n, D]`` (AGSM: ψ+ or ψ− per pair)."""
+        h = cond["hidden"]
+        tok = self.tokens if tokens is None else tokens
+        tok = tok.to(h.dtype).expand(h.shape[0], *tok.shape[-2:])
+        return {**cond, "hidden": torch.cat([h[:, :1], tok, h[:, 1:]], dim=1)}
+
+
+def save_tokens(out: Path, tokens: dict[str, Tensor]) -> None:
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tokens.items()},
+              out / TOKENS_FILE)
+
+
+class Adapted:
+    """A trained adapter put back on a backbone for evaluation (or nothing, for the base)."""
+
+    def __init__(self, backbone, adapter_dir: Path | None):
+        self.tokens: SoftTokens | None = None
+        if adapter_dir is None:
+            return
+        if (adapter_dir / LORA_FILE).is_file():
+            backbone.unet.load_lora_adapter(str(adapter_dir / LORA_FILE), prefix="unet")
+        elif (adapter_dir / TOKENS_FILE).is_file():
+            tok = load_file(adapter_dir / TOKENS_FILE)["tokens"]  # ψ+ for AGSM
+            self.tokens = SoftTokens(tok.shape[0], tok.shape[1])
+            self.tokens.tokens.data = tok.to(backbone.device)
+        else:
+            raise FileNotFoundError(f"{adapter_dir}: neither {LORA_FILE} nor {TOKENS_FILE}")
+
+    def cond(self, cond: Cond) -> Cond:
+        """Soft tokens go into both CFG branches (SoftREPA and AGSM inference)."""
+        return self.tokens.insert(cond) if self.tokens is not None else cond

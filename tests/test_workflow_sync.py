@@ -1,0 +1,84 @@
+"""Snakefile and dvc.yaml describe the same stages, dependencies, outputs and params keys."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from dvc.repo import Repo
+from tests.conftest import REPO
+
+from diffpref import config
+
+
+def snakemake_jobs() -> dict[str, tuple[set[str], set[str]]]:
+    out = subprocess.run(
+        ["snakemake", "-n", "--forceall", "--cores", "1"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    jobs = {}
+    for block in re.split(r"\n(?=\[.*\]\nrule )", out):
+        m = re.search(r"^rule (\w+):", block, re.M)
+        if not m or m.group(1) == "all":
+            continue
+        field = lambda k: re.search(rf"^\s+{k}: (.*)$", block, re.M)  # noqa: E731
+        ins = set(field("input").group(1).split(", ")) if field("input") else set()
+        outs = set(field("output").group(1).split(", "))
+        name = m.group(1)
+        if w := field("wildcards"):
+            name += "@" + w.group(1).split("=")[1]
+        jobs[name] = (ins, outs)
+    return jobs
+
+
+def dvc_stages() -> dict[str, tuple[set[str], set[str], list[str]]]:
+    repo = Repo(str(REPO), uninitialized=True)
+    stages = {}
+    for s in repo.index.stages:
+        deps = {str(Path(d.def_path)) for d in s.deps if d not in s.params}
+        outs = {str(Path(o.def_path)) for o in s.outs}
+        params = [k for d in s.params for k in d.params]
+        stages[s.addressing] = (deps, outs, params)
+    return stages
+
+
+def expand_dvc_deps(deps: set[str], all_outs: set[str]) -> set[str]:
+    """DVC folder deps as Snakemake sees them: source folders as .py files, result folders as
+    the stage outputs inside them."""
+    out = set()
+    for d in deps:
+        p = REPO / d
+        if d.startswith("src/") and p.is_dir():
+            out |= {str(f.relative_to(REPO)) for f in p.rglob("*.py")}
+        elif d in all_outs:
+            out.add(d)
+        else:
+            inner = {o for o in all_outs if o.startswith(d + "/")}
+            out |= inner or {d}
+    return out
+
+
+def test_both_tools_have_the_same_stages_deps_and_outs():
+    smk = snakemake_jobs()
+    dvc = dvc_stages()
+    assert set(smk) == set(dvc), (set(smk) ^ set(dvc))
+    all_outs = {o for _, outs, _ in dvc.values() for o in outs}
+    for name, (deps, outs, _) in dvc.items():
+        s_in, s_out = smk[name]
+        assert s_out == outs, name
+        assert s_in == expand_dvc_deps(deps, all_outs), name
+
+
+def test_dvc_params_are_exactly_the_keys_each_stage_reads():
+    for name, (_, _, params) in dvc_stages().items():
+        stage, _, objective = name.partition("@")
+        stage = "evaluate" if stage == "evaluate_base" else stage
+        assert sorted(params) == sorted(config.stage_keys(stage, objective or None)), name
+
+
+def test_every_objective_gets_train_and_evaluate_stages():
+    cfg, _ = config.load(REPO / "params.yaml")
+    names = set(dvc_stages())
+    for o in cfg.objectives:
+        assert {f"train@{o}", f"evaluate@{o}"} <= names
