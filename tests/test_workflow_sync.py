@@ -22,7 +22,9 @@ def snakemake_jobs() -> dict[str, tuple[set[str], set[str]]]:
         m = re.search(r"^rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
-        field = lambda k: re.search(rf"^\s+{k}: (.*)$", block, re.M)  # noqa: E731
+        def field(k: str, block: str = block) -> re.Match | None:
+            return re.search(rf"^\s+{k}: (.*)$", block, re.M)
+
         ins = set(field("input").group(1).split(", ")) if field("input") else set()
         outs = set(field("output").group(1).split(", "))
         name = m.group(1)

@@ -96,7 +96,8 @@ def save_lora(unet, out: Path, rank: int, alpha: float | None) -> None:
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
+    state = get_peft_model_state_dict(unet, adapter_name="default")
+    layers = convert_state_dict_to_diffusers(state)
     StableDiffusionPipeline.save_lora_weights(
         out, unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata={"r": rank, "lora_alpha": alpha or rank,

@@ -228,8 +228,8 @@ class GroupMethod:
         extra = lambda k: self.data.extras[k][idx] if k in self.data.extras else None  # noqa: E731
         scale = None
         if self.rt is not None and self.rt.reward_scale:
-            scale = rethinking.reward_scale(self.backbone.noise_scheduler.alphas_cumprod, inp.t.cpu())
-            scale = scale.to(model.device, model.dtype)
+            acp = self.backbone.noise_scheduler.alphas_cumprod
+            scale = rethinking.reward_scale(acp, inp.t.cpu()).to(model.device, model.dtype)
         errs = Errors(model=model, ref=ref, t=inp.t, beta_scale=scale, prob=extra("prob"),
                       advantage=extra("advantage"), desirable=extra("desirable"))
         return self.module.loss(errs, self.hp)
