@@ -38,7 +38,7 @@ def test_missing_dataset_error_names_file_and_fix(tmp_path) -> None:
 def test_items_normalised_to_full_intensity(test_bank: ItemBank) -> None:
     top = test_bank.items.flatten(1).topk(4, dim=1).values.mean(1)
     assert test_bank.items.shape[1:] == (14, 14)
-    assert float(top.min()) > 0.85
+    assert float(top.min()) > 0.75  # clipping at 1 costs a little
     assert float(test_bank.items.max()) <= 1.0
 
 

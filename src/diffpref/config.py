@@ -82,7 +82,7 @@ class TrainParams(_Strict):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float | None = Field(None, description="None: equal to the rank")
     caption_dropout: float = Field(0.0, ge=0, le=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
 

@@ -169,3 +169,69 @@ def _md_block_to_html(md: str) -> str:
         if line.strip():
             out.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
     return "\n".join(out)
+
+
+def _verdict(lo: float, hi: float, null: float) -> str:
+    if lo > null:
+        return "supported"
+    if hi < null:
+        return "contradicted"
+    return "inconclusive (CI includes no difference)"
+
+
+def seed_claims(results: Path, names: list[str], table: pd.DataFrame, reward: str,
+                n_boot: int) -> list[str]:
+    """The seed papers' claims, each checked against this run's numbers (honest either way)."""
+    scores = {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
+    row = {r["model"]: r for r in table.to_dict("records")}
+    lines = []
+
+    def versus(a: str, b: str, claim: str) -> None:
+        if a not in scores or b not in scores:
+            lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
+            return
+        w = evaluation.win_rate(_reward(scores[a], reward), _reward(scores[b], reward), n_boot)
+        ma, mb = row[a][f"{reward}_mean"], row[b][f"{reward}_mean"]
+        lines.append(
+            f"- {claim}: **{_verdict(w['ci_low'], w['ci_high'], 0.5)}** — {a} wins "
+            f"{w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] of matched held-out "
+            f"samples against {b} on {reward}; mean {reward} {ma:.3f} vs {mb:.3f}"
+        )
+
+    if "mapo" in row and "dpo" in row and "groups_per_s" in row["mapo"]:
+        m, d = row["mapo"], row["dpo"]
+        faster = m["groups_per_s"] > d["groups_per_s"]
+        lighter = m["peak_memory_mb"] <= d["peak_memory_mb"]
+        verdict = "supported" if faster and lighter else (
+            "partly supported" if faster or lighter else "contradicted")
+        lines.append(
+            f"- MaPO is faster and lighter than DPO (no reference forward): **{verdict}** — "
+            f"{m['groups_per_s']:.1f} vs {d['groups_per_s']:.1f} pairs/s "
+            f"({m['groups_per_s'] / d['groups_per_s']:.2f}x), peak memory "
+            f"{m['peak_memory_mb']:.0f} vs {d['peak_memory_mb']:.0f} MB"
+        )
+    else:
+        lines.append("- MaPO is faster and lighter than DPO: not run (needs `mapo` and `dpo`)")
+    versus("smpo", "dpo", "SmPO is above DPO")
+    versus("lair", "dpo", "Listwise LAIR is above pairwise DPO")
+    versus("dpo_rethink", "dpo",
+           "Reference updates + timestep-aware training are above plain DPO")
+    if "agsm" in scores and "softrepa" in scores:
+        a, s = scores["agsm"], scores["softrepa"]
+        m = a[(a.reward == reward)].merge(
+            s[s.reward == reward], on=["prompt_id", "seed", "category"], suffixes=("", "_s"))
+        m = m[m.category == "counting"]
+        if len(m):
+            diff = (m.correct - m.correct_s).to_numpy()
+            mean, lo, hi = evaluation.bootstrap_ci(diff, m.prompt_id.to_numpy(), n_boot)
+            base = row["base"].get("acc_counting", float("nan"))
+            lines.append(
+                f"- AGSM avoids SoftREPA's counting collapse: **{_verdict(lo, hi, 0.0)}** — "
+                f"counting accuracy AGSM {m.correct.mean():.3f}, SoftREPA "
+                f"{m.correct_s.mean():.3f}, base {base:.3f}; difference {mean:+.3f} "
+                f"[{lo:+.3f}, {hi:+.3f}]"
+            )
+    else:
+        lines.append("- AGSM avoids SoftREPA's counting collapse: not run (needs `agsm`, "
+                     "`softrepa`)")
+    return lines

@@ -394,7 +394,7 @@ def train(
         next(batches)
     autocast = torch.autocast(
         device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.mixed_precision),
-        enabled=tp.mixed_precision != "no",
+        enabled=tp.mixed_precision != "fp32",
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

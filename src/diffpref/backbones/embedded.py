@@ -18,8 +18,9 @@ class EmbeddedBackbone(Backbone):
         if not (base / "unet").is_dir():
             raise FileNotFoundError(f"{base}: no world base model (run `diffpref world` first)")
         self.device, self.dtype = device, dtype
-        self.vae = AutoencoderKL.from_pretrained(base / "vae").to(device, dtype).eval()
-        self.unet = UNet2DConditionModel.from_pretrained(base / "unet").to(device, dtype).eval()
+        self.vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=dtype).to(device).eval()
+        self.unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=dtype)
+        self.unet = self.unet.to(device).eval()
         self.noise_scheduler = DDPMScheduler.from_pretrained(base / "scheduler")
         self.vae.requires_grad_(False)
         self.unet.requires_grad_(False)

@@ -28,6 +28,9 @@ def run(ctx) -> None:
                 f"({cfg.evaluate.bootstrap} resamples)",
                 f"- profile: {cfg.profile}; seeds {list(cfg.evaluate.seeds)}",
             ])),
+            ("Does each objective beat the base?", "\n".join(_beats_base(table))),
+            ("Seed claims", "\n".join(report.seed_claims(
+                res, names, table, cfg.evaluate.win_reward, cfg.evaluate.bootstrap))),
             ("World reward models (held-out)", report.to_markdown(
                 _world_rows(world))),
         ]
@@ -48,6 +51,22 @@ def run(ctx) -> None:
         {f"{r['model']}.{k}": v for r in table.to_dict("records") for k, v in r.items()
          if isinstance(v, int | float)}
     )
+
+
+def _beats_base(table) -> list[str]:
+    out = []
+    for r in table.to_dict("records"):
+        if r["model"] == "base":
+            continue
+        if r["win_vs_base_ci_low"] > 0.5:
+            verdict = "yes: the win-rate CI excludes 0.5"
+        elif r["win_vs_base"] < 0.5 and not r["win_vs_base_ci_low"] > 0.5:
+            verdict = "no: it loses to the base more often than it wins"
+        else:
+            verdict = "not shown: the win-rate CI includes 0.5 (no significant gain here)"
+        out.append(f"- {r['model']}: win rate {r['win_vs_base']:.3f} {r['win_vs_base_ci']} "
+                   f"— {verdict}")
+    return out
 
 
 def _world_rows(world: dict):

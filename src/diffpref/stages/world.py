@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffpref.io import atomic_dir, write_json
+from diffpref.io import atomic_dir, read_json, write_json
 
 
 def run(ctx) -> None:
@@ -13,7 +13,8 @@ def run(ctx) -> None:
     with atomic_dir(out) as tmp:
         if cfg.world.source == "packaged":
             build.install_packaged_world(tmp)
-            metrics = build.evaluate_world(tmp, cfg.world)
+            # pretraining-time metrics (base model per category) + reward metrics recomputed here
+            metrics = {**read_json(tmp / "metrics.json"), **build.evaluate_world(tmp, cfg.world)}
         else:
             metrics = build.build_world(cfg.world, tmp)
         write_json(tmp / "metrics.json", metrics)

@@ -18,21 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+from diffpref.world.constants import CLASS_NAMES, DEFAULT_FASHION_MNIST_DIR, NUM_CLASSES
 
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-NUM_CLASSES = len(CLASS_NAMES)
+__all__ = ["CLASS_NAMES", "DEFAULT_FASHION_MNIST_DIR", "NUM_CLASSES", "ItemBank",
+           "load_fashion_mnist", "resize_items"]
+
 
 Split = Literal["train", "test"]
 _FILES = {"train": "train", "test": "t10k"}

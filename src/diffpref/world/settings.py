@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from diffpref.world.data import DEFAULT_FASHION_MNIST_DIR
-from diffpref.world.spec import CATEGORIES
+from diffpref.world.constants import CATEGORIES, DEFAULT_FASHION_MNIST_DIR
 
 
 class WorldParams(BaseModel):
@@ -45,9 +44,9 @@ class WorldParams(BaseModel):
 
     # VAE (AutoencoderKL, 1 -> 4 channels, 32x32 -> 8x8)
     vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 400
-    vae_batch: int = 64
-    vae_lr: float = 1.5e-3
+    vae_steps: int = 800
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-4
 
     # base-model training data
@@ -69,6 +68,7 @@ class WorldParams(BaseModel):
     unet_lr: float = 1e-3
     unet_warmup: int = 50
     unet_ema_decay: float = 0.0  # 0 disables EMA
+    unet_snr_gamma: float | None = 5.0  # Min-SNR-gamma loss weighting; None: plain MSE
 
     # evaluation of the world (sampling with CFG)
     sampler: Literal["ddim", "dpm"] = "ddim"

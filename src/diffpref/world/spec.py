@@ -15,9 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from diffpref.world.data import NUM_CLASSES
+from diffpref.world.constants import CATEGORIES, NUM_CLASSES
 
-CATEGORIES: tuple[str, ...] = ("single", "two_object", "counting", "position", "brightness")
 Category = Literal["single", "two_object", "counting", "position", "brightness"]
 RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
 BRIGHTNESS: tuple[str, ...] = ("bright", "dim")

@@ -242,7 +242,11 @@ def train_unet(
         drop = torch.rand(p.unet_batch, generator=gen) < p.caption_dropout
         ctx = torch.where(drop[:, None, None], uncond.float().expand_as(ctx), ctx)
         pred = unet(zt.to(p.device), t.to(p.device), encoder_hidden_states=ctx.to(p.device)).sample
-        loss = F.mse_loss(pred.float(), noise.to(p.device))
+        per_sample = ((pred.float() - noise.to(p.device)) ** 2).mean((1, 2, 3))
+        if p.unet_snr_gamma:  # Min-SNR weighting: faster convergence for short runs
+            snr = alphas[t] / (1 - alphas[t])
+            per_sample = per_sample * (snr.clamp(max=p.unet_snr_gamma) / snr).to(p.device)
+        loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
