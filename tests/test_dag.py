@@ -38,6 +38,8 @@ def make_project(root: Path) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
+    # the DAG with one objective (every objective's training runs in test_training_methods.py)
+    edit_params(root, lambda r: r.update(objectives={"dpo": r["objectives"]["dpo"]}))
     sh(["git", "init", "-q"], root)
     sh(["git", "config", "user.email", "t@example.com"], root)
     sh(["git", "config", "user.name", "test"], root)

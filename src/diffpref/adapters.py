@@ -91,14 +91,16 @@ class MovingReference:
             ref.copy_(s)
 
 
-def save_lora(unet, out: Path, rank: int, alpha: float | None) -> None:
-    """diffusers-format LoRA (``pytorch_lora_weights.safetensors``), loadable by pipelines."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(unet, out: Path, rank: int, alpha: float | None,
+              pipeline: str = "StableDiffusionPipeline") -> None:
+    """diffusers-format LoRA (``pytorch_lora_weights.safetensors``), written by ``pipeline``'s
+    own ``save_lora_weights`` so that the same pipeline class loads it back."""
+    import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
 
     state = get_peft_model_state_dict(unet, adapter_name="default")
     layers = convert_state_dict_to_diffusers(state)
-    StableDiffusionPipeline.save_lora_weights(
+    getattr(diffusers, pipeline).save_lora_weights(
         out, unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata={"r": rank, "lora_alpha": alpha or rank,
                                     "target_modules": LORA_TARGETS},

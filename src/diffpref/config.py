@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from diffpref.objectives import get as get_objective
 from diffpref.world.settings import WorldParams
@@ -34,6 +34,20 @@ class BackboneParams(_Strict):
         None, description="local diffusers directory or hub id (sd15/sdxl); embedded: world"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    vae: str | None = Field(
+        None, description="sd15/sdxl: VAE directory or hub id replacing the pipeline's "
+        "(e.g. madebyollin/sdxl-vae-fp16-fix)"
+    )
+    variant: str | None = Field(None, description="weights variant on the hub, e.g. fp16")
+    resolution: int | None = Field(
+        None, ge=8, description="sd15/sdxl: image size in pixels; None: the UNet's native size"
+    )
+
+    @model_validator(mode="after")
+    def _needs_weights(self) -> BackboneParams:
+        if self.kind != "embedded" and not self.pretrained:
+            raise ValueError(f"backbone.kind {self.kind!r} needs backbone.pretrained")
+        return self
 
 
 class SamplingParams(_Strict):
@@ -44,19 +58,72 @@ class SamplingParams(_Strict):
 
 class PromptParams(_Strict):
     source: Literal["world", "file"] = "world"
-    n_train: int = Field(512, ge=1)
+    n_train: int = Field(512, ge=1, description="at most this many train prompts (file order)")
     n_eval: int = Field(128, ge=1)
-    file: str | None = None
+    file: str | None = Field(
+        None, description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "
+        "GenEval's evaluation_metadata.jsonl works as is"
+    )
+    column: str = Field("prompt", description="prompt column (jsonl/csv/tsv/parquet)")
+    category_column: str | None = Field(
+        None, description="None: 'category', else GenEval's 'tag', if the file has one"
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="files without a 'split' column: hash split of the text"
+    )
+
+    @model_validator(mode="after")
+    def _file_given(self) -> PromptParams:
+        if self.source == "file" and not self.file:
+            raise ValueError("prompts.source: file needs prompts.file")
+        return self
 
 
 class CandidateParams(_Strict):
     k: int = Field(4, ge=2, description="candidates per training prompt")
     batch_size: int = Field(256, ge=1)
+    source: Literal["generate", "pickapic"] = Field(
+        "generate", description="generate: sample the base model | pickapic: import human pairs"
+    )
+    preference_file: str | None = Field(
+        None, description="pickapic: parquet with caption, jpg_0, jpg_1, label_0"
+    )
+    max_pairs: int | None = Field(None, ge=1, description="pickapic: import at most this many")
+
+    @model_validator(mode="after")
+    def _file_given(self) -> CandidateParams:
+        if self.source == "pickapic" and not self.preference_file:
+            raise ValueError("candidates.source: pickapic needs candidates.preference_file")
+        return self
+
+
+class RewardSource(_Strict):
+    """Where a real reward model's weights live: a local directory or a hub id."""
+
+    model: str
+    processor: str | None = Field(None, description="tokenizer + image processor; None: model")
+    head: str | None = Field(None, description="aesthetic: MLP head weights (.pth/.safetensors)")
 
 
 class RewardParams(_Strict):
     models: list[str] = Field(default_factory=lambda: ["fidelity", "quality"], min_length=1)
     batch_size: int = Field(512, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    sources: dict[str, RewardSource | str] = Field(
+        default_factory=dict,
+        description="per reward: a directory/hub id, or {model, processor, head}; "
+        "unset: the official hub ids",
+    )
+
+    def source(self, name: str, default: RewardSource) -> RewardSource:
+        """The configured source of ``name``: a plain string is one directory (or hub id)
+        holding model and processor; in a mapping, unset fields fall back to ``default``."""
+        got = self.sources.get(name)
+        if got is None:
+            return default
+        if isinstance(got, str):
+            got = RewardSource(model=got, processor=got)
+        return default.model_copy(update=got.model_dump(exclude_none=True))
 
 
 class LabelParams(_Strict):
@@ -83,6 +150,10 @@ class TrainParams(_Strict):
     lora_alpha: float | None = Field(None, description="None: equal to the rank")
     caption_dropout: float = Field(0.0, ge=0, le=1)
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = Field(False, description="recompute UNet activations")
+    optimizer: Literal["adamw", "adamw8bit"] = Field(
+        "adamw", description="adamw8bit: bitsandbytes (GPU, optional dependency)"
+    )
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
 
@@ -101,6 +172,9 @@ class EvaluateParams(_Strict):
     batch_size: int = Field(256, ge=1)
     bootstrap: int = Field(1000, ge=10)
     win_reward: str = Field("fidelity", description="reward whose per-sample wins define win rate")
+    export_geneval: bool = Field(
+        False, description="also write samples in GenEval's <%05d>/samples/%04d.png layout"
+    )
 
 
 class ReportParams(_Strict):

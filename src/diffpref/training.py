@@ -271,7 +271,8 @@ class GroupMethod:
             self.schedule = s["schedule"]
 
     def save(self, out: Path) -> None:
-        adapters.save_lora(self.unet, out, self.tp.lora_rank, self.tp.lora_alpha)
+        adapters.save_lora(self.unet, out, self.tp.lora_rank, self.tp.lora_alpha,
+                           self.backbone.lora_pipeline)
 
 
 class CaptionMethod:
@@ -371,7 +372,9 @@ def train(
     data = data.to(device)
     method = make_method(backbone, objective, tp, data)
     backbone.unet.train()
-    opt = torch.optim.AdamW(method.params, lr=tp.lr, weight_decay=tp.weight_decay)
+    if tp.gradient_checkpointing:
+        backbone.unet.enable_gradient_checkpointing()
+    opt = make_optimizer(method.params, tp)
     warm = max(tp.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     gen = torch.Generator().manual_seed(seed)
@@ -437,7 +440,24 @@ def train(
         "final_loss": history[-1]["loss"] if history else float("nan"),
     }
     backbone.unet.eval()
+    if tp.gradient_checkpointing:
+        backbone.unet.disable_gradient_checkpointing()
     return TrainResult(history, summary, method)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], tp: TrainParams) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (the diffusers scripts' ``--use_8bit_adam``): it
+    matters for full fine-tuning; for LoRA the optimizer state is a few MB either way."""
+    if tp.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ImportError(
+                "train.optimizer: adamw8bit needs bitsandbytes (pip install 'diffpref[gpu]' "
+                "or pip install bitsandbytes); use train.optimizer: adamw otherwise"
+            ) from None
+        return bnb.optim.AdamW8bit(params, lr=tp.lr, weight_decay=tp.weight_decay)
+    return torch.optim.AdamW(params, lr=tp.lr, weight_decay=tp.weight_decay)
 
 
 def _save_checkpoint(path, method, opt, sched, gen, step, history, params_hash) -> None:

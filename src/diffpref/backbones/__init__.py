@@ -28,4 +28,8 @@ def load_backbone(cfg: Config, device: torch.device) -> Backbone:
         from diffpref.backbones.embedded import EmbeddedBackbone
 
         return EmbeddedBackbone(cfg.path("world"), device, dtype)
-    raise NotImplementedError(f"backbone.kind {cfg.backbone.kind!r} is not available yet")
+    from diffpref.backbones.sd import SD15Backbone, SDXLBackbone
+
+    cls = {"sd15": SD15Backbone, "sdxl": SDXLBackbone}[cfg.backbone.kind]
+    b = cfg.backbone
+    return cls(b.pretrained, device, dtype, vae=b.vae, variant=b.variant, resolution=b.resolution)

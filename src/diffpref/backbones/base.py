@@ -40,6 +40,9 @@ def cond_to(cond: Cond, device: torch.device | str, dtype: torch.dtype | None = 
 
 
 class Backbone(ABC):
+    # the diffusers pipeline whose ``save_lora_weights`` writes this model's adapters, so the
+    # saved file loads with that pipeline's ``load_lora_weights``
+    lora_pipeline: str = "StableDiffusionPipeline"
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     noise_scheduler: DDPMScheduler
@@ -54,6 +57,13 @@ class Backbone(ABC):
     def latent_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
         return (self.unet.config.in_channels, size, size)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """[C, H, W] of decoded images (imported images are resized to it)."""
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        _, h, w = self.latent_shape
+        return (self.vae.config.in_channels, h * f, w * f)
 
     @abstractmethod
     def encode_text(self, prompts: list[str]) -> Cond:

@@ -1,7 +1,14 @@
-"""Reward models behind one ``score(images, prompts)`` interface, loaded lazily by name."""
+"""Reward models behind one ``score(images, prompts)`` interface, loaded lazily by name.
+
+The embedded world's rewards (``fidelity``, ``quality``) come from the ``world`` stage; the
+real ones (``pickscore``, ``clip_score``, ``aesthetic``, ``hpsv2``, ``imagereward``) from
+``rewards.sources`` (a local directory or hub id each; the official hub ids by default).
+Nothing is imported before a reward is asked for, so optional extras stay optional.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +33,23 @@ def _world_reward(name: str) -> Callable[[Config, torch.device], object]:
     return load
 
 
+def _real_reward(name: str, module: str, cls_name: str) -> Callable[[Config, torch.device], object]:
+    def load(cfg: Config, device: torch.device):
+        cls = getattr(importlib.import_module(f"diffpref.rewards.{module}"), cls_name)
+        source = cfg.rewards.source(name, cls.DEFAULT_SOURCE)
+        return cls.load(source, device, getattr(torch, cfg.rewards.dtype))
+
+    return load
+
+
 REGISTRY: dict[str, Callable[[Config, torch.device], object]] = {
     "fidelity": _world_reward("fidelity"),
     "quality": _world_reward("quality"),
+    "pickscore": _real_reward("pickscore", "pickscore", "PickScore"),
+    "clip_score": _real_reward("clip_score", "clip_score", "ClipScore"),
+    "aesthetic": _real_reward("aesthetic", "aesthetic", "Aesthetic"),
+    "hpsv2": _real_reward("hpsv2", "hpsv2", "HPSv2"),
+    "imagereward": _real_reward("imagereward", "imagereward", "ImageReward"),
 }
 
 

@@ -49,3 +49,17 @@ def load_state(module: nn.Module, directory: Path) -> None:
     module.load_state_dict(
         {k: (v.to(ref[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
     )
+
+
+def require(module: str, reward: str, extra: str) -> Any:
+    """Import an optional reward dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"reward {reward!r} needs the optional dependency {module!r} ({e}); install it with "
+            f"pip install 'diffpref[{extra}]', preferably in a separate environment "
+            f"(see README 'Running on real models')"
+        ) from None

@@ -1,10 +1,15 @@
 """candidates: K images per training prompt from the base model, plus cached model inputs.
 
 Writes the images (uint8, for reward models and the report), their latents and the prompts'
-text conditioning, so training never runs the VAE or a text encoder again.
+text conditioning, so training never runs the VAE or a text encoder again. With
+``candidates.source: pickapic`` the images are instead imported human preference pairs
+(Pick-a-Pic format), written in the same layout plus ``preferences.parquet`` (the pairs, for
+``labels.reward: human``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -12,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from diffpref import datasources
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.io import atomic_dir, read_table
 
@@ -43,17 +49,24 @@ def generate(backbone, prompts: list[str], seeds_per_prompt: list[list[int]], sa
     return torch.cat(images), torch.cat(latents), {k: v.float().cpu() for k, v in cond.items()}
 
 
-def run(ctx) -> None:
-    cfg = ctx.cfg
+@dataclass
+class Candidates:
+    prompts: pd.DataFrame  # prompt_id, prompt (row = prompt_row)
+    table: pd.DataFrame  # prompt_id, prompt_row, cand_idx, seed, row
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    latents: torch.Tensor  # [N, c, h, w]
+    cond: dict[str, torch.Tensor]  # per prompt row
+    preferences: pd.DataFrame | None = None  # imported human pairs
+
+
+def sampled(cfg, backbone) -> Candidates:
     prompts = read_table(cfg.path("prompts", "train.parquet"), ["prompt_id", "prompt"])
-    backbone = load_backbone(cfg, resolve_device(cfg))
     k = cfg.candidates.k
     seeds = [[candidate_seed(cfg.seed, i, j, k) for j in range(k)] for i in range(len(prompts))]
     images, latents, cond = generate(
         backbone, prompts.prompt.tolist(), seeds, cfg.sampling, cfg.candidates.batch_size,
         desc="candidates",
     )
-    uncond = backbone.encode_text([""])
     table = pd.DataFrame(
         {
             "prompt_id": np.repeat(prompts.prompt_id.to_numpy(), k),
@@ -63,12 +76,42 @@ def run(ctx) -> None:
         }
     )
     table["row"] = np.arange(len(table))
+    return Candidates(prompts, table, images, latents, cond)
+
+
+def imported(cfg, backbone) -> Candidates:
+    """Pick-a-Pic pairs resized to the backbone's image size, encoded once by its VAE."""
+    c = cfg.candidates
+    held_out = set(read_table(cfg.path("prompts", "eval.parquet"), ["prompt"]).prompt)
+    channels, size, _ = backbone.image_shape
+    prefs = datasources.read_pickapic(c.preference_file, size, channels, held_out, c.max_pairs)
+    images = torch.from_numpy(prefs.images)
+    latents = torch.cat([
+        backbone.encode_images(images[s : s + c.batch_size].float() / 255).float().cpu()
+        for s in tqdm(range(0, len(images), c.batch_size), desc="encode", unit="batch")
+    ])
+    cond = {k: v.float().cpu() for k, v in backbone.encode_text(prefs.prompts.prompt.tolist())
+            .items()}
+    return Candidates(prefs.prompts, prefs.candidates, images, latents, cond, prefs.pairs)
+
+
+def run(ctx) -> None:
+    cfg = ctx.cfg
+    backbone = load_backbone(cfg, resolve_device(cfg))
+    cands = imported(cfg, backbone) if cfg.candidates.source == "pickapic" else sampled(
+        cfg, backbone)
+    uncond = backbone.encode_text([""])
     with atomic_dir(cfg.path("candidates")) as tmp:
-        table.to_parquet(tmp / "candidates.parquet")
-        prompts.to_parquet(tmp / "prompts.parquet")
-        np.save(tmp / "images.npy", images.numpy())
-        save_file({"latents": latents.contiguous()}, tmp / "latents.safetensors")
-        text = {k: v.contiguous() for k, v in cond.items()}
+        cands.table.to_parquet(tmp / "candidates.parquet")
+        cands.prompts.to_parquet(tmp / "prompts.parquet")
+        np.save(tmp / "images.npy", cands.images.numpy())
+        save_file({"latents": cands.latents.contiguous()}, tmp / "latents.safetensors")
+        text = {k: v.contiguous() for k, v in cands.cond.items()}
         text.update({f"uncond.{k}": v.float().cpu().contiguous() for k, v in uncond.items()})
         save_file(text, tmp / "text.safetensors")
-    ctx.run.log_metrics({"n_candidates": len(table), "n_prompts": len(prompts)})
+        if cands.preferences is not None:
+            cands.preferences.to_parquet(tmp / "preferences.parquet")
+    metrics = {"n_candidates": len(cands.table), "n_prompts": len(cands.prompts)}
+    if cands.preferences is not None:
+        metrics["n_pairs"] = len(cands.preferences)
+    ctx.run.log_metrics(metrics)

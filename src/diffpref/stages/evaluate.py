@@ -1,7 +1,8 @@
 """evaluate@<objective> / evaluate_base: held-out generation with shared seeds, then scores.
 
 Every objective samples the same held-out prompts from the same per-sample seeds as the base
-model, so win rates compare like with like.
+model, so win rates compare like with like. ``evaluate.export_geneval`` also writes the
+samples in GenEval's folder layout, for its (separately installed) object-detection scorer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pandas as pd
 from diffpref import evaluation
 from diffpref.adapters import Adapted
 from diffpref.backbones import load_backbone, resolve_device
+from diffpref.datasources import export_geneval
 from diffpref.io import atomic_dir, read_table, write_json
 from diffpref.rewards import load_reward, score_table
 from diffpref.stages.candidates import generate
@@ -52,6 +54,8 @@ def run(ctx) -> None:
         np.save(tmp / "samples.npy", images.numpy())
         keys.to_parquet(tmp / "samples.parquet")
         write_json(tmp / "metrics.json", metrics)
+        if ev.export_geneval:
+            export_geneval(tmp / "geneval", prompts, images.numpy(), len(ev.seeds))
     ctx.run.log_metrics(flat_numbers(metrics))
 
 

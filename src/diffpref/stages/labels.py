@@ -1,18 +1,25 @@
-"""labels: pairwise, smoothed, listwise and pointwise label files from the rewards."""
+"""labels: pairwise, smoothed, listwise and pointwise label files from the rewards, or from
+imported human preferences (``labels.reward: human``)."""
 
 from __future__ import annotations
 
-from diffpref import labels
+from diffpref import datasources, labels
 from diffpref.io import atomic_dir, read_table
 
 
 def run(ctx) -> None:
     cfg = ctx.cfg.labels
-    rewards = read_table(
-        ctx.cfg.path("rewards", "rewards.parquet"), ["prompt_id", "cand_idx", "reward", "score"]
-    )
-    scores = labels.score_matrix(rewards, cfg.reward)
-    pairs = labels.pairwise(scores, cfg.tie_threshold, cfg.pairs)
+    if cfg.reward == datasources.HUMAN:  # imported human pairs (candidates.source: pickapic)
+        prefs = read_table(ctx.cfg.path("candidates", "preferences.parquet"),
+                           ["prompt_id", "winner", "loser"])
+        scores, pairs = datasources.human_labels(prefs)
+    else:
+        rewards = read_table(
+            ctx.cfg.path("rewards", "rewards.parquet"),
+            ["prompt_id", "cand_idx", "reward", "score"],
+        )
+        scores = labels.score_matrix(rewards, cfg.reward)
+        pairs = labels.pairwise(scores, cfg.tie_threshold, cfg.pairs)
     if pairs.empty:
         raise ValueError(
             f"labels: no pair of candidates differs by more than labels.tie_threshold="

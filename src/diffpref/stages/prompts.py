@@ -1,4 +1,8 @@
-"""prompts: the train/eval prompt tables every later stage reads."""
+"""prompts: the train/eval prompt tables every later stage reads.
+
+Sources: the embedded world's generator (default), or a prompt file (``prompts.source:
+file``; see :func:`diffpref.datasources.read_prompt_file`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ def run(ctx) -> None:
 
         df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed)
     else:
-        raise NotImplementedError("prompts.source: file is not available yet")
+        from diffpref.datasources import read_prompt_file
+
+        df = read_prompt_file(p.file, p.column, p.category_column, p.eval_fraction,
+                              p.n_train, p.n_eval)
     check_prompts(df)
     with atomic_dir(cfg.path("prompts")) as tmp:
         for split in ("train", "eval"):

@@ -25,7 +25,12 @@ from diffpref.rewards.quality import QualityReward
 from diffpref.world import train as T
 from diffpref.world.base import WorldBase, save_base
 from diffpref.world.data import ItemBank
-from diffpref.world.metrics import classifier_accuracy, fidelity_canvas_metrics, quality_metrics
+from diffpref.world.metrics import (
+    classifier_accuracy,
+    fidelity_canvas_metrics,
+    quality_metrics,
+    random_specs,
+)
 from diffpref.world.prompts import generate_prompts
 from diffpref.world.render import render_specs
 from diffpref.world.settings import WorldParams
@@ -145,8 +150,8 @@ def _vae_metrics(vae: AutoencoderKL, fidelity: FidelityReward, test_bank: ItemBa
                  p: WorldParams) -> dict[str, float]:
     """Reconstruction error on test canvases and fidelity kept through the VAE."""
     rng = np.random.default_rng(p.seed + 202)
-    specs = [Spec.from_dict(s.to_dict()) for cat in CATEGORIES
-             for s in _random_specs(cat, p.eval_test_canvases_per_category // 2, rng)]
+    n = max(1, p.eval_test_canvases_per_category // 2)
+    specs = [s for cat in CATEGORIES for s in random_specs(n, rng, cat)]
     images, _ = render_specs(specs, test_bank, rng, p.jitter)
     x = images * 2 - 1
     rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
@@ -155,12 +160,6 @@ def _vae_metrics(vae: AutoencoderKL, fidelity: FidelityReward, test_bank: ItemBa
         "vae_recon_mse": float(((rec - x) ** 2).mean()),  # on [-1,1], like the prototype
         "vae_fidelity_correct_rate": float(fidelity.correct_specs(rec01, specs).float().mean()),
     }
-
-
-def _random_specs(cat: str, n: int, rng: np.random.Generator) -> list[Spec]:
-    from diffpref.world.metrics import random_specs
-
-    return random_specs(max(1, n), rng, cat)
 
 
 @torch.no_grad()

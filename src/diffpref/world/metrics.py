@@ -17,7 +17,6 @@ from diffpref.world.spec import (
     COUNTS,
     EMPTY,
     NUM_CELLS,
-    RELATIONS,
     Spec,
     satisfies_relation,
 )
@@ -136,13 +135,3 @@ def quality_metrics(qual: QualityReward, bank: ItemBank, n: int, rng: np.random.
         "quality_degraded_mean": float(s_fake.mean()),
     }
 
-
-__all__ = [
-    "RELATIONS",
-    "auc",
-    "classifier_accuracy",
-    "degrade_canvases",
-    "fidelity_canvas_metrics",
-    "quality_metrics",
-    "wrong_layout",
-]

@@ -14,6 +14,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     SchedulerMixin,
     UNet2DConditionModel,
@@ -62,9 +63,12 @@ def sample(
     ``uncond`` [1,L,D] is the empty-prompt context; ``guidance`` <= 1 skips the
     unconditional pass. ``seeds`` are per-sample seeds (reproducible per sample); a single
     ``torch.Generator`` draws the whole batch instead (not batch-independent).
-    ``scheduler`` must be an inference scheduler (see :func:`make_sampler`); its timesteps are
-    reset here.
+    ``scheduler`` is an inference scheduler (see :func:`make_sampler`; a stochastic
+    ``DDPMScheduler`` is swapped for DDIM so results stay a function of the seeds); its
+    timesteps are reset here.
     """
+    if isinstance(scheduler, DDPMScheduler):
+        scheduler = make_sampler(scheduler, "ddim")
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     b = cond.shape[0]

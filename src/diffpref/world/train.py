@@ -20,9 +20,10 @@ from diffpref.rewards.fidelity import FidelityReward
 from diffpref.rewards.quality import QualityReward
 from diffpref.world.data import NUM_CLASSES, ItemBank
 from diffpref.world.degrade import clean_empty, degrade_items, dirty_empty, smooth_noise
+from diffpref.world.prompts import sample_train_caption
 from diffpref.world.render import CANVAS, CELL
 from diffpref.world.settings import WorldParams
-from diffpref.world.spec import EMPTY
+from diffpref.world.spec import CATEGORIES, EMPTY, Spec
 
 
 # -- cells ---------------------------------------------------------------------------------
@@ -268,11 +269,8 @@ def train_unet(
 
 def sample_caption_pool(
     n: int, mix: dict[str, float], rng: np.random.Generator
-) -> tuple[list, list[str]]:
+) -> tuple[list[Spec], list[str]]:
     """``n`` (spec, caption) pairs from the train grammar, categories drawn by ``mix``."""
-    from diffpref.world.prompts import sample_train_caption
-    from diffpref.world.spec import CATEGORIES
-
     w = np.array([max(mix.get(c, 0.0), 0.0) for c in CATEGORIES], dtype=float)
     cats = rng.choice(len(CATEGORIES), size=n, p=w / w.sum())
     specs, caps = [], []

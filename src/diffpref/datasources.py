@@ -1,0 +1,295 @@
+"""Data from outside the pipeline: prompt files, Pick-a-Pic-style human preferences, and the
+GenEval folder layout for evaluation samples.
+
+Every reader fails early with the file, the column and the row at fault, because a bad row
+found after an hour of generation is the expensive kind of error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PROMPT_FORMATS = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
+EVAL_ALIASES = {"train": "train", "eval": "eval", "test": "eval", "val": "eval",
+                "validation": "eval"}
+PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0"]
+HUMAN = "human"  # labels.reward naming the imported human preferences
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prompt_id(text: str) -> str:
+    """Stable id from the text: reordering or extending a file keeps every prompt's id."""
+    return "p" + text_hash(text)[:12]
+
+
+def hash_split(prompts: pd.Series, eval_fraction: float) -> pd.Series:
+    """``eval`` for a deterministic ``eval_fraction`` of prompts, decided by the text alone
+    (so a prompt repeated in a file, or moved, always lands in the same split)."""
+    u = prompts.map(lambda p: int(text_hash(p)[:8], 16) / 2**32)
+    return pd.Series(np.where(u < eval_fraction, "eval", "train"), index=prompts.index)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The file as a frame; binary columns of parquet files (images) are never read."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        return pd.DataFrame({"prompt": [ln for ln in lines if ln]})
+    if suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {i} is not valid JSON: {e}") from None
+        return pd.DataFrame(rows)
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    cols = [f.name for f in schema if not pa.types.is_binary(f.type)
+            and not pa.types.is_large_binary(f.type)]
+    return pd.read_parquet(path, columns=cols)
+
+
+def read_prompt_file(
+    path: str | Path, column: str = "prompt", category_column: str | None = None,
+    eval_fraction: float = 0.2, n_train: int | None = None, n_eval: int | None = None,
+) -> pd.DataFrame:
+    """``prompt_id, prompt, split, metadata[, category]`` from a prompt file.
+
+    The split is the file's ``split`` column if it has one, else :func:`hash_split`. The
+    category is ``category_column``, else ``category``, else GenEval's ``tag``. ``metadata``
+    keeps each source row as JSON (GenEval's evaluator needs its include/exclude specs).
+    Duplicate prompts are dropped; at most ``n_train`` / ``n_eval`` are kept, in file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts.file: {path} not found")
+    if path.suffix.lower() not in PROMPT_FORMATS:
+        raise ValueError(f"prompts.file: {path}: unsupported format (use one of "
+                         f"{', '.join(PROMPT_FORMATS)})")
+    raw = _read_table(path)
+    if path.suffix.lower() == ".txt":
+        column = "prompt"
+    if column not in raw:
+        raise ValueError(f"{path}: no column {column!r} (prompts.column); has {list(raw.columns)}")
+    text = raw[column]
+    bad = text.isna() | (text.astype(str).str.strip() == "")
+    if bad.any():
+        rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
+        raise ValueError(f"{path}: column {column!r} is empty in data rows {rows}")
+    df = pd.DataFrame({"prompt": text.astype(str).str.strip()})
+    df["metadata"] = [json.dumps({k: v for k, v in r.items() if _plain(v)}, default=str)
+                      for r in raw.to_dict("records")]
+    cat = category_column or next((c for c in ("category", "tag") if c in raw), None)
+    if cat is not None:
+        if cat not in raw:
+            raise ValueError(f"{path}: no column {cat!r} (prompts.category_column)")
+        df["category"] = raw[cat].astype(str)
+    if "split" in raw:
+        split = raw["split"].astype(str).str.lower()
+        unknown = sorted(set(split) - set(EVAL_ALIASES))
+        if unknown:
+            raise ValueError(f"{path}: column 'split' has values {unknown} "
+                             f"(allowed: {sorted(EVAL_ALIASES)})")
+        df["split"] = split.map(EVAL_ALIASES)
+    else:
+        df["split"] = hash_split(df.prompt, eval_fraction)
+    n_dup = int(df.prompt.duplicated().sum())
+    if n_dup:
+        log.info("%s: dropped %d duplicate prompts", path, n_dup)
+        df = df.drop_duplicates("prompt")
+    caps = {"train": n_train, "eval": n_eval}
+    df = pd.concat([g.head(caps[s]) if caps[s] else g for s, g in df.groupby("split", sort=True)])
+    for s in ("train", "eval"):
+        if not (df.split == s).any():
+            raise ValueError(f"{path}: no {s} prompts (add a 'split' column or change "
+                             f"prompts.eval_fraction={eval_fraction})")
+    df.insert(0, "prompt_id", df.prompt.map(prompt_id))
+    return df.sort_index().reset_index(drop=True)
+
+
+def _plain(v) -> bool:
+    """Worth keeping in the JSON metadata: not bytes, not a missing value."""
+    return not isinstance(v, bytes | bytearray) and not (isinstance(v, float) and np.isnan(v))
+
+
+# --- Pick-a-Pic-style human preferences -----------------------------------------------------
+
+
+@dataclass
+class Preferences:
+    """Imported pairs in the candidates stage's shape: unique images per prompt, indexed."""
+
+    prompts: pd.DataFrame  # prompt_id, prompt
+    candidates: pd.DataFrame  # prompt_id, prompt_row, cand_idx, seed (-1: not generated), row
+    images: np.ndarray  # uint8 [N, C, S, S], rows of ``candidates``
+    pairs: pd.DataFrame  # prompt_id, winner, loser (cand_idx)
+
+
+def load_image(data: bytes, size: int, channels: int) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 [C, size, size]: shortest side resized, then center-cropped
+    (what the diffusers DPO scripts do before the VAE)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB" if channels == 3 else "L")
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def read_pickapic(
+    path: str | Path, size: int, channels: int = 3, exclude: set[str] | None = None,
+    max_pairs: int | None = None, batch_rows: int = 256,
+) -> Preferences:
+    """Import ``caption, jpg_0, jpg_1, label_0`` rows (Pick-a-Pic v1/v2 parquet shards).
+
+    ``label_0`` is 1 if ``jpg_0`` is preferred, 0 if ``jpg_1`` is, 0.5 for a tie; ties are
+    dropped (Salesforce's Diffusion-DPO does the same; the diffusers script does not).
+    Captions in ``exclude`` (the eval prompts) are skipped so that evaluation stays held out.
+    An image that occurs in several pairs of a caption becomes one candidate.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"candidates.preference_file: {path} not found")
+    pf = pq.ParquetFile(path)
+    missing = [c for c in PICKAPIC_COLUMNS if c not in pf.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {pf.schema_arrow.names})")
+    exclude = exclude or set()
+    prompt_rows: dict[str, int] = {}
+    cand_of: dict[tuple[int, str], int] = {}  # (prompt row, image hash) -> row
+    cands: list[tuple[int, int]] = []  # (prompt row, cand_idx)
+    per_prompt: dict[int, int] = {}
+    images: list[np.ndarray] = []
+    pairs: list[tuple[int, int, int]] = []
+    n_ties = n_excluded = 0
+    row0 = 0
+
+    def candidate(prow: int, data: bytes, where: str) -> int:
+        key = (prow, hashlib.sha1(data).hexdigest())
+        if key not in cand_of:
+            try:
+                images.append(load_image(data, size, channels))
+            except Exception as e:
+                raise ValueError(f"{path}: {where} is not a readable image: {e}") from None
+            cand_of[key] = len(cands)
+            cands.append((prow, per_prompt.get(prow, 0)))
+            per_prompt[prow] = cands[-1][1] + 1
+        return cand_of[key]
+
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=PICKAPIC_COLUMNS):
+        if max_pairs is not None and len(pairs) >= max_pairs:
+            break
+        for i, r in enumerate(batch.to_pylist()):
+            n = row0 + i
+            if max_pairs is not None and len(pairs) >= max_pairs:
+                break
+            label, caption = r["label_0"], r["caption"]
+            if label not in (0, 1, 0.5, 0.0, 1.0):
+                raise ValueError(f"{path}: row {n}: label_0 must be 0, 0.5 or 1, got {label!r}")
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"{path}: row {n}: column 'caption' is empty")
+            if label == 0.5:
+                n_ties += 1
+                continue
+            caption = caption.strip()
+            if caption in exclude:
+                n_excluded += 1
+                continue
+            prow = prompt_rows.setdefault(caption, len(prompt_rows))
+            a = candidate(prow, r["jpg_0"], f"row {n} column 'jpg_0'")
+            b = candidate(prow, r["jpg_1"], f"row {n} column 'jpg_1'")
+            if a == b:
+                continue  # the same picture twice: no preference to learn
+            pairs.append((prow, *((a, b) if label == 1 else (b, a))))
+        row0 += batch.num_rows
+    if not pairs:
+        raise ValueError(f"{path}: no usable pairs ({n_ties} ties, {n_excluded} eval prompts)")
+    log.info("%s: %d pairs, %d ties dropped, %d rows of eval prompts skipped",
+             path, len(pairs), n_ties, n_excluded)
+    texts = list(prompt_rows)
+    prompts = pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "prompt": texts})
+    ids = prompts.prompt_id.to_numpy()
+    # rows in prompt-major order, as generated candidates are
+    order = sorted(range(len(cands)), key=lambda j: cands[j])
+    new_row = {old: new for new, old in enumerate(order)}
+    candidates = pd.DataFrame({
+        "prompt_id": [ids[cands[j][0]] for j in order],
+        "prompt_row": [cands[j][0] for j in order],
+        "cand_idx": [cands[j][1] for j in order],
+        "seed": -1,
+    })
+    candidates["row"] = np.arange(len(candidates))
+    cidx = candidates.cand_idx.to_numpy()
+    pair_df = pd.DataFrame({
+        "prompt_id": [ids[p] for p, _, _ in pairs],
+        "winner": [int(cidx[new_row[w]]) for _, w, _ in pairs],
+        "loser": [int(cidx[new_row[lo]]) for _, _, lo in pairs],
+    })
+    return Preferences(prompts, candidates, np.stack([images[j] for j in order]), pair_df)
+
+
+def human_labels(prefs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(score matrix, pairwise labels) from imported human pairs.
+
+    The pairs are kept exactly as the annotators gave them (no tie threshold: ties were
+    dropped at import). Label kinds that need a per-image score (smoothed, listwise,
+    pointwise) use each image's fraction of won comparisons within its prompt.
+    """
+    long = pd.concat([
+        pd.DataFrame({"prompt_id": prefs.prompt_id, "cand_idx": prefs.winner, "won": 1.0}),
+        pd.DataFrame({"prompt_id": prefs.prompt_id, "cand_idx": prefs.loser, "won": 0.0}),
+    ])
+    scores = long.groupby(["prompt_id", "cand_idx"]).won.mean().unstack("cand_idx")
+    pairs = prefs[["prompt_id", "winner", "loser"]].copy()
+    pairs["score_w"] = [scores.at[p, w] for p, w in zip(pairs.prompt_id, pairs.winner)]
+    pairs["score_l"] = [scores.at[p, lo] for p, lo in zip(pairs.prompt_id, pairs.loser)]
+    pairs["margin"] = pairs.score_w - pairs.score_l
+    return scores, pairs.reset_index(drop=True)
+
+
+# --- GenEval export -------------------------------------------------------------------------
+
+
+def export_geneval(out: Path, prompts: pd.DataFrame, images: np.ndarray, per_prompt: int) -> None:
+    """``out/<%05d>/{metadata.jsonl, samples/<%04d>.png}`` per prompt, as GenEval's
+    ``evaluate_images.py`` reads them; ``images`` are uint8 [N,C,H,W] in prompt-major order."""
+    from PIL import Image
+
+    if len(images) != len(prompts) * per_prompt:
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {per_prompt}")
+    meta = prompts["metadata"] if "metadata" in prompts else [None] * len(prompts)
+    for i, (text, m) in enumerate(zip(prompts.prompt, meta)):
+        folder = out / f"{i:05d}"
+        (folder / "samples").mkdir(parents=True)
+        row = json.loads(m) if m else {}
+        row.setdefault("prompt", text)
+        (folder / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+        for j in range(per_prompt):
+            img = images[i * per_prompt + j].transpose(1, 2, 0)
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
+                folder / "samples" / f"{j:04d}.png")

@@ -1,0 +1,88 @@
+"""Tiny random SD1.5 / SDXL pipelines and CLIP reward models on disk, plus a params writer.
+
+Built once per test session (a few seconds) with ``diffpref.backbones.random_init``: the same
+``save_pretrained`` layout as the real hub repositories, so the loaders under test are the
+ones a user runs on real weights.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from diffpref.backbones.random_init import build_clip, build_sd_pipeline
+from diffpref.rewards.aesthetic import AestheticHead
+
+PROJECTION = 16  # tiny CLIP embedding size (the aesthetic head takes it as input)
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    sd15: Path
+    sd15_v: Path  # v-prediction
+    sdxl: Path
+    clip: Path  # serves pickscore, clip_score and the aesthetic's CLIP
+    aesthetic_head: Path
+
+
+@functools.cache
+def tiny_models(root: Path) -> TinyModels:
+    root.mkdir(parents=True, exist_ok=True)
+    head = AestheticHead(PROJECTION)
+    torch.save(head.state_dict(), root / "aesthetic_head.pth")
+    return TinyModels(
+        sd15=build_sd_pipeline(root / "sd15", "sd15", seed=0),
+        sd15_v=build_sd_pipeline(root / "sd15_v", "sd15", prediction_type="v_prediction", seed=1),
+        sdxl=build_sd_pipeline(root / "sdxl", "sdxl", seed=2),
+        clip=build_clip(root / "clip", image_size=32, projection_dim=PROJECTION),
+        aesthetic_head=root / "aesthetic_head.pth",
+    )
+
+
+def deep_update(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                               dict) else v
+    return out
+
+
+def write_params(path: Path, models: TinyModels, pipeline: Path, kind: str, **over) -> Path:
+    """A complete params.yaml for the tiny real-model DAG (device cpu, 2 sampling steps)."""
+    train = {"steps": 2, "batch_size": 2, "lr": 1e-2, "warmup_steps": 1, "lora_rank": 4,
+             "checkpoint_every": 1, "log_every": 1}
+    clip = str(models.clip)
+    params = {
+        "device": "cpu",
+        "results": str(path.parent / "results"),
+        "backbone": {"kind": kind, "pretrained": str(pipeline)},
+        "sampling": {"steps": 2, "guidance": 3.0},
+        "prompts": {"source": "file", "file": str(path.parent / "prompts.txt"),
+                    "eval_fraction": 0.4},
+        "candidates": {"k": 2, "batch_size": 8},
+        "rewards": {"models": ["pickscore", "clip_score", "aesthetic"], "batch_size": 8,
+                    "sources": {"pickscore": clip, "clip_score": clip,
+                                "aesthetic": {"model": clip, "head": str(models.aesthetic_head)}}},
+        "labels": {"reward": "pickscore", "tie_threshold": 0.0},
+        "train": train,
+        "objectives": {"dpo": {"loss": "dpo", "beta": 2500},
+                       "mapo": {"loss": "mapo"},
+                       "lair": {"loss": "lair"}},
+        "evaluate": {"seeds": [0, 1], "batch_size": 8, "bootstrap": 20,
+                     "win_reward": "pickscore"},
+        "report": {"grid_prompts": 2},
+    }
+    path.write_text(yaml.safe_dump(deep_update(params, over)))
+    return path
+
+
+PROMPTS = [
+    "a red cube on a table", "two cats on a sofa", "a lighthouse at night",
+    "a bowl of ramen", "an astronaut riding a horse", "a watercolor fox",
+    "three apples in a row", "a blue car in the rain", "a castle on a hill",
+    "a dog wearing sunglasses",
+]
