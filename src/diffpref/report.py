@@ -93,7 +93,12 @@ def image_grid(results: Path, names: list[str], n_prompts: int, out: Path) -> No
     """Rows: models; columns: the same (prompt, seed) samples, so differences are the method's."""
     keys = pd.read_parquet(results / "eval" / names[0] / "samples.parquet")
     prompts = pd.read_parquet(results / "prompts" / "eval.parquet")
-    first = keys.drop_duplicates("prompt_id").index[:n_prompts].to_numpy()
+    if "category" in prompts:  # round-robin over categories so every kind of prompt shows
+        prompts = prompts.assign(_r=prompts.groupby("category").cumcount()).sort_values(
+            ["_r", "category"], kind="stable")
+    chosen = list(prompts.prompt_id[:n_prompts])
+    firsts = keys.reset_index().drop_duplicates("prompt_id").set_index("prompt_id")["index"]
+    first = firsts.loc[chosen].to_numpy()
     text = dict(zip(prompts.prompt_id, prompts.prompt))
     fig, axes = plt.subplots(
         len(names), len(first), figsize=(1.3 * len(first), 1.4 * len(names) + 0.8), squeeze=False
