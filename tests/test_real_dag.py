@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
-from tests.tiny_sd import PROMPTS, tiny_models, write_params
+from tests.tiny_sd import PROMPTS, one_thread, tiny_models, write_params
 
 from diffpref.cli import main
 
@@ -23,8 +23,11 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _mlflow(tmp_path, monkeypatch):
+def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("DIFFPREF_THREADS", "1")
+    with one_thread():
+        yield
 
 
 def run(params, *args) -> None:
@@ -62,8 +65,13 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
     kind, models, tmp_path
 ):
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    # SDXL reads a PartiPrompts-style TSV, whose free-text categories must survive MLflow
+    pd.DataFrame({"Prompt": PROMPTS, "Category": ["Food & Beverage", "Animals"] * 5}).to_csv(
+        tmp_path / "parti.tsv", sep="\t", index=False)
+    prompts = {} if kind == "sd15" else {"file": str(tmp_path / "parti.tsv"), "column": "Prompt",
+                                         "category_column": "Category"}
     pipeline = models.sd15 if kind == "sd15" else models.sdxl
-    params = write_params(tmp_path / "params.yaml", models, pipeline, kind,
+    params = write_params(tmp_path / "params.yaml", models, pipeline, kind, prompts=prompts,
                           evaluate={"export_geneval": True})
     results = tmp_path / "results"
     run_dag(params, results)
@@ -94,3 +102,49 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
     after = pipe_images(pipe, PROMPTS[0])
     assert before.shape == after.shape == (1, 32, 32, 3)
     assert np.abs(after - before).max() > 1e-4
+
+
+def test_v_prediction_pipeline_trains_through_the_stages(models, tmp_path):
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    params = write_params(tmp_path / "params.yaml", models, models.sd15_v, "sd15",
+                          rewards={"models": ["pickscore"]},
+                          objectives={"dpo": {"loss": "dpo"}})
+    for stage in ("prompts", "candidates", "rewards", "labels"):
+        run(params, stage)
+    run(params, "train", "--objective", "dpo")
+    tm = json.loads((tmp_path / "results" / "adapters" / "dpo" / "train_metrics.json")
+                    .read_text())
+    assert np.isfinite(tm["summary"]["final_loss"]) and tm["summary"]["steps"] == 2
+
+
+def test_pickapic_import_gives_trainable_human_pairs(models, tmp_path):
+    from tests.test_real_datasources import jpeg, pickapic
+
+    captions = PROMPTS[:6]
+    rows = [(c, jpeg(2 * i), jpeg(2 * i + 1), float(i % 2)) for i, c in enumerate(captions)]
+    rows += [(captions[0], jpeg(0), jpeg(99), 1.0), (captions[1], jpeg(5), jpeg(7), 0.5)]
+    pref = pickapic(tmp_path / "pickapic.parquet", rows)
+    params = write_params(
+        tmp_path / "params.yaml", models, models.sd15, "sd15",
+        prompts={"file": str(pref), "column": "caption", "eval_fraction": 0.3},
+        candidates={"source": "pickapic", "preference_file": str(pref)},
+        rewards={"models": ["clip_score"]},
+        labels={"reward": "human"},
+        objectives={"dpo": {"loss": "dpo"}},
+    )
+    for stage in ("prompts", "candidates", "rewards", "labels"):
+        run(params, stage)
+    run(params, "train", "--objective", "dpo")
+    res = tmp_path / "results"
+    held_out = set(pd.read_parquet(res / "prompts" / "eval.parquet").prompt)
+    cands = pd.read_parquet(res / "candidates" / "prompts.parquet")
+    assert held_out and not held_out & set(cands.prompt)
+    prefs = pd.read_parquet(res / "candidates" / "preferences.parquet")
+    pairs = pd.read_parquet(res / "labels" / "pairwise.parquet")
+    assert prefs[["prompt_id", "winner", "loser"]].equals(pairs[["prompt_id", "winner", "loser"]])
+    # each kept row is one pair; the tie and the held-out captions are gone
+    train_rows = [r for r in rows if r[0] not in held_out and r[3] != 0.5]
+    assert len(pairs) == len(train_rows)
+    assert np.load(res / "candidates" / "images.npy").shape[1:] == (3, 32, 32)
+    tm = json.loads((res / "adapters" / "dpo" / "train_metrics.json").read_text())
+    assert tm["n_examples"] == len(pairs) and np.isfinite(tm["summary"]["final_loss"])

@@ -6,10 +6,15 @@ and runs the stage module's ``run(ctx)``. Bad params exit with code 2 and nothin
 
 from __future__ import annotations
 
+import os
+
+# Parallel jobs share few cores: OpenMP's default busy-wait makes a 2-thread torch 3-15x slower
+# next to another busy process. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import importlib
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass

@@ -100,7 +100,7 @@ class CandidateParams(_Strict):
 class RewardSource(_Strict):
     """Where a real reward model's weights live: a local directory or a hub id."""
 
-    model: str
+    model: str | None = Field(None, description="None: the reward's official hub id")
     processor: str | None = Field(None, description="tokenizer + image processor; None: model")
     head: str | None = Field(None, description="aesthetic: MLP head weights (.pth/.safetensors)")
 

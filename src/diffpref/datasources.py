@@ -123,7 +123,8 @@ def read_prompt_file(
             raise ValueError(f"{path}: no {s} prompts (add a 'split' column or change "
                              f"prompts.eval_fraction={eval_fraction})")
     df.insert(0, "prompt_id", df.prompt.map(prompt_id))
-    return df.sort_index().reset_index(drop=True)
+    first = ["prompt_id", "prompt", "split"]
+    return df[first + [c for c in df if c not in first]].sort_index().reset_index(drop=True)
 
 
 def _plain(v) -> bool:
@@ -286,7 +287,7 @@ def export_geneval(out: Path, prompts: pd.DataFrame, images: np.ndarray, per_pro
     for i, (text, m) in enumerate(zip(prompts.prompt, meta)):
         folder = out / f"{i:05d}"
         (folder / "samples").mkdir(parents=True)
-        row = json.loads(m) if m else {}
+        row = json.loads(m) if isinstance(m, str) and m else {}
         row.setdefault("prompt", text)
         (folder / "metadata.jsonl").write_text(json.dumps(row) + "\n")
         for j in range(per_prompt):

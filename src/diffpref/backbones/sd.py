@@ -78,7 +78,10 @@ class SDBackbone(Backbone):
         dtype = torch.float32 if (
             self.dtype == torch.float16 and cfg.get("force_upcast", False)
         ) else self.dtype
-        vae = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype)
+        variant = None if self._vae_source else self._variant
+        vae = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype,
+                                            variant=variant)
+        vae.enable_slicing()  # one image at a time: a 512-1024 px decode batch can exhaust memory
         return vae.to(self.device).eval().requires_grad_(False)
 
     def _load_text(self, tok_sub: str, enc_sub: str, cls):

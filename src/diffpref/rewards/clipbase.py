@@ -60,8 +60,10 @@ class Preprocess:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
-        scale = self.resize / min(h, w)
-        nh, nw = max(self.crop, round(h * scale)), max(self.crop, round(w * scale))
+        # the processor's rule: shortest side -> resize, longest side truncated to int
+        nh, nw = (self.resize, int(self.resize * w / h)) if h <= w else (
+            int(self.resize * h / w), self.resize)
+        nh, nw = max(nh, self.crop), max(nw, self.crop)
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False,
                               antialias=True)

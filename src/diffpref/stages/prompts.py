@@ -6,6 +6,8 @@ file``; see :func:`diffpref.datasources.read_prompt_file`).
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from diffpref.io import atomic_dir
@@ -30,7 +32,8 @@ def run(ctx) -> None:
     ctx.run.log_metrics({f"n_{s}": int((df.split == s).sum()) for s in ("train", "eval")})
     if "category" in df:
         for cat, n in df[df.split == "eval"].category.value_counts().items():
-            ctx.run.log_metric(f"n_eval_{cat}", int(n))
+            # file categories are free text ("Food & Beverage"); MLflow rejects such names
+            ctx.run.log_metric("n_eval_" + re.sub(r"[^/\w.\- :]", "_", str(cat)), int(n))
 
 
 def check_prompts(df: pd.DataFrame) -> None:

@@ -137,7 +137,8 @@ def _reward_metrics(fidelity: FidelityReward, quality: QualityReward, test_bank:
                     p: WorldParams) -> dict[str, float]:
     gen = torch.Generator().manual_seed(p.seed + 101)
     rng = np.random.default_rng(p.seed + 101)
-    out = classifier_accuracy(fidelity, test_bank, gen)
+    items = test_bank if p.eval_test_items is None else test_bank.subset(p.eval_test_items)
+    out = classifier_accuracy(fidelity, items, gen)
     out.update(fidelity_canvas_metrics(fidelity, test_bank, p.eval_test_canvases_per_category,
                                        rng))
     out.update(quality_metrics(quality, test_bank, 5 * p.eval_test_canvases_per_category, rng,

@@ -76,6 +76,7 @@ class WorldParams(BaseModel):
     guidance_scale: float = 4.0
     eval_prompts_per_category: int = 64
     eval_test_canvases_per_category: int = 200
+    eval_test_items: int | None = None  # classifier accuracy on the first N test items (all)
 
     @field_validator("category_mix")
     @classmethod
@@ -99,7 +100,7 @@ class WorldParams(BaseModel):
             "unet_channels": (16, 32), "unet_heads": 2, "unet_steps": 10, "unet_batch": 16,
             "unet_warmup": 2,
             "sample_steps": 4, "eval_prompts_per_category": 4,
-            "eval_test_canvases_per_category": 16,
+            "eval_test_canvases_per_category": 16, "eval_test_items": 1000,
         }
         small.update(overrides)
         return cls(**small)

@@ -1,0 +1,42 @@
+"""The real-model params: profiles validate, new fields default to the embedded world, and
+incomplete real-model settings fail at `diffpref check` with the key named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from tests.conftest import REPO
+
+from diffpref import config
+from diffpref.cli import main
+
+
+@pytest.mark.parametrize("profile", ["sd15", "sdxl", "sd15-bench"])
+def test_real_model_profiles_pass_check(profile, capsys):
+    assert main(["check", "--params", str(REPO / "params.yaml"), "--profile", profile]) == 0
+    cfg, _ = config.load(REPO / "params.yaml", profile)
+    assert cfg.backbone.kind in ("sd15", "sdxl") and cfg.backbone.pretrained
+
+
+def test_new_fields_default_to_the_embedded_world():
+    cfg = config.Config()
+    assert cfg.backbone.kind == "embedded" and cfg.backbone.vae is None
+    assert cfg.prompts.source == "world" and cfg.candidates.source == "generate"
+    assert cfg.rewards.sources == {} and cfg.rewards.dtype == "float32"
+    assert not cfg.train.gradient_checkpointing and cfg.train.optimizer == "adamw"
+    assert not cfg.evaluate.export_geneval
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"backbone": {"kind": "sd15"}}, "backbone.pretrained"),
+    ({"prompts": {"source": "file"}}, "prompts.file"),
+    ({"candidates": {"source": "pickapic"}}, "candidates.preference_file"),
+    ({"train": {"optimizer": "lion"}}, "train.optimizer"),
+    ({"rewards": {"sources": {"pickscore": {"modle": "x"}}}}, "modle"),
+])
+def test_incomplete_real_model_params_name_the_key(tmp_path, over, needle):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"objectives": {"dpo": {"loss": "dpo"}}, **over}))
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    assert str(p) in str(e.value) and needle in str(e.value)
