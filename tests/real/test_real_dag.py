@@ -10,24 +10,17 @@ import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
-from tests.tiny_sd import PROMPTS, one_thread, tiny_models, write_params
+from tests.real.conftest import PROMPTS, jpeg, pickapic, write_params
 
 from diffpref.cli import main
 
 OBJECTIVES = ["dpo", "mapo", "lair"]
 
 
-@pytest.fixture
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.getbasetemp() / "tiny_models")
-
-
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("DIFFPREF_THREADS", "1")
-    with one_thread():
-        yield
 
 
 def run(params, *args) -> None:
@@ -55,8 +48,15 @@ def stock_pipeline(kind, path):
 
 
 def pipe_images(pipe, prompt):
-    out = pipe(prompt, num_inference_steps=2, guidance_scale=3.0, height=32, width=32,
-               generator=torch.Generator().manual_seed(0), output_type="np")
+    out = pipe(
+        prompt,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     return out.images
 
 
@@ -67,12 +67,26 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     # SDXL reads a PartiPrompts-style TSV, whose free-text categories must survive MLflow
     pd.DataFrame({"Prompt": PROMPTS, "Category": ["Food & Beverage", "Animals"] * 5}).to_csv(
-        tmp_path / "parti.tsv", sep="\t", index=False)
-    prompts = {} if kind == "sd15" else {"file": str(tmp_path / "parti.tsv"), "column": "Prompt",
-                                         "category_column": "Category"}
+        tmp_path / "parti.tsv", sep="\t", index=False
+    )
+    prompts = (
+        {}
+        if kind == "sd15"
+        else {
+            "file": str(tmp_path / "parti.tsv"),
+            "column": "Prompt",
+            "category_column": "Category",
+        }
+    )
     pipeline = models.sd15 if kind == "sd15" else models.sdxl
-    params = write_params(tmp_path / "params.yaml", models, pipeline, kind, prompts=prompts,
-                          evaluate={"export_geneval": True})
+    params = write_params(
+        tmp_path / "params.yaml",
+        models,
+        pipeline,
+        kind,
+        prompts=prompts,
+        evaluate={"export_geneval": True},
+    )
     results = tmp_path / "results"
     run_dag(params, results)
 
@@ -97,8 +111,9 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
 
     pipe = stock_pipeline(kind, pipeline)
     before = pipe_images(pipe, PROMPTS[0])
-    pipe.load_lora_weights(str(results / "adapters" / "dpo"),
-                           weight_name="pytorch_lora_weights.safetensors")
+    pipe.load_lora_weights(
+        str(results / "adapters" / "dpo"), weight_name="pytorch_lora_weights.safetensors"
+    )
     after = pipe_images(pipe, PROMPTS[0])
     assert before.shape == after.shape == (1, 32, 32, 3)
     assert np.abs(after - before).max() > 1e-4
@@ -106,26 +121,31 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
 
 def test_v_prediction_pipeline_trains_through_the_stages(models, tmp_path):
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    params = write_params(tmp_path / "params.yaml", models, models.sd15_v, "sd15",
-                          rewards={"models": ["pickscore"]},
-                          objectives={"dpo": {"loss": "dpo"}})
+    params = write_params(
+        tmp_path / "params.yaml",
+        models,
+        models.sd15_v,
+        "sd15",
+        rewards={"models": ["pickscore"]},
+        objectives={"dpo": {"loss": "dpo"}},
+    )
     for stage in ("prompts", "candidates", "rewards", "labels"):
         run(params, stage)
     run(params, "train", "--objective", "dpo")
-    tm = json.loads((tmp_path / "results" / "adapters" / "dpo" / "train_metrics.json")
-                    .read_text())
+    tm = json.loads((tmp_path / "results" / "adapters" / "dpo" / "train_metrics.json").read_text())
     assert np.isfinite(tm["summary"]["final_loss"]) and tm["summary"]["steps"] == 2
 
 
 def test_pickapic_import_gives_trainable_human_pairs(models, tmp_path):
-    from tests.test_real_datasources import jpeg, pickapic
-
     captions = PROMPTS[:6]
     rows = [(c, jpeg(2 * i), jpeg(2 * i + 1), float(i % 2)) for i, c in enumerate(captions)]
     rows += [(captions[0], jpeg(0), jpeg(99), 1.0), (captions[1], jpeg(5), jpeg(7), 0.5)]
     pref = pickapic(tmp_path / "pickapic.parquet", rows)
     params = write_params(
-        tmp_path / "params.yaml", models, models.sd15, "sd15",
+        tmp_path / "params.yaml",
+        models,
+        models.sd15,
+        "sd15",
         prompts={"file": str(pref), "column": "caption", "eval_fraction": 0.3},
         candidates={"source": "pickapic", "preference_file": str(pref)},
         rewards={"models": ["clip_score"]},

@@ -8,24 +8,12 @@ import types
 
 import pytest
 import torch
-from tests.tiny_sd import one_thread, tiny_models
 
 from diffpref import adapters, training
 from diffpref.backbones.sd import SD15Backbone, SDXLBackbone
 from diffpref.config import TrainParams, _objective
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.getbasetemp() / "tiny_models")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def backbone(models, kind: str, **kw):
@@ -46,15 +34,27 @@ def toy_data(bb, n_prompts: int = 3) -> training.TrainData:
     torch.manual_seed(0)
     text = bb.encode_text([f"prompt {i}" for i in range(n_prompts)])
     return training.TrainData(
-        latents=torch.randn(2 * n_prompts, *bb.latent_shape), text=text,
-        uncond=bb.encode_text([""]), groups=torch.arange(2 * n_prompts).view(n_prompts, 2),
+        latents=torch.randn(2 * n_prompts, *bb.latent_shape),
+        text=text,
+        uncond=bb.encode_text([""]),
+        groups=torch.arange(2 * n_prompts).view(n_prompts, 2),
         prompt_rows=torch.arange(n_prompts),
     )
 
 
 def tp(**kw) -> TrainParams:
-    return TrainParams(**{"steps": 2, "batch_size": 2, "lr": 1e-2, "warmup_steps": 1,
-                          "lora_rank": 4, "log_every": 1, "checkpoint_every": 10, **kw})
+    return TrainParams(
+        **{
+            "steps": 2,
+            "batch_size": 2,
+            "lr": 1e-2,
+            "warmup_steps": 1,
+            "lora_rank": 4,
+            "log_every": 1,
+            "checkpoint_every": 10,
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
@@ -78,8 +78,9 @@ def test_text_conditioning_is_what_the_stock_pipeline_computes(models, kind):
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 def test_trained_lora_loads_into_the_stock_pipeline_exactly(models, kind, tmp_path):
     bb = backbone(models, kind)
-    res = training.train(bb, toy_data(bb), _objective("dpo", {"loss": "dpo"}), tp(), 0,
-                         tmp_path / "ck", "h")
+    res = training.train(
+        bb, toy_data(bb), _objective("dpo", {"loss": "dpo"}), tp(), 0, tmp_path / "ck", "h"
+    )
     res.method.save(tmp_path)
     pipe = pipeline(models, kind)
     pipe.load_lora_weights(str(tmp_path), weight_name=adapters.LORA_FILE)
@@ -159,6 +160,7 @@ def test_adamw8bit_uses_bitsandbytes_and_names_it_when_missing(monkeypatch):
         training.make_optimizer(param, tp(optimizer="adamw8bit"))
     fake = types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=torch.optim.SGD))
     monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
-    assert isinstance(training.make_optimizer(param, tp(optimizer="adamw8bit", lr=0.1)),
-                      torch.optim.SGD)
+    assert isinstance(
+        training.make_optimizer(param, tp(optimizer="adamw8bit", lr=0.1)), torch.optim.SGD
+    )
     assert isinstance(training.make_optimizer(param, tp()), torch.optim.AdamW)

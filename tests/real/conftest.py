@@ -1,4 +1,5 @@
-"""Tiny random SD1.5 / SDXL pipelines and CLIP reward models on disk, plus a params writer.
+"""Real-model tests' fixtures: tiny random SD1.5 / SDXL pipelines and CLIP reward models on
+disk, plus a params writer.
 
 Built once per test session (a few seconds) with ``diffpref.backbones.random_init``: the same
 ``save_pretrained`` layout as the real hub repositories, so the loaders under test are the
@@ -8,15 +9,22 @@ ones a user runs on real weights.
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
 import torch
 import yaml
+from PIL import Image
 
+from diffpref import datasources as ds
 from diffpref.backbones.random_init import build_clip, build_sd_pipeline
+from diffpref.config import deep_merge
 from diffpref.rewards.aesthetic import AestheticHead
 
 PROJECTION = 16  # tiny CLIP embedding size (the aesthetic head takes it as input)
@@ -57,46 +65,85 @@ def tiny_models(root: Path) -> TinyModels:
     )
 
 
-def deep_update(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
-                                                                               dict) else v
-    return out
-
-
 def write_params(path: Path, models: TinyModels, pipeline: Path, kind: str, **over) -> Path:
     """A complete params.yaml for the tiny real-model DAG (device cpu, 2 sampling steps)."""
-    train = {"steps": 2, "batch_size": 2, "lr": 1e-2, "warmup_steps": 1, "lora_rank": 4,
-             "checkpoint_every": 1, "log_every": 1}
+    train = {
+        "steps": 2,
+        "batch_size": 2,
+        "lr": 1e-2,
+        "warmup_steps": 1,
+        "lora_rank": 4,
+        "checkpoint_every": 1,
+        "log_every": 1,
+    }
     clip = str(models.clip)
     params = {
         "device": "cpu",
         "results": str(path.parent / "results"),
         "backbone": {"kind": kind, "pretrained": str(pipeline)},
         "sampling": {"steps": 2, "guidance": 3.0},
-        "prompts": {"source": "file", "file": str(path.parent / "prompts.txt"),
-                    "eval_fraction": 0.4},
+        "prompts": {
+            "source": "file",
+            "file": str(path.parent / "prompts.txt"),
+            "eval_fraction": 0.4,
+        },
         "candidates": {"k": 2, "batch_size": 8},
-        "rewards": {"models": ["pickscore", "clip_score", "aesthetic"], "batch_size": 8,
-                    "sources": {"pickscore": clip, "clip_score": clip,
-                                "aesthetic": {"model": clip, "head": str(models.aesthetic_head)}}},
+        "rewards": {
+            "models": ["pickscore", "clip_score", "aesthetic"],
+            "batch_size": 8,
+            "sources": {
+                "pickscore": clip,
+                "clip_score": clip,
+                "aesthetic": {"model": clip, "head": str(models.aesthetic_head)},
+            },
+        },
         "labels": {"reward": "pickscore", "tie_threshold": 0.0},
         "train": train,
-        "objectives": {"dpo": {"loss": "dpo", "beta": 2500},
-                       "mapo": {"loss": "mapo"},
-                       "lair": {"loss": "lair"}},
-        "evaluate": {"seeds": [0, 1], "batch_size": 8, "bootstrap": 20,
-                     "win_reward": "pickscore"},
+        "objectives": {
+            "dpo": {"loss": "dpo", "beta": 2500},
+            "mapo": {"loss": "mapo"},
+            "lair": {"loss": "lair"},
+        },
+        "evaluate": {"seeds": [0, 1], "batch_size": 8, "bootstrap": 20, "win_reward": "pickscore"},
         "report": {"grid_prompts": 2},
     }
-    path.write_text(yaml.safe_dump(deep_update(params, over)))
+    path.write_text(yaml.safe_dump(deep_merge(params, over)))
     return path
 
 
 PROMPTS = [
-    "a red cube on a table", "two cats on a sofa", "a lighthouse at night",
-    "a bowl of ramen", "an astronaut riding a horse", "a watercolor fox",
-    "three apples in a row", "a blue car in the rain", "a castle on a hill",
+    "a red cube on a table",
+    "two cats on a sofa",
+    "a lighthouse at night",
+    "a bowl of ramen",
+    "an astronaut riding a horse",
+    "a watercolor fox",
+    "three apples in a row",
+    "a blue car in the rain",
+    "a castle on a hill",
     "a dog wearing sunglasses",
 ]
+
+
+def jpeg(seed: int, size=(48, 40)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def pickapic(path, rows) -> str:
+    pd.DataFrame(rows, columns=ds.PICKAPIC_COLUMNS).to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> TinyModels:
+    return tiny_models(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.tiny_sd import PROJECTION, one_thread, tiny_models
+from tests.real.conftest import PROJECTION
 
 from diffpref.config import RewardParams, RewardSource
 from diffpref.rewards import load_reward
@@ -18,17 +18,6 @@ from diffpref.rewards.clipbase import ClipEncoder, Preprocess, unwrap
 
 CPU = torch.device("cpu")
 PROMPTS = ["a red cube", "two cats", "a red cube"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.getbasetemp() / "tiny_models")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 class Cfg:
@@ -52,8 +41,9 @@ def official(clip_dir, imgs: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     model = CLIPModel.from_pretrained(clip_dir).eval()
     proc = CLIPImageProcessorPil.from_pretrained(clip_dir)
     tok = AutoTokenizer.from_pretrained(clip_dir)
-    pil = [Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-           for x in imgs]
+    pil = [
+        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for x in imgs
+    ]
     with torch.no_grad():
         img = unwrap(model.get_image_features(**proc(images=pil, return_tensors="pt")))
         txt = unwrap(model.get_text_features(**tok(prompts, padding=True, return_tensors="pt")))
@@ -68,10 +58,10 @@ def test_device_preprocessing_matches_the_clip_image_processor(models, h, w):
     from transformers import CLIPImageProcessorPil
 
     x = (images(2, h, w) * 255).round() / 255
-    pil = [Image.fromarray((i.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-           for i in x]
-    want = CLIPImageProcessorPil.from_pretrained(models.clip)(images=pil,
-                                                              return_tensors="pt").pixel_values
+    pil = [Image.fromarray((i.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for i in x]
+    want = CLIPImageProcessorPil.from_pretrained(models.clip)(
+        images=pil, return_tensors="pt"
+    ).pixel_values
     got = Preprocess.from_source(str(models.clip))(x)
     assert got.shape == want.shape == (2, 3, 32, 32)
     # PIL bicubic on uint8 vs torch antialiased bicubic on floats: ~1/4 of a uint8 step
@@ -137,14 +127,19 @@ def test_sources_default_to_the_official_hub_ids():
     ps = cfg.source("pickscore", PickScore.DEFAULT_SOURCE)
     assert ps.model == "/local/pickscore"
     assert ps.processor == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-    assert cfg.source("clip_score", ClipScore.DEFAULT_SOURCE).model == \
-        "openai/clip-vit-large-patch14"
+    assert (
+        cfg.source("clip_score", ClipScore.DEFAULT_SOURCE).model == "openai/clip-vit-large-patch14"
+    )
     assert Aesthetic.DEFAULT_SOURCE.head is None
 
 
-@pytest.mark.parametrize(("name", "module", "extra"), [
-    ("hpsv2", "hpsv2", "hpsv2"), ("imagereward", "ImageReward", "imagereward"),
-])
+@pytest.mark.parametrize(
+    ("name", "module", "extra"),
+    [
+        ("hpsv2", "hpsv2", "hpsv2"),
+        ("imagereward", "ImageReward", "imagereward"),
+    ],
+)
 def test_optional_rewards_name_the_extra_to_install(monkeypatch, name, module, extra):
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=rf"diffpref\[{extra}\]"):

@@ -27,13 +27,16 @@ def test_new_fields_default_to_the_embedded_world():
     assert not cfg.evaluate.export_geneval
 
 
-@pytest.mark.parametrize(("over", "needle"), [
-    ({"backbone": {"kind": "sd15"}}, "backbone.pretrained"),
-    ({"prompts": {"source": "file"}}, "prompts.file"),
-    ({"candidates": {"source": "pickapic"}}, "candidates.preference_file"),
-    ({"train": {"optimizer": "lion"}}, "train.optimizer"),
-    ({"rewards": {"sources": {"pickscore": {"modle": "x"}}}}, "modle"),
-])
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"backbone": {"kind": "sd15"}}, "backbone.pretrained"),
+        ({"prompts": {"source": "file"}}, "prompts.file"),
+        ({"candidates": {"source": "pickapic"}}, "candidates.preference_file"),
+        ({"train": {"optimizer": "lion"}}, "train.optimizer"),
+        ({"rewards": {"sources": {"pickscore": {"modle": "x"}}}}, "modle"),
+    ],
+)
 def test_incomplete_real_model_params_name_the_key(tmp_path, over, needle):
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump({"objectives": {"dpo": {"loss": "dpo"}}, **over}))
