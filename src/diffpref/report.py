@@ -33,7 +33,7 @@ def comparison_table(
             w = m["win_vs_base"][win_reward]
             row["win_vs_base"] = w["win_rate"]
             row["win_vs_base_ci"] = f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
-            row["win_vs_base_ci_low"] = w["ci_low"]
+            row["win_vs_base_ci_low"], row["win_vs_base_ci_high"] = w["ci_low"], w["ci_high"]
         if versus and versus in scores and n not in ("base", versus):
             w = evaluation.win_rate(
                 _reward(scores[n], win_reward), _reward(scores[versus], win_reward), n_boot
@@ -45,13 +45,71 @@ def comparison_table(
         row["diversity"] = m["diversity"]
         tm = results / "adapters" / n / "train_metrics.json"
         if tm.is_file():
-            s = read_json(tm)["summary"]
+            t = read_json(tm)
+            s = t["summary"]
             row.update(
-                train_time_s=s["train_time_s"], groups_per_s=s["groups_per_s"],
-                peak_memory_mb=s["peak_memory_mb"], trainable_params=s["trainable_params"],
+                train_fit=training_fit(t["history"]),
+                train_time_s=s["train_time_s"],
+                groups_per_s=s["groups_per_s"],
+                peak_memory_mb=s["peak_memory_mb"],
+                trainable_params=s["trainable_params"],
             )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+FIT_METRICS = ("implicit_acc", "contrastive_acc", "pl_acc")
+
+
+def training_fit(history: list[dict[str, float]]) -> float:
+    """How well an objective fits its own training groups: its logged preference accuracy
+    (chance 0.5) averaged over the last quarter of training; NaN for objectives without one."""
+    tail = history[-max(1, len(history) // 4) :]
+    for key in FIT_METRICS:
+        vals = [h[key] for h in tail if key in h]
+        if vals:
+            return float(np.mean(vals))
+    return float("nan")
+
+
+def beats_base(table: pd.DataFrame, reward: str) -> list[str]:
+    """Per objective: does it beat the base on held-out prompts, and if not, what the run shows
+    about why (fit on its training groups vs. transfer to held-out prompts, side effects)."""
+    base = table[table.model == "base"].iloc[0]
+    out = []
+    for r in table.to_dict("records"):
+        if r["model"] == "base":
+            continue
+        lo, hi = r["win_vs_base_ci_low"], r["win_vs_base_ci_high"]
+        if lo > 0.5:
+            verdict = "**yes**: the win-rate CI excludes 0.5"
+        elif hi < 0.5:
+            verdict = "**no, worse**: the win-rate CI is below 0.5"
+        else:
+            verdict = "**not shown**: the win-rate CI includes 0.5"
+        facts = [f"mean {reward} {r[f'{reward}_mean'] - base[f'{reward}_mean']:+.3f} vs base"]
+        for other in [
+            c[: -len("_mean")]
+            for c in table.columns
+            if c.endswith("_mean") and c != f"{reward}_mean"
+        ]:
+            facts.append(f"{other} {r[f'{other}_mean'] - base[f'{other}_mean']:+.3f}")
+        facts.append(f"diversity x{r['diversity'] / base['diversity']:.2f}")
+        fit = r.get("train_fit", float("nan"))
+        why = ""
+        if lo <= 0.5 and np.isfinite(fit):
+            why = (
+                f"; it barely separates its own training pairs (training accuracy {fit:.2f},"
+                " chance 0.50): under-trained at these settings"
+                if fit < 0.6
+                else f"; it fits its training groups (training accuracy {fit:.2f}) but that "
+                "does not carry over to held-out prompts"
+            )
+        out.append(
+            f"- {r['model']}: win rate {r['win_vs_base']:.3f} {r['win_vs_base_ci']} — "
+            f"{verdict} ({', '.join(facts)}){why}"
+        )
+    return out
 
 
 def _reward(df: pd.DataFrame, reward: str) -> pd.DataFrame:
@@ -95,7 +153,8 @@ def image_grid(results: Path, names: list[str], n_prompts: int, out: Path) -> No
     prompts = pd.read_parquet(results / "prompts" / "eval.parquet")
     if "category" in prompts:  # round-robin over categories so every kind of prompt shows
         prompts = prompts.assign(_r=prompts.groupby("category").cumcount()).sort_values(
-            ["_r", "category"], kind="stable")
+            ["_r", "category"], kind="stable"
+        )
     chosen = list(prompts.prompt_id[:n_prompts])
     firsts = keys.reset_index().drop_duplicates("prompt_id").set_index("prompt_id")["index"]
     first = firsts.loc[chosen].to_numpy()
@@ -108,8 +167,7 @@ def image_grid(results: Path, names: list[str], n_prompts: int, out: Path) -> No
         for j, k in enumerate(first):
             img = np.asarray(imgs[k]).transpose(1, 2, 0)
             ax = axes[i][j]
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0,
-                      vmax=255)
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
@@ -153,8 +211,10 @@ def to_html(title: str, sections: list[tuple[str, str]], images: list[Path]) -> 
         "body{font-family:sans-serif;max-width:1200px;margin:auto}"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px}"
     )
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"\
-           f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def _md_block_to_html(md: str) -> str:
@@ -167,9 +227,13 @@ def _md_block_to_html(md: str) -> str:
             continue
         if rows:
             head, *rest = rows
-            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
-                                 for r in rest) + "</table>")
+            out.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rest)
+                + "</table>"
+            )
             rows = []
         if line.strip():
             out.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
@@ -184,8 +248,9 @@ def _verdict(lo: float, hi: float, null: float) -> str:
     return "inconclusive (CI includes no difference)"
 
 
-def seed_claims(results: Path, names: list[str], table: pd.DataFrame, reward: str,
-                n_boot: int) -> list[str]:
+def seed_claims(
+    results: Path, names: list[str], table: pd.DataFrame, reward: str, n_boot: int
+) -> list[str]:
     """The seed papers' claims, each checked against this run's numbers (honest either way)."""
     scores = {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
     row = {r["model"]: r for r in table.to_dict("records")}
@@ -207,8 +272,11 @@ def seed_claims(results: Path, names: list[str], table: pd.DataFrame, reward: st
         m, d = row["mapo"], row["dpo"]
         faster = m["groups_per_s"] > d["groups_per_s"]
         lighter = m["peak_memory_mb"] <= d["peak_memory_mb"]
-        verdict = "supported" if faster and lighter else (
-            "partly supported" if faster or lighter else "contradicted")
+        verdict = (
+            "supported"
+            if faster and lighter
+            else ("partly supported" if faster or lighter else "contradicted")
+        )
         lines.append(
             f"- MaPO is faster and lighter than DPO (no reference forward): **{verdict}** — "
             f"{m['groups_per_s']:.1f} vs {d['groups_per_s']:.1f} pairs/s "
@@ -219,12 +287,12 @@ def seed_claims(results: Path, names: list[str], table: pd.DataFrame, reward: st
         lines.append("- MaPO is faster and lighter than DPO: not run (needs `mapo` and `dpo`)")
     versus("smpo", "dpo", "SmPO is above DPO")
     versus("lair", "dpo", "Listwise LAIR is above pairwise DPO")
-    versus("dpo_rethink", "dpo",
-           "Reference updates + timestep-aware training are above plain DPO")
+    versus("dpo_rethink", "dpo", "Reference updates + timestep-aware training are above plain DPO")
     if "agsm" in scores and "softrepa" in scores:
         a, s = scores["agsm"], scores["softrepa"]
         m = a[(a.reward == reward)].merge(
-            s[s.reward == reward], on=["prompt_id", "seed", "category"], suffixes=("", "_s"))
+            s[s.reward == reward], on=["prompt_id", "seed", "category"], suffixes=("", "_s")
+        )
         m = m[m.category == "counting"]
         if len(m):
             diff = (m.correct - m.correct_s).to_numpy()
@@ -237,6 +305,7 @@ def seed_claims(results: Path, names: list[str], table: pd.DataFrame, reward: st
                 f"[{lo:+.3f}, {hi:+.3f}]"
             )
     else:
-        lines.append("- AGSM avoids SoftREPA's counting collapse: not run (needs `agsm`, "
-                     "`softrepa`)")
+        lines.append(
+            "- AGSM avoids SoftREPA's counting collapse: not run (needs `agsm`, `softrepa`)"
+        )
     return lines

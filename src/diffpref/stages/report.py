@@ -11,36 +11,56 @@ def run(ctx) -> None:
     res = cfg.path()
     names = ["base", *cfg.objectives]
     versus = "dpo" if "dpo" in cfg.objectives else None
-    table = report.comparison_table(res, names, versus, cfg.evaluate.win_reward,
-                                    cfg.evaluate.bootstrap)
+    table = report.comparison_table(
+        res, names, versus, cfg.evaluate.win_reward, cfg.evaluate.bootstrap
+    )
     world = read_json(res / "world" / "metrics.json")
     with atomic_dir(cfg.path("report")) as tmp:
         table.to_csv(tmp / "comparison.csv", index=False)
         report.plot_rewards(res, names, tmp / "rewards.png")
         report.plot_training(res, list(cfg.objectives), tmp / "training_loss.png")
         report.image_grid(res, names, cfg.report.grid_prompts, tmp / "image_grid.png")
-        shown = [c for c in table.columns if not c.endswith("_ci_low")]
+        shown = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high"))]
         sections = [
             ("Comparison (held-out prompts)", report.to_markdown(table[shown])),
-            ("Notes", "\n".join([
-                f"- win rates use the {cfg.evaluate.win_reward} reward on matched "
-                f"(prompt, seed) samples; ties count one half; 95% CIs bootstrap prompts "
-                f"({cfg.evaluate.bootstrap} resamples)",
-                f"- profile: {cfg.profile}; seeds {list(cfg.evaluate.seeds)}",
-            ])),
-            ("Does each objective beat the base?", "\n".join(_beats_base(table))),
-            ("Seed claims", "\n".join(report.seed_claims(
-                res, names, table, cfg.evaluate.win_reward, cfg.evaluate.bootstrap))),
-            ("World reward models (held-out)", report.to_markdown(
-                _world_rows(world))),
+            (
+                "Notes",
+                "\n".join(
+                    [
+                        f"- win rates use the {cfg.evaluate.win_reward} reward on matched "
+                        f"(prompt, seed) samples; ties count one half; 95% CIs bootstrap prompts "
+                        f"({cfg.evaluate.bootstrap} resamples)",
+                        "- train_fit: an objective's own preference accuracy on its training "
+                        "groups over the last quarter of training (chance 0.5)",
+                        f"- profile: {cfg.profile}; seeds {list(cfg.evaluate.seeds)}",
+                    ]
+                ),
+            ),
+            (
+                "Does each objective beat the base?",
+                "\n".join(report.beats_base(table, cfg.evaluate.win_reward)),
+            ),
+            (
+                "Seed claims",
+                "\n".join(
+                    report.seed_claims(
+                        res, names, table, cfg.evaluate.win_reward, cfg.evaluate.bootstrap
+                    )
+                ),
+            ),
+            ("World reward models (held-out)", report.to_markdown(_world_rows(world))),
         ]
         md = "# diffpref report\n\n" + "\n\n".join(f"## {h}\n\n{b}" for h, b in sections)
         md += "\n\n![rewards](rewards.png)\n\n![training](training_loss.png)\n\n"
         md += "![grid](image_grid.png)\n"
         (tmp / "report.md").write_text(md)
-        (tmp / "report.html").write_text(report.to_html(
-            "diffpref report", sections,
-            [tmp / "rewards.png", tmp / "training_loss.png", tmp / "image_grid.png"]))
+        (tmp / "report.html").write_text(
+            report.to_html(
+                "diffpref report",
+                sections,
+                [tmp / "rewards.png", tmp / "training_loss.png", tmp / "image_grid.png"],
+            )
+        )
     # small uncached copies for `dvc metrics show/diff` and `dvc plots`
     write_json_atomic(res / "metrics.json", _dvc_metrics(table))
     plots = res / "plots"
@@ -48,33 +68,20 @@ def run(ctx) -> None:
     table.to_csv(plots / "comparison.csv.tmp", index=False)
     (plots / "comparison.csv.tmp").replace(plots / "comparison.csv")
     ctx.run.log_metrics(
-        {f"{r['model']}.{k}": v for r in table.to_dict("records") for k, v in r.items()
-         if isinstance(v, int | float)}
+        {
+            f"{r['model']}.{k}": v
+            for r in table.to_dict("records")
+            for k, v in r.items()
+            if isinstance(v, int | float)
+        }
     )
-
-
-def _beats_base(table) -> list[str]:
-    out = []
-    for r in table.to_dict("records"):
-        if r["model"] == "base":
-            continue
-        if r["win_vs_base_ci_low"] > 0.5:
-            verdict = "yes: the win-rate CI excludes 0.5"
-        elif r["win_vs_base"] < 0.5 and not r["win_vs_base_ci_low"] > 0.5:
-            verdict = "no: it loses to the base more often than it wins"
-        else:
-            verdict = "not shown: the win-rate CI includes 0.5 (no significant gain here)"
-        out.append(f"- {r['model']}: win rate {r['win_vs_base']:.3f} {r['win_vs_base_ci']} "
-                   f"— {verdict}")
-    return out
 
 
 def _world_rows(world: dict):
     import pandas as pd
 
     return pd.DataFrame(
-        [{"metric": k, "value": v} for k, v in sorted(world.items())
-         if isinstance(v, int | float)]
+        [{"metric": k, "value": v} for k, v in sorted(world.items()) if isinstance(v, int | float)]
     )
 
 
@@ -82,6 +89,7 @@ def _dvc_metrics(table) -> dict:
     """Nested {model: {metric: value}} so `dvc metrics show/diff` compare models side by side."""
     out = {}
     for r in table.to_dict("records"):
-        out[r["model"]] = {k: v for k, v in r.items()
-                           if isinstance(v, int | float) and k != "model"}
+        out[r["model"]] = {
+            k: v for k, v in r.items() if isinstance(v, int | float) and k != "model"
+        }
     return out
