@@ -29,6 +29,17 @@ def test_win_rate_matches_on_prompt_and_seed_and_counts_ties_half():
     assert w["ci_low"] <= w["win_rate"] <= w["ci_high"]
 
 
+def test_win_rate_tie_threshold_turns_noise_level_differences_into_ties():
+    ours = frame([0.505, 0.495, 0.9, 0.1])
+    theirs = frame([0.5, 0.5, 0.5, 0.5])
+    assert evaluation.win_rate(ours, theirs, n_boot=50)["win_rate"] == 0.5
+    # |0.005| <= 0.01: ties (one half each); +0.4 wins, -0.4 loses
+    w = evaluation.win_rate(ours, theirs, n_boot=50, tie=0.01)
+    assert w["win_rate"] == pytest.approx((0.5 + 0.5 + 1 + 0) / 4)
+    w = evaluation.win_rate(frame([0.52, 0.52]), frame([0.5, 0.5]), n_boot=50, tie=0.01)
+    assert w["win_rate"] == 1.0
+
+
 def test_clear_winner_has_ci_excluding_half():
     rng = np.random.default_rng(0)
     base = rng.random(400)

@@ -91,8 +91,9 @@ class MovingReference:
             ref.copy_(s)
 
 
-def save_lora(unet, out: Path, rank: int, alpha: float | None,
-              pipeline: str = "StableDiffusionPipeline") -> None:
+def save_lora(
+    unet, out: Path, rank: int, alpha: float | None, pipeline: str = "StableDiffusionPipeline"
+) -> None:
     """diffusers-format LoRA (``pytorch_lora_weights.safetensors``), written by ``pipeline``'s
     own ``save_lora_weights`` so that the same pipeline class loads it back."""
     import diffusers
@@ -101,9 +102,14 @@ def save_lora(unet, out: Path, rank: int, alpha: float | None,
     state = get_peft_model_state_dict(unet, adapter_name="default")
     layers = convert_state_dict_to_diffusers(state)
     getattr(diffusers, pipeline).save_lora_weights(
-        out, unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata={"r": rank, "lora_alpha": alpha or rank,
-                                    "target_modules": LORA_TARGETS},
+        out,
+        unet_lora_layers=layers,
+        safe_serialization=True,
+        unet_lora_adapter_metadata={
+            "r": rank,
+            "lora_alpha": alpha or rank,
+            "target_modules": LORA_TARGETS,
+        },
     )
 
 
@@ -127,8 +133,9 @@ class SoftTokens(nn.Module):
 
 
 def save_tokens(out: Path, tokens: dict[str, Tensor]) -> None:
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tokens.items()},
-              out / TOKENS_FILE)
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in tokens.items()}, out / TOKENS_FILE
+    )
 
 
 class Adapted:

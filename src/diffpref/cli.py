@@ -64,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     objective = getattr(args, "objective", None)
-    if objective is not None and objective not in cfg.objectives and not (
-        args.stage == "evaluate" and objective == "base"
+    if (
+        objective is not None
+        and objective not in cfg.objectives
+        and not (args.stage == "evaluate" and objective == "base")
     ):
         known = ", ".join(cfg.objectives) or "none"
-        print(f"error: {args.params}: objectives.{objective}: not defined (known: {known})",
-              file=sys.stderr)
+        print(
+            f"error: {args.params}: objectives.{objective}: not defined (known: {known})",
+            file=sys.stderr,
+        )
         return 2
     if args.stage == "check":
         print(f"{args.params}: ok (profile {cfg.profile}, {len(cfg.objectives)} objectives)")

@@ -35,8 +35,9 @@ class BackboneParams(_Strict):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     vae: str | None = Field(
-        None, description="sd15/sdxl: VAE directory or hub id replacing the pipeline's "
-        "(e.g. madebyollin/sdxl-vae-fp16-fix)"
+        None,
+        description="sd15/sdxl: VAE directory or hub id replacing the pipeline's "
+        "(e.g. madebyollin/sdxl-vae-fp16-fix)",
     )
     variant: str | None = Field(None, description="weights variant on the hub, e.g. fp16")
     resolution: int | None = Field(
@@ -61,8 +62,9 @@ class PromptParams(_Strict):
     n_train: int = Field(512, ge=1, description="at most this many train prompts (file order)")
     n_eval: int = Field(128, ge=1)
     file: str | None = Field(
-        None, description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "
-        "GenEval's evaluation_metadata.jsonl works as is"
+        None,
+        description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "
+        "GenEval's evaluation_metadata.jsonl works as is",
     )
     column: str = Field("prompt", description="prompt column (jsonl/csv/tsv/parquet)")
     category_column: str | None = Field(
@@ -172,6 +174,9 @@ class EvaluateParams(_Strict):
     batch_size: int = Field(256, ge=1)
     bootstrap: int = Field(1000, ge=10)
     win_reward: str = Field("fidelity", description="reward whose per-sample wins define win rate")
+    tie_threshold: float = Field(
+        0.0, ge=0, description="reward differences up to this count as ties in win rates"
+    )
     export_geneval: bool = Field(
         False, description="also write samples in GenEval's <%05d>/samples/%04d.png layout"
     )

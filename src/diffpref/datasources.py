@@ -20,8 +20,13 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 PROMPT_FORMATS = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
-EVAL_ALIASES = {"train": "train", "eval": "eval", "test": "eval", "val": "eval",
-                "validation": "eval"}
+EVAL_ALIASES = {
+    "train": "train",
+    "eval": "eval",
+    "test": "eval",
+    "val": "eval",
+    "validation": "eval",
+}
 PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0"]
 HUMAN = "human"  # labels.reward naming the imported human preferences
 
@@ -63,14 +68,21 @@ def _read_table(path: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
-    cols = [f.name for f in schema if not pa.types.is_binary(f.type)
-            and not pa.types.is_large_binary(f.type)]
+    cols = [
+        f.name
+        for f in schema
+        if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)
+    ]
     return pd.read_parquet(path, columns=cols)
 
 
 def read_prompt_file(
-    path: str | Path, column: str = "prompt", category_column: str | None = None,
-    eval_fraction: float = 0.2, n_train: int | None = None, n_eval: int | None = None,
+    path: str | Path,
+    column: str = "prompt",
+    category_column: str | None = None,
+    eval_fraction: float = 0.2,
+    n_train: int | None = None,
+    n_eval: int | None = None,
 ) -> pd.DataFrame:
     """``prompt_id, prompt, split, metadata[, category]`` from a prompt file.
 
@@ -83,8 +95,9 @@ def read_prompt_file(
     if not path.is_file():
         raise FileNotFoundError(f"prompts.file: {path} not found")
     if path.suffix.lower() not in PROMPT_FORMATS:
-        raise ValueError(f"prompts.file: {path}: unsupported format (use one of "
-                         f"{', '.join(PROMPT_FORMATS)})")
+        raise ValueError(
+            f"prompts.file: {path}: unsupported format (use one of {', '.join(PROMPT_FORMATS)})"
+        )
     raw = _read_table(path)
     if path.suffix.lower() == ".txt":
         column = "prompt"
@@ -96,8 +109,10 @@ def read_prompt_file(
         rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
         raise ValueError(f"{path}: column {column!r} is empty in data rows {rows}")
     df = pd.DataFrame({"prompt": text.astype(str).str.strip()})
-    df["metadata"] = [json.dumps({k: v for k, v in r.items() if _plain(v)}, default=str)
-                      for r in raw.to_dict("records")]
+    df["metadata"] = [
+        json.dumps({k: v for k, v in r.items() if _plain(v)}, default=str)
+        for r in raw.to_dict("records")
+    ]
     cat = category_column or next((c for c in ("category", "tag") if c in raw), None)
     if cat is not None:
         if cat not in raw:
@@ -107,8 +122,9 @@ def read_prompt_file(
         split = raw["split"].astype(str).str.lower()
         unknown = sorted(set(split) - set(EVAL_ALIASES))
         if unknown:
-            raise ValueError(f"{path}: column 'split' has values {unknown} "
-                             f"(allowed: {sorted(EVAL_ALIASES)})")
+            raise ValueError(
+                f"{path}: column 'split' has values {unknown} (allowed: {sorted(EVAL_ALIASES)})"
+            )
         df["split"] = split.map(EVAL_ALIASES)
     else:
         df["split"] = hash_split(df.prompt, eval_fraction)
@@ -120,8 +136,10 @@ def read_prompt_file(
     df = pd.concat([g.head(caps[s]) if caps[s] else g for s, g in df.groupby("split", sort=True)])
     for s in ("train", "eval"):
         if not (df.split == s).any():
-            raise ValueError(f"{path}: no {s} prompts (add a 'split' column or change "
-                             f"prompts.eval_fraction={eval_fraction})")
+            raise ValueError(
+                f"{path}: no {s} prompts (add a 'split' column or change "
+                f"prompts.eval_fraction={eval_fraction})"
+            )
     df.insert(0, "prompt_id", df.prompt.map(prompt_id))
     first = ["prompt_id", "prompt", "split"]
     return df[first + [c for c in df if c not in first]].sort_index().reset_index(drop=True)
@@ -161,8 +179,12 @@ def load_image(data: bytes, size: int, channels: int) -> np.ndarray:
 
 
 def read_pickapic(
-    path: str | Path, size: int, channels: int = 3, exclude: set[str] | None = None,
-    max_pairs: int | None = None, batch_rows: int = 256,
+    path: str | Path,
+    size: int,
+    channels: int = 3,
+    exclude: set[str] | None = None,
+    max_pairs: int | None = None,
+    batch_rows: int = 256,
 ) -> Preferences:
     """Import ``caption, jpg_0, jpg_1, label_0`` rows (Pick-a-Pic v1/v2 parquet shards).
 
@@ -230,27 +252,36 @@ def read_pickapic(
         row0 += batch.num_rows
     if not pairs:
         raise ValueError(f"{path}: no usable pairs ({n_ties} ties, {n_excluded} eval prompts)")
-    log.info("%s: %d pairs, %d ties dropped, %d rows of eval prompts skipped",
-             path, len(pairs), n_ties, n_excluded)
+    log.info(
+        "%s: %d pairs, %d ties dropped, %d rows of eval prompts skipped",
+        path,
+        len(pairs),
+        n_ties,
+        n_excluded,
+    )
     texts = list(prompt_rows)
     prompts = pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "prompt": texts})
     ids = prompts.prompt_id.to_numpy()
     # rows in prompt-major order, as generated candidates are
     order = sorted(range(len(cands)), key=lambda j: cands[j])
     new_row = {old: new for new, old in enumerate(order)}
-    candidates = pd.DataFrame({
-        "prompt_id": [ids[cands[j][0]] for j in order],
-        "prompt_row": [cands[j][0] for j in order],
-        "cand_idx": [cands[j][1] for j in order],
-        "seed": -1,
-    })
+    candidates = pd.DataFrame(
+        {
+            "prompt_id": [ids[cands[j][0]] for j in order],
+            "prompt_row": [cands[j][0] for j in order],
+            "cand_idx": [cands[j][1] for j in order],
+            "seed": -1,
+        }
+    )
     candidates["row"] = np.arange(len(candidates))
     cidx = candidates.cand_idx.to_numpy()
-    pair_df = pd.DataFrame({
-        "prompt_id": [ids[p] for p, _, _ in pairs],
-        "winner": [int(cidx[new_row[w]]) for _, w, _ in pairs],
-        "loser": [int(cidx[new_row[lo]]) for _, _, lo in pairs],
-    })
+    pair_df = pd.DataFrame(
+        {
+            "prompt_id": [ids[p] for p, _, _ in pairs],
+            "winner": [int(cidx[new_row[w]]) for _, w, _ in pairs],
+            "loser": [int(cidx[new_row[lo]]) for _, _, lo in pairs],
+        }
+    )
     return Preferences(prompts, candidates, np.stack([images[j] for j in order]), pair_df)
 
 
@@ -261,10 +292,12 @@ def human_labels(prefs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     dropped at import). Label kinds that need a per-image score (smoothed, listwise,
     pointwise) use each image's fraction of won comparisons within its prompt.
     """
-    long = pd.concat([
-        pd.DataFrame({"prompt_id": prefs.prompt_id, "cand_idx": prefs.winner, "won": 1.0}),
-        pd.DataFrame({"prompt_id": prefs.prompt_id, "cand_idx": prefs.loser, "won": 0.0}),
-    ])
+    long = pd.concat(
+        [
+            pd.DataFrame({"prompt_id": prefs.prompt_id, "cand_idx": prefs.winner, "won": 1.0}),
+            pd.DataFrame({"prompt_id": prefs.prompt_id, "cand_idx": prefs.loser, "won": 0.0}),
+        ]
+    )
     scores = long.groupby(["prompt_id", "cand_idx"]).won.mean().unstack("cand_idx")
     pairs = prefs[["prompt_id", "winner", "loser"]].copy()
     pairs["score_w"] = [scores.at[p, w] for p, w in zip(pairs.prompt_id, pairs.winner)]
@@ -293,4 +326,5 @@ def export_geneval(out: Path, prompts: pd.DataFrame, images: np.ndarray, per_pro
         for j in range(per_prompt):
             img = images[i * per_prompt + j].transpose(1, 2, 0)
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
-                folder / "samples" / f"{j:04d}.png")
+                folder / "samples" / f"{j:04d}.png"
+            )

@@ -18,7 +18,12 @@ from diffpref.io import read_json
 
 
 def comparison_table(
-    results: Path, names: list[str], versus: str | None, win_reward: str, n_boot: int
+    results: Path,
+    names: list[str],
+    versus: str | None,
+    win_reward: str,
+    n_boot: int,
+    tie: float = 0.0,
 ) -> pd.DataFrame:
     """One row per model (base first): rewards, win rates with CIs, accuracy, cost."""
     rows = []
@@ -36,7 +41,7 @@ def comparison_table(
             row["win_vs_base_ci_low"], row["win_vs_base_ci_high"] = w["ci_low"], w["ci_high"]
         if versus and versus in scores and n not in ("base", versus):
             w = evaluation.win_rate(
-                _reward(scores[n], win_reward), _reward(scores[versus], win_reward), n_boot
+                _reward(scores[n], win_reward), _reward(scores[versus], win_reward), n_boot, tie=tie
             )
             row[f"win_vs_{versus}"] = w["win_rate"]
             row[f"win_vs_{versus}_ci"] = f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
@@ -249,7 +254,12 @@ def _verdict(lo: float, hi: float, null: float) -> str:
 
 
 def seed_claims(
-    results: Path, names: list[str], table: pd.DataFrame, reward: str, n_boot: int
+    results: Path,
+    names: list[str],
+    table: pd.DataFrame,
+    reward: str,
+    n_boot: int,
+    tie: float = 0.0,
 ) -> list[str]:
     """The seed papers' claims, each checked against this run's numbers (honest either way)."""
     scores = {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
@@ -260,7 +270,9 @@ def seed_claims(
         if a not in scores or b not in scores:
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
             return
-        w = evaluation.win_rate(_reward(scores[a], reward), _reward(scores[b], reward), n_boot)
+        w = evaluation.win_rate(
+            _reward(scores[a], reward), _reward(scores[b], reward), n_boot, tie=tie
+        )
         ma, mb = row[a][f"{reward}_mean"], row[b][f"{reward}_mean"]
         lines.append(
             f"- {claim}: **{_verdict(w['ci_low'], w['ci_high'], 0.5)}** — {a} wins "

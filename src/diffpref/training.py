@@ -63,8 +63,12 @@ class TrainData:
     def to(self, device: torch.device) -> TrainData:
         mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return TrainData(
-            self.latents.to(device), mv(self.text), mv(self.uncond), self.groups.to(device),
-            self.prompt_rows.to(device), mv(self.extras),
+            self.latents.to(device),
+            mv(self.text),
+            mv(self.uncond),
+            self.groups.to(device),
+            self.prompt_rows.to(device),
+            mv(self.extras),
         )
 
 
@@ -111,7 +115,9 @@ def load_train_data(results: Path, labels: str) -> TrainData:
     if not groups:
         raise ValueError(f"{ldir / labels}.parquet: no training examples")
     return TrainData(
-        latents=latents, text=text, uncond=uncond,
+        latents=latents,
+        text=text,
+        uncond=uncond,
         groups=torch.tensor(groups, dtype=torch.long),
         prompt_rows=torch.tensor([int(prow[p]) for p in pids], dtype=torch.long),
         extras=extras,
@@ -160,8 +166,7 @@ class StepInputs:
 class GroupMethod:
     """LoRA on groups of images of one prompt (pairs, lists, single images)."""
 
-    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams,
-                 data: TrainData):
+    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams, data: TrainData):
         self.backbone, self.data, self.tp = backbone, data, tp
         self.module, self.hp = objective.module, objective.params
         self.unet = backbone.unet
@@ -188,12 +193,14 @@ class GroupMethod:
             )
         return torch.randint(0, self.num_train_timesteps, (n,), generator=gen)
 
-    def inputs(self, rows: Tensor, prompt_rows: Tensor, t: Tensor, gen: torch.Generator
-               ) -> StepInputs:
+    def inputs(
+        self, rows: Tensor, prompt_rows: Tensor, t: Tensor, gen: torch.Generator
+    ) -> StepInputs:
         bb, data, g = self.backbone, self.data, rows.shape[1]
         x0 = data.latents[rows.flatten()].to(bb.dtype)
-        cond = drop_captions(cond_index(data.text, prompt_rows), data.uncond,
-                             self.tp.caption_dropout, gen)
+        cond = drop_captions(
+            cond_index(data.text, prompt_rows), data.uncond, self.tp.caption_dropout, gen
+        )
         cond = {k: v.repeat_interleave(g, 0).to(bb.dtype) for k, v in cond.items()}
         t_rep = t.repeat_interleave(g, 0).to(x0.device)
         noise = torch.randn((len(rows), *x0.shape[1:]), generator=gen).to(x0)
@@ -201,6 +208,7 @@ class GroupMethod:
         if self.grid is None:
             x_t = bb.noise_scheduler.add_noise(x0, noise, t_rep)
         else:  # SmPO: the current model's ReNoise inversion gives input and implied noise
+
             def eps_fn(x: Tensor, tau: Tensor) -> Tensor:
                 return as_eps(bb, bb.predict(x, tau, cond), x, tau)
 
@@ -230,8 +238,15 @@ class GroupMethod:
         if self.rt is not None and self.rt.reward_scale:
             acp = self.backbone.noise_scheduler.alphas_cumprod
             scale = rethinking.reward_scale(acp, inp.t.cpu()).to(model.device, model.dtype)
-        errs = Errors(model=model, ref=ref, t=inp.t, beta_scale=scale, prob=extra("prob"),
-                      advantage=extra("advantage"), desirable=extra("desirable"))
+        errs = Errors(
+            model=model,
+            ref=ref,
+            t=inp.t,
+            beta_scale=scale,
+            prob=extra("prob"),
+            advantage=extra("advantage"),
+            desirable=extra("desirable"),
+        )
         return self.module.loss(errs, self.hp)
 
     def after_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
@@ -242,8 +257,10 @@ class GroupMethod:
             self.moving_ref.copy_policy()
         if action is None:
             return {}
-        return {"ref_divergence": self.schedule.last_divergence,
-                "ref_frozen": float(self.schedule.frozen)}
+        return {
+            "ref_divergence": self.schedule.last_divergence,
+            "ref_frozen": float(self.schedule.frozen),
+        }
 
     @torch.no_grad()
     def divergence(self, gen: torch.Generator) -> float:
@@ -271,22 +288,24 @@ class GroupMethod:
             self.schedule = s["schedule"]
 
     def save(self, out: Path) -> None:
-        adapters.save_lora(self.unet, out, self.tp.lora_rank, self.tp.lora_alpha,
-                           self.backbone.lora_pipeline)
+        adapters.save_lora(
+            self.unet, out, self.tp.lora_rank, self.tp.lora_alpha, self.backbone.lora_pipeline
+        )
 
 
 class CaptionMethod:
     """Soft tokens against a frozen backbone: every image of a batch with every caption."""
 
-    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams,
-                 data: TrainData):
+    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams, data: TrainData):
         self.backbone, self.data, self.tp = backbone, data, tp
         self.module, self.hp = objective.module, objective.params
         dim = data.text["hidden"].shape[-1]
         init = data.uncond["hidden"][0, 0]  # SD1.5 recipe: the empty prompt's first token
         dev = backbone.device
-        self.sets = [adapters.SoftTokens(self.hp.n_tokens, dim, init).to(dev)
-                     for _ in range(self.module.TOKEN_SETS)]
+        self.sets = [
+            adapters.SoftTokens(self.hp.n_tokens, dim, init).to(dev)
+            for _ in range(self.module.TOKEN_SETS)
+        ]
         self.params = [s.tokens for s in self.sets]
         self.ema = [s.tokens.detach().clone() for s in self.sets] if len(self.sets) > 1 else None
 
@@ -325,8 +344,9 @@ class CaptionMethod:
 
     def after_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
         if self.ema is not None:
-            self.module.ema_update(self.ema, [s.tokens.detach() for s in self.sets],
-                                   self.hp.ema_decay)
+            self.module.ema_update(
+                self.ema, [s.tokens.detach() for s in self.sets], self.hp.ema_decay
+            )
         return {}
 
     def state(self) -> dict:
@@ -340,8 +360,9 @@ class CaptionMethod:
     def save(self, out: Path) -> None:
         named = {"tokens": self.sets[0].tokens}
         if len(self.sets) > 1:
-            named.update(negative=self.sets[1].tokens, tokens_ema=self.ema[0],
-                         negative_ema=self.ema[1])
+            named.update(
+                negative=self.sets[1].tokens, tokens_ema=self.ema[0], negative_ema=self.ema[1]
+            )
         adapters.save_tokens(out, named)
 
 
@@ -364,8 +385,13 @@ class TrainResult:
 
 
 def train(
-    backbone: Backbone, data: TrainData, objective: Objective, tp: TrainParams, seed: int,
-    checkpoint: Path, params_hash: str,
+    backbone: Backbone,
+    data: TrainData,
+    objective: Objective,
+    tp: TrainParams,
+    seed: int,
+    checkpoint: Path,
+    params_hash: str,
 ) -> TrainResult:
     device = backbone.device
     torch.manual_seed(seed)
@@ -391,12 +417,14 @@ def train(
             step, history = state["step"], state["history"]
             log.info("resumed from %s at step %d", state_file, step)
     # the batch order has its own generator: replaying it on resume reproduces the same batches
-    batches = batch_iterator(len(data.groups), tp.batch_size,
-                             torch.Generator().manual_seed(seed + 1))
+    batches = batch_iterator(
+        len(data.groups), tp.batch_size, torch.Generator().manual_seed(seed + 1)
+    )
     for _ in range(step):
         next(batches)
     autocast = torch.autocast(
-        device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.mixed_precision),
+        device.type,
+        dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.mixed_precision),
         enabled=tp.mixed_precision != "fp32",
     )
     if device.type == "cuda":
@@ -465,9 +493,13 @@ def _save_checkpoint(path, method, opt, sched, gen, step, history, params_hash) 
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
-            "method": copy.deepcopy(method.state()), "opt": opt.state_dict(),
-            "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
-            "history": history, "params_hash": params_hash,
+            "method": copy.deepcopy(method.state()),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "gen": gen.get_state(),
+            "step": step,
+            "history": history,
+            "params_hash": params_hash,
         },
         tmp,
     )

@@ -43,9 +43,13 @@ class SDBackbone(Backbone):
     ):
         self.pretrained, self.device, self.dtype = str(pretrained), device, dtype
         self._vae_source, self._variant = vae, variant
-        self.unet = UNet2DConditionModel.from_pretrained(
-            self.pretrained, subfolder="unet", torch_dtype=dtype, variant=variant
-        ).to(device).eval()
+        self.unet = (
+            UNet2DConditionModel.from_pretrained(
+                self.pretrained, subfolder="unet", torch_dtype=dtype, variant=variant
+            )
+            .to(device)
+            .eval()
+        )
         self.unet.requires_grad_(False)
         # latent diffusion never clips x0 to [-1, 1]: old SD configs leave clip_sample unset
         self.noise_scheduler = DDPMScheduler.from_pretrained(
@@ -75,12 +79,13 @@ class SDBackbone(Backbone):
         path, sub = self._vae_location()
         cfg = AutoencoderKL.load_config(path, subfolder=sub)
         # the original SDXL VAE overflows in fp16 (NaN images); its config says force_upcast
-        dtype = torch.float32 if (
-            self.dtype == torch.float16 and cfg.get("force_upcast", False)
-        ) else self.dtype
+        dtype = (
+            torch.float32
+            if (self.dtype == torch.float16 and cfg.get("force_upcast", False))
+            else self.dtype
+        )
         variant = None if self._vae_source else self._variant
-        vae = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype,
-                                            variant=variant)
+        vae = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, variant=variant)
         vae.enable_slicing()  # one image at a time: a 512-1024 px decode batch can exhaust memory
         return vae.to(self.device).eval().requires_grad_(False)
 
@@ -95,14 +100,18 @@ class SDBackbone(Backbone):
 
     def _ids(self, tokenizer, prompts: list[str]) -> Tensor:
         return tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            prompts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids.to(self.device)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> Cond:
-        parts = [self._encode(prompts[s : s + TEXT_BATCH])
-                 for s in range(0, len(prompts), TEXT_BATCH)]
+        parts = [
+            self._encode(prompts[s : s + TEXT_BATCH]) for s in range(0, len(prompts), TEXT_BATCH)
+        ]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _encode(self, prompts: list[str]) -> Cond:
@@ -132,8 +141,10 @@ class SDXLBackbone(SDBackbone):
     def _texts(self):
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        return [self._load_text("tokenizer", "text_encoder", CLIPTextModel),
-                self._load_text("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection)]
+        return [
+            self._load_text("tokenizer", "text_encoder", CLIPTextModel),
+            self._load_text("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection),
+        ]
 
     @cached_property
     def force_zeros_for_empty_prompt(self) -> bool:
@@ -142,8 +153,9 @@ class SDXLBackbone(SDBackbone):
             return bool(json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True))
         from diffusers import DiffusionPipeline
 
-        return bool(DiffusionPipeline.load_config(self.pretrained)
-                    .get("force_zeros_for_empty_prompt", True))
+        return bool(
+            DiffusionPipeline.load_config(self.pretrained).get("force_zeros_for_empty_prompt", True)
+        )
 
     def time_ids(self, n: int) -> Tensor:
         r = self.resolution
@@ -156,13 +168,17 @@ class SDXLBackbone(SDBackbone):
             hidden.append(out.hidden_states[-2])
             if out[0].ndim == 2:  # the projected pooled output of text_encoder_2
                 pooled = out[0]
-        cond = {"hidden": torch.cat(hidden, -1).to(self.dtype),
-                "pooled": pooled.to(self.dtype), "time_ids": self.time_ids(len(prompts))}
+        cond = {
+            "hidden": torch.cat(hidden, -1).to(self.dtype),
+            "pooled": pooled.to(self.dtype),
+            "time_ids": self.time_ids(len(prompts)),
+        }
         if self.force_zeros_for_empty_prompt:
             empty = torch.tensor([p == "" for p in prompts], device=self.device)
             for k in ("hidden", "pooled"):
-                cond[k] = torch.where(empty.view(-1, *[1] * (cond[k].dim() - 1)),
-                                      torch.zeros_like(cond[k]), cond[k])
+                cond[k] = torch.where(
+                    empty.view(-1, *[1] * (cond[k].dim() - 1)), torch.zeros_like(cond[k]), cond[k]
+                )
         return cond
 
     def unet_kwargs(self, cond: Cond) -> dict:

@@ -61,8 +61,12 @@ def load_reward(name: str, cfg: Config, device: torch.device):
 
 @torch.no_grad()
 def score_table(
-    models: dict[str, object], images: np.ndarray, prompts: list[str], keys: pd.DataFrame,
-    batch_size: int, device: torch.device,
+    models: dict[str, object],
+    images: np.ndarray,
+    prompts: list[str],
+    keys: pd.DataFrame,
+    batch_size: int,
+    device: torch.device,
 ) -> pd.DataFrame:
     """Long table ``keys + reward, score[, correct]`` for every model and image.
 

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from diffpref.config import RewardSource
 from diffpref.rewards.clipbase import ClipEncoder
 
-HEAD_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
-            "sac+logos+ava1-l14-linearMSE.pth")
+HEAD_URL = (
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+    "sac+logos+ava1-l14-linearMSE.pth"
+)
 
 
 class AestheticHead(nn.Module):
@@ -28,8 +30,14 @@ class AestheticHead(nn.Module):
     def __init__(self, dim: int = 768):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -62,8 +70,10 @@ class Aesthetic:
     def __init__(self, clip: ClipEncoder, head: AestheticHead):
         dim = clip.model.config.projection_dim
         if head.layers[0].in_features != dim:
-            raise ValueError(f"aesthetic head expects {head.layers[0].in_features}-d embeddings; "
-                             f"the CLIP model gives {dim}-d (the head needs CLIP ViT-L/14)")
+            raise ValueError(
+                f"aesthetic head expects {head.layers[0].in_features}-d embeddings; "
+                f"the CLIP model gives {dim}-d (the head needs CLIP ViT-L/14)"
+            )
         self.clip, self.head = clip, head.to(clip.device)
 
     @classmethod

@@ -25,8 +25,9 @@ class RewardModel(Protocol):
     def score(self, images: Tensor, prompts: list[str]) -> Tensor: ...
 
 
-def save_module(module: nn.Module, directory: Path, config: dict[str, Any],
-                dtype: torch.dtype = torch.float32) -> None:
+def save_module(
+    module: nn.Module, directory: Path, config: dict[str, Any], dtype: torch.dtype = torch.float32
+) -> None:
     """Write ``model.safetensors`` (in ``dtype``) and ``config.json`` to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ class Preprocess:
         return cls(
             resize=_edge(cfg.get("size", 224), "shortest_edge"),
             crop=_edge(cfg.get("crop_size", cfg.get("size", 224)), "height"),
-            mean=tuple(cfg.get("image_mean", CLIP_MEAN)), std=tuple(cfg.get("image_std", CLIP_STD)),
+            mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
+            std=tuple(cfg.get("image_std", CLIP_STD)),
         )
 
     def __call__(self, images: Tensor) -> Tensor:
@@ -61,12 +62,14 @@ class Preprocess:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
         # the processor's rule: shortest side -> resize, longest side truncated to int
-        nh, nw = (self.resize, int(self.resize * w / h)) if h <= w else (
-            int(self.resize * h / w), self.resize)
+        nh, nw = (
+            (self.resize, int(self.resize * w / h))
+            if h <= w
+            else (int(self.resize * h / w), self.resize)
+        )
         nh, nw = max(nh, self.crop), max(nw, self.crop)
         if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
         top, left = (nh - self.crop) // 2, (nw - self.crop) // 2
         x = x[..., top : top + self.crop, left : left + self.crop].clamp(0, 1)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
@@ -85,8 +88,9 @@ class ClipEncoder:
         self.model = CLIPModel.from_pretrained(source.model, torch_dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(proc)
         self.preprocess = Preprocess.from_source(proc)
-        self.max_length = min(self.tokenizer.model_max_length,
-                              self.model.config.text_config.max_position_embeddings)
+        self.max_length = min(
+            self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings
+        )
 
     @property
     def logit_scale(self) -> Tensor:
@@ -101,10 +105,12 @@ class ClipEncoder:
     def text_embeds(self, prompts: list[str]) -> Tensor:
         """One encoder pass per distinct prompt (a batch repeats each prompt K times)."""
         uniq = list(dict.fromkeys(prompts))
-        enc = self.tokenizer(uniq, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
-        emb = unwrap(self.model.get_text_features(
-            input_ids=enc.input_ids, attention_mask=enc.attention_mask))
+        enc = self.tokenizer(
+            uniq, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        emb = unwrap(
+            self.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+        )
         emb = F.normalize(emb.float(), dim=-1)
         pos = {p: i for i, p in enumerate(uniq)}
         return emb[torch.tensor([pos[p] for p in prompts], device=emb.device)]

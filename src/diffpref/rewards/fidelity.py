@@ -52,13 +52,15 @@ class FidelityReward(torch.nn.Module):
         logits = self.classifier(cells.reshape(b * NUM_CELLS, *cells.shape[2:]))
         logp = logits.log_softmax(-1).reshape(b, NUM_CELLS, -1)
         z = (cell_brightness(cells) - BRIGHT_THRESHOLD) / BRIGHT_TEMPERATURE
-        logb = torch.stack([torch.nn.functional.logsigmoid(z),
-                            torch.nn.functional.logsigmoid(-z)], -1)
+        logb = torch.stack(
+            [torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)], -1
+        )
         return logp, logb
 
     def _assignment_terms(self, images: Tensor, specs: list[Spec]) -> tuple[Tensor, ...]:
-        content, bright, valid = (torch.as_tensor(a, device=images.device)
-                                  for a in assignment_arrays(specs))
+        content, bright, valid = (
+            torch.as_tensor(a, device=images.device) for a in assignment_arrays(specs)
+        )
         return content, bright, valid
 
     @torch.no_grad()
@@ -70,8 +72,11 @@ class FidelityReward(torch.nn.Module):
         a = content.shape[1]
         lp = logp[:, None].expand(-1, a, -1, -1).gather(3, content[..., None])[..., 0]
         lb_all = logb[:, None].expand(-1, a, -1, -1)  # [B,A,4,2]
-        lb = torch.where(bright == BRIGHT, lb_all[..., 0],
-                         torch.where(bright == DIM, lb_all[..., 1], torch.zeros_like(lp)))
+        lb = torch.where(
+            bright == BRIGHT,
+            lb_all[..., 0],
+            torch.where(bright == DIM, lb_all[..., 1], torch.zeros_like(lp)),
+        )
         per_assignment = ((lp + lb).mean(-1)).masked_fill(~valid, -torch.inf)
         return per_assignment.max(1).values.exp()
 
@@ -104,8 +109,12 @@ class FidelityReward(torch.nn.Module):
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
-        config = {"kind": "fidelity", "width": self.width, "num_classes": NUM_CLASSES + 1,
-                  "bright_threshold": BRIGHT_THRESHOLD}
+        config = {
+            "kind": "fidelity",
+            "width": self.width,
+            "num_classes": NUM_CLASSES + 1,
+            "bright_threshold": BRIGHT_THRESHOLD,
+        }
         save_module(self, Path(directory), config, dtype)
 
     @classmethod

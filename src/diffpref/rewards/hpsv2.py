@@ -37,10 +37,22 @@ class HPSv2:
 
             path = Path(hf_hub_download(source.model, cls.CHECKPOINT))
         model, _, _ = oc.create_model_and_transforms(
-            "ViT-H-14", pretrained=None, precision="fp32", device="cpu", jit=False,
-            force_quick_gelu=False, force_custom_text=False, force_patch_dropout=False,
-            force_image_size=None, pretrained_image=False, image_mean=None, image_std=None,
-            light_augmentation=True, aug_cfg={}, output_dict=True, with_score_predictor=False,
+            "ViT-H-14",
+            pretrained=None,
+            precision="fp32",
+            device="cpu",
+            jit=False,
+            force_quick_gelu=False,
+            force_custom_text=False,
+            force_patch_dropout=False,
+            force_image_size=None,
+            pretrained_image=False,
+            image_mean=None,
+            image_std=None,
+            light_augmentation=True,
+            aug_cfg={},
+            output_dict=True,
+            with_score_predictor=False,
             with_region_predictor=False,
         )
         # the released checkpoint is a pickled training state: load only a file you trust

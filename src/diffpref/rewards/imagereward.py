@@ -37,12 +37,21 @@ class ImageReward:
     @torch.no_grad()
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         blip = self.model.blip
-        text = blip.tokenizer(prompts, padding="max_length", truncation=True,
-                              max_length=TEXT_LENGTH, return_tensors="pt").to(self.device)
+        text = blip.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=TEXT_LENGTH,
+            return_tensors="pt",
+        ).to(self.device)
         emb = blip.visual_encoder(self.preprocess(images.to(self.device)))
         atts = torch.ones(emb.shape[:-1], dtype=torch.long, device=self.device)
-        out = blip.text_encoder(text.input_ids, attention_mask=text.attention_mask,
-                                encoder_hidden_states=emb, encoder_attention_mask=atts,
-                                return_dict=True)
+        out = blip.text_encoder(
+            text.input_ids,
+            attention_mask=text.attention_mask,
+            encoder_hidden_states=emb,
+            encoder_attention_mask=atts,
+            return_dict=True,
+        )
         reward = self.model.mlp(out.last_hidden_state[:, 0, :].float()).squeeze(-1)
         return (reward - self.model.mean) / self.model.std

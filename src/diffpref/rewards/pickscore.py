@@ -16,8 +16,9 @@ from diffpref.rewards.clipbase import ClipEncoder
 
 class PickScore:
     name = "pickscore"
-    DEFAULT_SOURCE = RewardSource(model="yuvalkirstain/PickScore_v1",
-                                  processor="laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    DEFAULT_SOURCE = RewardSource(
+        model="yuvalkirstain/PickScore_v1", processor="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    )
 
     def __init__(self, clip: ClipEncoder):
         self.clip = clip

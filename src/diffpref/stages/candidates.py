@@ -26,8 +26,15 @@ def candidate_seed(base_seed: int, prompt_row: int, k: int, n_cand: int) -> int:
     return base_seed * 1_000_003 + prompt_row * n_cand + k
 
 
-def generate(backbone, prompts: list[str], seeds_per_prompt: list[list[int]], sampling, batch_size,
-             desc: str, adapt=lambda c: c) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def generate(
+    backbone,
+    prompts: list[str],
+    seeds_per_prompt: list[list[int]],
+    sampling,
+    batch_size,
+    desc: str,
+    adapt=lambda c: c,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Images (uint8 [N,C,H,W]) and latents for every (prompt, seed), prompt-major order.
 
     ``adapt`` transforms the text conditioning of both CFG branches (soft tokens).
@@ -40,8 +47,12 @@ def generate(backbone, prompts: list[str], seeds_per_prompt: list[list[int]], sa
         chunk = rows[start : start + batch_size]
         idx = torch.tensor([r[0] for r in chunk])
         lat = backbone.sample_latents(
-            adapt({k: v[idx] for k, v in cond.items()}), uncond, [r[1] for r in chunk],
-            sampling.steps, sampling.guidance, sampling.scheduler,
+            adapt({k: v[idx] for k, v in cond.items()}),
+            uncond,
+            [r[1] for r in chunk],
+            sampling.steps,
+            sampling.guidance,
+            sampling.scheduler,
         )
         img = backbone.decode(lat)
         images.append((img * 255).round().to(torch.uint8).cpu())
@@ -64,7 +75,11 @@ def sampled(cfg, backbone) -> Candidates:
     k = cfg.candidates.k
     seeds = [[candidate_seed(cfg.seed, i, j, k) for j in range(k)] for i in range(len(prompts))]
     images, latents, cond = generate(
-        backbone, prompts.prompt.tolist(), seeds, cfg.sampling, cfg.candidates.batch_size,
+        backbone,
+        prompts.prompt.tolist(),
+        seeds,
+        cfg.sampling,
+        cfg.candidates.batch_size,
         desc="candidates",
     )
     table = pd.DataFrame(
@@ -86,20 +101,24 @@ def imported(cfg, backbone) -> Candidates:
     channels, size, _ = backbone.image_shape
     prefs = datasources.read_pickapic(c.preference_file, size, channels, held_out, c.max_pairs)
     images = torch.from_numpy(prefs.images)
-    latents = torch.cat([
-        backbone.encode_images(images[s : s + c.batch_size].float() / 255).float().cpu()
-        for s in tqdm(range(0, len(images), c.batch_size), desc="encode", unit="batch")
-    ])
-    cond = {k: v.float().cpu() for k, v in backbone.encode_text(prefs.prompts.prompt.tolist())
-            .items()}
+    latents = torch.cat(
+        [
+            backbone.encode_images(images[s : s + c.batch_size].float() / 255).float().cpu()
+            for s in tqdm(range(0, len(images), c.batch_size), desc="encode", unit="batch")
+        ]
+    )
+    cond = {
+        k: v.float().cpu() for k, v in backbone.encode_text(prefs.prompts.prompt.tolist()).items()
+    }
     return Candidates(prefs.prompts, prefs.candidates, images, latents, cond, prefs.pairs)
 
 
 def run(ctx) -> None:
     cfg = ctx.cfg
     backbone = load_backbone(cfg, resolve_device(cfg))
-    cands = imported(cfg, backbone) if cfg.candidates.source == "pickapic" else sampled(
-        cfg, backbone)
+    cands = (
+        imported(cfg, backbone) if cfg.candidates.source == "pickapic" else sampled(cfg, backbone)
+    )
     uncond = backbone.encode_text([""])
     with atomic_dir(cfg.path("candidates")) as tmp:
         cands.table.to_parquet(tmp / "candidates.parquet")

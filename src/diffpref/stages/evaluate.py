@@ -33,7 +33,12 @@ def run(ctx) -> None:
     adapted = Adapted(backbone, None if name == "base" else cfg.path("adapters", name))
     seeds = [list(ev.seeds) for _ in range(len(prompts))]
     images, latents, _ = generate(
-        backbone, prompts.prompt.tolist(), seeds, cfg.sampling, ev.batch_size, desc=f"eval {name}",
+        backbone,
+        prompts.prompt.tolist(),
+        seeds,
+        cfg.sampling,
+        ev.batch_size,
+        desc=f"eval {name}",
         adapt=adapted.cond,
     )
     keys = pd.DataFrame(
@@ -59,14 +64,17 @@ def run(ctx) -> None:
     ctx.run.log_metrics(flat_numbers(metrics))
 
 
-def summarize(scores: pd.DataFrame, base: pd.DataFrame | None, latents: np.ndarray,
-              keys: pd.DataFrame, ev) -> dict:
+def summarize(
+    scores: pd.DataFrame, base: pd.DataFrame | None, latents: np.ndarray, keys: pd.DataFrame, ev
+) -> dict:
     out: dict = {"reward": {}, "win_vs_base": {}, "accuracy": {}}
     for reward, g in scores.groupby("reward"):
         out["reward"][reward] = evaluation.mean_ci(g, "score", ev.bootstrap)
         if base is not None:
             b = base[base.reward == reward]
-            out["win_vs_base"][reward] = evaluation.win_rate(g, b, ev.bootstrap)
+            out["win_vs_base"][reward] = evaluation.win_rate(
+                g, b, ev.bootstrap, tie=ev.tie_threshold
+            )
         if g.correct.notna().all() and "category" in g:
             out["accuracy"][reward] = evaluation.per_category(g)
     out["diversity"] = evaluation.diversity(latents, keys.prompt_id.to_numpy())

@@ -10,8 +10,9 @@ from diffpref.io import atomic_dir, read_table
 def run(ctx) -> None:
     cfg = ctx.cfg.labels
     if cfg.reward == datasources.HUMAN:  # imported human pairs (candidates.source: pickapic)
-        prefs = read_table(ctx.cfg.path("candidates", "preferences.parquet"),
-                           ["prompt_id", "winner", "loser"])
+        prefs = read_table(
+            ctx.cfg.path("candidates", "preferences.parquet"), ["prompt_id", "winner", "loser"]
+        )
         scores, pairs = datasources.human_labels(prefs)
     else:
         rewards = read_table(

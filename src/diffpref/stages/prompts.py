@@ -23,8 +23,9 @@ def run(ctx) -> None:
     else:
         from diffpref.datasources import read_prompt_file
 
-        df = read_prompt_file(p.file, p.column, p.category_column, p.eval_fraction,
-                              p.n_train, p.n_eval)
+        df = read_prompt_file(
+            p.file, p.column, p.category_column, p.eval_fraction, p.n_train, p.n_eval
+        )
     check_prompts(df)
     with atomic_dir(cfg.path("prompts")) as tmp:
         for split in ("train", "eval"):

@@ -11,8 +11,9 @@ def run(ctx) -> None:
     res = cfg.path()
     names = ["base", *cfg.objectives]
     versus = "dpo" if "dpo" in cfg.objectives else None
+    ev = cfg.evaluate
     table = report.comparison_table(
-        res, names, versus, cfg.evaluate.win_reward, cfg.evaluate.bootstrap
+        res, names, versus, ev.win_reward, ev.bootstrap, ev.tie_threshold
     )
     world = read_json(res / "world" / "metrics.json")
     with atomic_dir(cfg.path("report")) as tmp:
@@ -27,9 +28,9 @@ def run(ctx) -> None:
                 "Notes",
                 "\n".join(
                     [
-                        f"- win rates use the {cfg.evaluate.win_reward} reward on matched "
-                        f"(prompt, seed) samples; ties count one half; 95% CIs bootstrap prompts "
-                        f"({cfg.evaluate.bootstrap} resamples)",
+                        f"- win rates use the {ev.win_reward} reward on matched (prompt, seed) "
+                        f"samples; differences up to {ev.tie_threshold} are ties and count one "
+                        f"half; 95% CIs bootstrap prompts ({ev.bootstrap} resamples)",
                         "- train_fit: an objective's own preference accuracy on its training "
                         "groups over the last quarter of training (chance 0.5)",
                         f"- profile: {cfg.profile}; seeds {list(cfg.evaluate.seeds)}",
@@ -44,7 +45,7 @@ def run(ctx) -> None:
                 "Seed claims",
                 "\n".join(
                     report.seed_claims(
-                        res, names, table, cfg.evaluate.win_reward, cfg.evaluate.bootstrap
+                        res, names, table, ev.win_reward, ev.bootstrap, ev.tie_threshold
                     )
                 ),
             ),

@@ -18,8 +18,12 @@ def run(ctx) -> None:
     images = np.load(cfg.path("candidates", "images.npy"), mmap_mode="r")
     models = {name: load_reward(name, cfg, device) for name in cfg.rewards.models}
     table = score_table(
-        models, images, text.tolist(), cands[["prompt_id", "cand_idx"]],
-        cfg.rewards.batch_size, device,
+        models,
+        images,
+        text.tolist(),
+        cands[["prompt_id", "cand_idx"]],
+        cfg.rewards.batch_size,
+        device,
     )
     with atomic_dir(cfg.path("rewards")) as tmp:
         table.to_parquet(tmp / "rewards.parquet")

@@ -23,10 +23,15 @@ def run(ctx) -> None:
     )
     with atomic_dir(cfg.path("adapters", name)) as tmp:
         result.method.save(tmp)
-        write_json(tmp / "train_metrics.json", {"summary": result.summary,
-                                                "history": result.history,
-                                                "objective": objective.loss,
-                                                "n_examples": int(data.groups.shape[0])})
+        write_json(
+            tmp / "train_metrics.json",
+            {
+                "summary": result.summary,
+                "history": result.history,
+                "objective": objective.loss,
+                "n_examples": int(data.groups.shape[0]),
+            },
+        )
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     for row in result.history:
         ctx.run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))

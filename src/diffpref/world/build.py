@@ -103,8 +103,9 @@ def build_world(params: WorldParams, out: str | Path) -> dict[str, float]:
     t0 = time.perf_counter()
     unet = T.build_unet(p, latent_size=lat_mean.shape[-1], cross_attention_dim=states.shape[-1])
     scheduler = T.build_scheduler()
-    unet_losses = T.train_unet(unet, scheduler, lat_mean, lat_std, caption_index, states,
-                               uncond, scaling, p, gen)
+    unet_losses = T.train_unet(
+        unet, scheduler, lat_mean, lat_std, caption_index, states, uncond, scaling, p, gen
+    )
     save_base(out / "base", vae.eval(), unet.eval(), scheduler, p.text_max_length)
     tick("unet", t0)
 
@@ -133,22 +134,22 @@ def build_world(params: WorldParams, out: str | Path) -> dict[str, float]:
     return metrics
 
 
-def _reward_metrics(fidelity: FidelityReward, quality: QualityReward, test_bank: ItemBank,
-                    p: WorldParams) -> dict[str, float]:
+def _reward_metrics(
+    fidelity: FidelityReward, quality: QualityReward, test_bank: ItemBank, p: WorldParams
+) -> dict[str, float]:
     gen = torch.Generator().manual_seed(p.seed + 101)
     rng = np.random.default_rng(p.seed + 101)
     items = test_bank if p.eval_test_items is None else test_bank.subset(p.eval_test_items)
     out = classifier_accuracy(fidelity, items, gen)
-    out.update(fidelity_canvas_metrics(fidelity, test_bank, p.eval_test_canvases_per_category,
-                                       rng))
-    out.update(quality_metrics(quality, test_bank, 5 * p.eval_test_canvases_per_category, rng,
-                               gen))
+    out.update(fidelity_canvas_metrics(fidelity, test_bank, p.eval_test_canvases_per_category, rng))
+    out.update(quality_metrics(quality, test_bank, 5 * p.eval_test_canvases_per_category, rng, gen))
     return out
 
 
 @torch.no_grad()
-def _vae_metrics(vae: AutoencoderKL, fidelity: FidelityReward, test_bank: ItemBank,
-                 p: WorldParams) -> dict[str, float]:
+def _vae_metrics(
+    vae: AutoencoderKL, fidelity: FidelityReward, test_bank: ItemBank, p: WorldParams
+) -> dict[str, float]:
     """Reconstruction error on test canvases and fidelity kept through the VAE."""
     rng = np.random.default_rng(p.seed + 202)
     n = max(1, p.eval_test_canvases_per_category // 2)
@@ -164,8 +165,13 @@ def _vae_metrics(vae: AutoencoderKL, fidelity: FidelityReward, test_bank: ItemBa
 
 
 @torch.no_grad()
-def _base_metrics(base: WorldBase, fidelity: FidelityReward, quality: QualityReward,
-                  p: WorldParams, per_category: int) -> dict[str, float]:
+def _base_metrics(
+    base: WorldBase,
+    fidelity: FidelityReward,
+    quality: QualityReward,
+    p: WorldParams,
+    per_category: int,
+) -> dict[str, float]:
     """Sample eval-style prompts (held-out combos/templates included) and score them."""
     mix = {c: 1.0 for c in CATEGORIES}
     df = generate_prompts(0, per_category * len(CATEGORIES), seed=p.seed + 303, category_mix=mix)
@@ -196,15 +202,19 @@ def _write_metrics(out: Path, metrics: dict[str, float]) -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
-def load_rewards(out: str | Path, device: str | torch.device = "cpu"
-                 ) -> tuple[FidelityReward, QualityReward]:
+def load_rewards(
+    out: str | Path, device: str | torch.device = "cpu"
+) -> tuple[FidelityReward, QualityReward]:
     out = Path(out)
-    return (FidelityReward.load(out / "rewards" / "fidelity", device),
-            QualityReward.load(out / "rewards" / "quality", device))
+    return (
+        FidelityReward.load(out / "rewards" / "fidelity", device),
+        QualityReward.load(out / "rewards" / "quality", device),
+    )
 
 
-def evaluate_world(out: str | Path, params: WorldParams, base_prompts_per_category: int = 2
-                   ) -> dict[str, float]:
+def evaluate_world(
+    out: str | Path, params: WorldParams, base_prompts_per_category: int = 2
+) -> dict[str, float]:
     """Recompute the held-out reward metrics of a built or installed world (seconds), plus a
     small base-model sample as a smoke check (``base_prompts_per_category=0`` skips it)."""
     p = params

@@ -168,8 +168,10 @@ def caption_variants(spec: Spec, template: str) -> list[str]:
     """Every distinct caption ``template`` can make for ``spec`` (for exhaustive checks)."""
     ch = _choices(spec)
     keys = list(ch)
-    out = {_fill(spec, template, dict(zip(keys, combo, strict=True)))
-           for combo in itertools.product(*(ch[k] for k in keys))}
+    out = {
+        _fill(spec, template, dict(zip(keys, combo, strict=True)))
+        for combo in itertools.product(*(ch[k] for k in keys))
+    }
     return sorted(out)
 
 

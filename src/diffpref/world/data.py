@@ -20,8 +20,14 @@ from torch import Tensor
 
 from diffpref.world.constants import CLASS_NAMES, DEFAULT_FASHION_MNIST_DIR, NUM_CLASSES
 
-__all__ = ["CLASS_NAMES", "DEFAULT_FASHION_MNIST_DIR", "NUM_CLASSES", "ItemBank",
-           "load_fashion_mnist", "resize_items"]
+__all__ = [
+    "CLASS_NAMES",
+    "DEFAULT_FASHION_MNIST_DIR",
+    "NUM_CLASSES",
+    "ItemBank",
+    "load_fashion_mnist",
+    "resize_items",
+]
 
 
 Split = Literal["train", "test"]
@@ -90,7 +96,9 @@ class ItemBank:
 
     @classmethod
     def load(
-        cls, directory: str | Path = DEFAULT_FASHION_MNIST_DIR, split: Split = "train",
+        cls,
+        directory: str | Path = DEFAULT_FASHION_MNIST_DIR,
+        split: Split = "train",
         size: int = 14,
     ) -> ItemBank:
         images, labels = load_fashion_mnist(directory, split)

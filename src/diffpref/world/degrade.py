@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ITEM_DEGRADATIONS: tuple[str, ...] = (
-    "blur", "noise", "blend", "shuffle", "blob", "texture_fill", "lowres", "smear",
+    "blur",
+    "noise",
+    "blend",
+    "shuffle",
+    "blob",
+    "texture_fill",
+    "lowres",
+    "smear",
 )
 EMPTY_DEGRADATIONS: tuple[str, ...] = ("noise", "speckle", "smudge")
 
@@ -45,8 +52,9 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
-def degrade_items(x: Tensor, others: Tensor, gen: torch.Generator,
-                  kinds: tuple[str, ...] = ITEM_DEGRADATIONS) -> Tensor:
+def degrade_items(
+    x: Tensor, others: Tensor, gen: torch.Generator, kinds: tuple[str, ...] = ITEM_DEGRADATIONS
+) -> Tensor:
     """Degrade item cells ``x`` [N,1,h,w]; ``others`` are different item cells for blends."""
     n, _, h, w = x.shape
     which = torch.randint(len(kinds), (n,), generator=gen)
@@ -62,7 +70,8 @@ def degrade_items(x: Tensor, others: Tensor, gen: torch.Generator,
             y = blur(xi, _uniform(m, 0.9, 1.8, gen))
         elif kind == "noise":
             y = xi + _uniform(m, 0.1, 0.3, gen)[:, None, None, None] * torch.randn(
-                xi.shape, generator=gen)
+                xi.shape, generator=gen
+            )
         elif kind == "blend":
             a = _uniform(m, 0.35, 0.65, gen)[:, None, None, None]
             y = a * xi + (1 - a) * others[idx]
@@ -84,8 +93,12 @@ def degrade_items(x: Tensor, others: Tensor, gen: torch.Generator,
             tex = 0.5 + 0.5 * smooth_noise(m, h, 2.0, gen)
             y = pk * mask * tex.clamp(0, 1)
         elif kind == "lowres":
-            y = F.interpolate(F.interpolate(xi, size=(4, 4), mode="area"), size=(h, w),
-                              mode="bilinear", align_corners=False)
+            y = F.interpolate(
+                F.interpolate(xi, size=(4, 4), mode="area"),
+                size=(h, w),
+                mode="bilinear",
+                align_corners=False,
+            )
         else:  # smear: random directional motion blur of the item
             shift = torch.randint(1, 3, (1,), generator=gen).item()
             dims = (2,) if torch.rand(1, generator=gen).item() < 0.5 else (3,)
@@ -102,8 +115,9 @@ def _centre_window(h: int, w: int) -> Tensor:
     return torch.sigmoid((0.85 - d) * 8)[None, None]
 
 
-def dirty_empty(n: int, size: int, gen: torch.Generator,
-                kinds: tuple[str, ...] = EMPTY_DEGRADATIONS) -> Tensor:
+def dirty_empty(
+    n: int, size: int, gen: torch.Generator, kinds: tuple[str, ...] = EMPTY_DEGRADATIONS
+) -> Tensor:
     """Empty cells that are not clean: faint noise, speckles or smudges ``[n,1,s,s]``."""
     which = torch.randint(len(kinds), (n,), generator=gen)
     out = torch.zeros(n, 1, size, size)
@@ -113,8 +127,10 @@ def dirty_empty(n: int, size: int, gen: torch.Generator,
         if m == 0:
             continue
         if kind == "noise":
-            y = _uniform(m, 0.06, 0.2, gen)[:, None, None, None] * torch.randn(
-                m, 1, size, size, generator=gen).abs()
+            y = (
+                _uniform(m, 0.06, 0.2, gen)[:, None, None, None]
+                * torch.randn(m, 1, size, size, generator=gen).abs()
+            )
         elif kind == "speckle":
             y = (torch.rand(m, 1, size, size, generator=gen) < 0.05).float()
             y = y * _uniform(m, 0.3, 1.0, gen)[:, None, None, None]
@@ -129,5 +145,3 @@ def clean_empty(n: int, size: int, gen: torch.Generator, max_sigma: float = 0.01
     """Nearly black cells (what a clean generator leaves in empty cells)."""
     sig = max_sigma * torch.rand(n, 1, 1, 1, generator=gen)
     return (sig * torch.randn(n, 1, size, size, generator=gen)).abs().clamp(0, 1)
-
-

@@ -31,8 +31,9 @@ def auc(pos: Tensor, neg: Tensor) -> float:
 
 
 @torch.no_grad()
-def classifier_accuracy(fid: FidelityReward, bank: ItemBank, gen: torch.Generator,
-                        batch: int = 2048) -> dict[str, float]:
+def classifier_accuracy(
+    fid: FidelityReward, bank: ItemBank, gen: torch.Generator, batch: int = 2048
+) -> dict[str, float]:
     """Accuracy on every item of ``bank`` in a cell (bright and dim), and on empty cells."""
     from diffpref.world.render import DIM_FACTOR
     from diffpref.world.train import empty_cells, item_cells
@@ -47,8 +48,11 @@ def classifier_accuracy(fid: FidelityReward, bank: ItemBank, gen: torch.Generato
             hits[light] += int((pred == bank.labels[idx]).sum())
     empties = empty_cells(1000, gen)
     empty_acc = float((fid.classify_cells(empties).argmax(-1).cpu() == EMPTY).float().mean())
-    return {"classifier_acc": hits["bright"] / n, "classifier_acc_dim": hits["dim"] / n,
-            "classifier_acc_empty": empty_acc}
+    return {
+        "classifier_acc": hits["bright"] / n,
+        "classifier_acc_dim": hits["dim"] / n,
+        "classifier_acc_empty": empty_acc,
+    }
 
 
 def wrong_layout(spec: Spec, rng: np.random.Generator) -> Layout:
@@ -81,8 +85,9 @@ def random_specs(n: int, rng: np.random.Generator, category: str) -> list[Spec]:
 
 
 @torch.no_grad()
-def fidelity_canvas_metrics(fid: FidelityReward, bank: ItemBank, n_per_category: int,
-                            rng: np.random.Generator) -> dict[str, float]:
+def fidelity_canvas_metrics(
+    fid: FidelityReward, bank: ItemBank, n_per_category: int, rng: np.random.Generator
+) -> dict[str, float]:
     """Per category: ``correct`` rate and mean score on correct test canvases, and how often
     wrong canvases are accepted (should be ~0) with their mean score."""
     out: dict[str, float] = {}
@@ -117,8 +122,9 @@ def degrade_canvases(images: Tensor, bank: ItemBank, gen: torch.Generator) -> Te
 
 
 @torch.no_grad()
-def quality_metrics(qual: QualityReward, bank: ItemBank, n: int, rng: np.random.Generator,
-                    gen: torch.Generator) -> dict[str, float]:
+def quality_metrics(
+    qual: QualityReward, bank: ItemBank, n: int, rng: np.random.Generator, gen: torch.Generator
+) -> dict[str, float]:
     """AUC of real test canvases vs degraded copies, and at cell level."""
     from diffpref.world.train import quality_batch
 
@@ -134,4 +140,3 @@ def quality_metrics(qual: QualityReward, bank: ItemBank, n: int, rng: np.random.
         "quality_real_mean": float(s_real.mean()),
         "quality_degraded_mean": float(s_fake.mean()),
     }
-

@@ -16,8 +16,12 @@ class CellCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            *_block(1, w), *_block(w, w), nn.MaxPool2d(2),
-            *_block(w, 2 * w), *_block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *_block(1, w),
+            *_block(w, w),
+            nn.MaxPool2d(2),
+            *_block(w, 2 * w),
+            *_block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
             *_block(2 * w, 4 * w),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 16, n_out))

@@ -81,9 +81,7 @@ def prompt_id(prompt: str) -> str:
     return "p" + hashlib.sha1(prompt.encode()).hexdigest()[:12]
 
 
-def sample_train_caption(
-    rng: np.random.Generator, category: str
-) -> tuple[Spec, str]:
+def sample_train_caption(rng: np.random.Generator, category: str) -> tuple[Spec, str]:
     """A random (spec, caption) from the train grammar (train combos, train templates)."""
     specs = _TRAIN_SPECS[category]
     spec = specs[int(rng.integers(len(specs)))]
@@ -95,8 +93,9 @@ def _normalise_mix(mix: dict[str, float] | None) -> dict[str, float]:
     mix = dict(DEFAULT_MIX if mix is None else mix)
     unknown = set(mix) - set(CATEGORIES)
     if unknown:
-        raise ValueError(f"unknown categories in category_mix: {sorted(unknown)}; "
-                         f"allowed: {list(CATEGORIES)}")
+        raise ValueError(
+            f"unknown categories in category_mix: {sorted(unknown)}; allowed: {list(CATEGORIES)}"
+        )
     total = sum(max(v, 0.0) for v in mix.values())
     if total <= 0:
         raise ValueError("category_mix needs at least one positive weight")
@@ -136,8 +135,9 @@ def generate_prompts(
         exhausted: set[str] = set()
         while True:
             for cat in CATEGORIES:
-                got = _fill_category(rng, split, cat, want[cat], seen,
-                                     heldout_combo_frac, heldout_template_frac)
+                got = _fill_category(
+                    rng, split, cat, want[cat], seen, heldout_combo_frac, heldout_template_frac
+                )
                 rows.extend(got)
                 if len(got) < want[cat]:
                     exhausted.add(cat)
@@ -154,14 +154,29 @@ def generate_prompts(
                 want[c] = 0
             extra = _allocate(short, _normalise_mix(open_cats))
             want = {c: want.get(c, 0) + extra.get(c, 0) for c in CATEGORIES}
-    df = pd.DataFrame(rows, columns=["prompt_id", "prompt", "split", "category", "spec",
-                                     "heldout_combo", "heldout_template"])
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "prompt_id",
+            "prompt",
+            "split",
+            "category",
+            "spec",
+            "heldout_combo",
+            "heldout_template",
+        ],
+    )
     return df
 
 
 def _fill_category(
-    rng: np.random.Generator, split: str, cat: str, n: int, seen: set[str],
-    heldout_combo_frac: float, heldout_template_frac: float,
+    rng: np.random.Generator,
+    split: str,
+    cat: str,
+    n: int,
+    seen: set[str],
+    heldout_combo_frac: float,
+    heldout_template_frac: float,
 ) -> list[dict]:
     rows: list[dict] = []
     misses = 0
@@ -180,9 +195,15 @@ def _fill_category(
             misses += 1
             continue
         seen.add(prompt)
-        rows.append({
-            "prompt_id": prompt_id(prompt), "prompt": prompt, "split": split,
-            "category": cat, "spec": spec.to_json(),
-            "heldout_combo": held_c, "heldout_template": held_t,
-        })
+        rows.append(
+            {
+                "prompt_id": prompt_id(prompt),
+                "prompt": prompt,
+                "split": split,
+                "category": cat,
+                "spec": spec.to_json(),
+                "heldout_combo": held_c,
+                "heldout_template": held_t,
+            }
+        )
     return rows

@@ -35,9 +35,9 @@ def make_sampler(train_scheduler: SchedulerMixin, kind: str = "ddim") -> Schedul
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> Tensor:
     """``[B,*shape]`` standard normal noise, sample ``i`` drawn from its own seed (CPU)."""
-    return torch.stack([
-        torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds
-    ])
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
 
 
 def decode(vae: AutoencoderKL, latents: Tensor) -> Tensor:

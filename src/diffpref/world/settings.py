@@ -51,8 +51,13 @@ class WorldParams(BaseModel):
 
     # base-model training data
     category_mix: dict[str, float] = Field(
-        default_factory=lambda: {"single": 0.4, "two_object": 0.15, "counting": 0.15,
-                                 "position": 0.15, "brightness": 0.15}
+        default_factory=lambda: {
+            "single": 0.4,
+            "two_object": 0.15,
+            "counting": 0.15,
+            "position": 0.15,
+            "brightness": 0.15,
+        }
     )
     n_canvases: int = 20_000
     n_captions: int = 3_000
@@ -93,14 +98,26 @@ class WorldParams(BaseModel):
         """Tiny settings: every part trains for a handful of steps (seconds on a CPU)."""
         small: dict[str, object] = {
             "source": "train",
-            "classifier_width": 8, "classifier_steps": 30, "classifier_batch": 64,
-            "quality_width": 8, "quality_steps": 20, "quality_batch": 64,
-            "vae_channels": (8, 16, 16), "vae_steps": 10, "vae_batch": 16,
-            "n_canvases": 256, "n_captions": 64,
-            "unet_channels": (16, 32), "unet_heads": 2, "unet_steps": 10, "unet_batch": 16,
+            "classifier_width": 8,
+            "classifier_steps": 30,
+            "classifier_batch": 64,
+            "quality_width": 8,
+            "quality_steps": 20,
+            "quality_batch": 64,
+            "vae_channels": (8, 16, 16),
+            "vae_steps": 10,
+            "vae_batch": 16,
+            "n_canvases": 256,
+            "n_captions": 64,
+            "unet_channels": (16, 32),
+            "unet_heads": 2,
+            "unet_steps": 10,
+            "unet_batch": 16,
             "unet_warmup": 2,
-            "sample_steps": 4, "eval_prompts_per_category": 4,
-            "eval_test_canvases_per_category": 16, "eval_test_items": 1000,
+            "sample_steps": 4,
+            "eval_prompts_per_category": 4,
+            "eval_test_canvases_per_category": 16,
+            "eval_test_items": 1000,
         }
         small.update(overrides)
         return cls(**small)

@@ -28,7 +28,10 @@ from diffpref.world.spec import CATEGORIES, EMPTY, Spec
 
 # -- cells ---------------------------------------------------------------------------------
 def item_cells(
-    bank: ItemBank, idx: Tensor, gen: torch.Generator, jitter: int = 2,
+    bank: ItemBank,
+    idx: Tensor,
+    gen: torch.Generator,
+    jitter: int = 2,
     intensity: tuple[float, float] = (0.3, 1.0),
 ) -> Tensor:
     """Items ``idx`` placed in 16x16 cells with random shift and intensity ``[n,1,16,16]``."""
@@ -51,8 +54,9 @@ def empty_cells(n: int, gen: torch.Generator) -> Tensor:
     x = clean_empty(n, CELL, gen, max_sigma=0.04)
     smudge = torch.rand(n, generator=gen) < 0.3
     amp = 0.12 * torch.rand(n, 1, 1, 1, generator=gen)
-    x = torch.where(smudge[:, None, None, None],
-                    x + amp * smooth_noise(n, CELL, 4.0, gen).clamp_min(0), x)
+    x = torch.where(
+        smudge[:, None, None, None], x + amp * smooth_noise(n, CELL, 4.0, gen).clamp_min(0), x
+    )
     return x.clamp(0, 1)
 
 
@@ -87,8 +91,9 @@ def train_fidelity(bank: ItemBank, p: WorldParams, gen: torch.Generator) -> Fide
         x = torch.cat([item_cells(bank, idx, gen), empty_cells(n_empty, gen)])
         x = x + 0.02 * torch.rand(1, generator=gen) * torch.randn(x.shape, generator=gen)
         y = torch.cat([bank.labels[idx], torch.full((n_empty,), EMPTY)])
-        loss = F.cross_entropy(net(x.clamp(0, 1).to(p.device)), y.to(p.device),
-                               label_smoothing=0.05)
+        loss = F.cross_entropy(
+            net(x.clamp(0, 1).to(p.device)), y.to(p.device), label_smoothing=0.05
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -103,8 +108,7 @@ def quality_batch(bank: ItemBank, n: int, gen: torch.Generator) -> tuple[Tensor,
     n_neg = n - n_pos
     n_pos_empty, n_neg_empty = n_pos // 5, n_neg // 5
     idx = torch.randint(len(bank.labels), (n_pos - n_pos_empty,), generator=gen)
-    pos = torch.cat([item_cells(bank, idx, gen, jitter=1),
-                     clean_empty(n_pos_empty, CELL, gen)])
+    pos = torch.cat([item_cells(bank, idx, gen, jitter=1), clean_empty(n_pos_empty, CELL, gen)])
     m = n_neg - n_neg_empty
     idx = torch.randint(len(bank.labels), (m,), generator=gen)
     idx2 = torch.randint(len(bank.labels), (m,), generator=gen)
@@ -148,8 +152,9 @@ def build_vae(p: WorldParams) -> AutoencoderKL:
     )
 
 
-def train_vae(vae: AutoencoderKL, canvases: Tensor, p: WorldParams,
-              gen: torch.Generator) -> list[float]:
+def train_vae(
+    vae: AutoencoderKL, canvases: Tensor, p: WorldParams, gen: torch.Generator
+) -> list[float]:
     """MSE + small KL on canvases mapped to [-1,1]; returns the loss curve."""
     vae.train().to(p.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=p.vae_lr, weight_decay=0.0)
@@ -172,8 +177,9 @@ def train_vae(vae: AutoencoderKL, canvases: Tensor, p: WorldParams,
 
 
 @torch.no_grad()
-def encode_canvases(vae: AutoencoderKL, canvases: Tensor, batch: int = 512,
-                    device: str = "cpu") -> tuple[Tensor, Tensor]:
+def encode_canvases(
+    vae: AutoencoderKL, canvases: Tensor, batch: int = 512, device: str = "cpu"
+) -> tuple[Tensor, Tensor]:
     """Posterior ``(mean, std)`` ``[N,4,8,8]`` of canvases (unscaled)."""
     vae.eval().to(device)
     means, stds = [], []
@@ -188,8 +194,12 @@ def encode_canvases(vae: AutoencoderKL, canvases: Tensor, batch: int = 512,
 def build_scheduler() -> DDPMScheduler:
     """Stable Diffusion's training schedule (1000 steps, scaled_linear, epsilon)."""
     return DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-        beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
     )
 
 
@@ -234,7 +244,7 @@ def train_unet(
     losses: list[float] = []
     for step in _progress(p.unet_steps, "unet"):
         idx = torch.randint(len(lat_mean), (p.unet_batch,), generator=gen)
-        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen))
+        z0 = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)
         z0 = z0 * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, len(alphas), (p.unet_batch,), generator=gen)
