@@ -11,8 +11,9 @@ method's after-step hook. Two methods cover every objective:
 - ``CaptionMethod`` (soft tokens, backbone frozen): every image of the batch against every
   caption of the batch (SoftREPA, AGSM), one timestep and one noise for the whole batch.
 
-Checkpoints are written atomically every ``checkpoint_every`` steps; an interrupted run resumes
-from the last one (same params hash) and ends with the same weights as an uninterrupted run.
+Checkpoints (accelerate ``save_state`` of the trainable state only) are written atomically every
+``checkpoint_every`` steps; an interrupted run resumes from the last one (same params hash) and
+ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import copy
 import logging
 import math
 import resource
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers import DDIMInverseScheduler
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
@@ -385,13 +389,8 @@ class TrainResult:
 
 
 def train(
-    backbone: Backbone,
-    data: TrainData,
-    objective: Objective,
-    tp: TrainParams,
-    seed: int,
-    checkpoint: Path,
-    params_hash: str,
+    backbone: Backbone, data: TrainData, objective: Objective, tp: TrainParams, seed: int,
+    checkpoint: Path, params_hash: str,
 ) -> TrainResult:
     device = backbone.device
     torch.manual_seed(seed)
@@ -400,33 +399,20 @@ def train(
     backbone.unet.train()
     if tp.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
+    acc = make_accelerator(tp, device)
     opt = make_optimizer(method.params, tp)
     warm = max(tp.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    step = 0
-    state_file = checkpoint / "state.pt"
-    if state_file.is_file():
-        state = torch.load(state_file, map_location=device, weights_only=False)
-        if state["params_hash"] == params_hash:
-            method.load_state(state["method"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            gen.set_state(state["gen"])
-            step, history = state["step"], state["history"]
-            log.info("resumed from %s at step %d", state_file, step)
+    opt, sched = acc.prepare(opt, sched)
+    loop = LoopState(method, torch.Generator().manual_seed(seed))
+    acc.register_for_checkpointing(loop)
+    resume(acc, checkpoint, params_hash)
+    gen, step = loop.gen, loop.step
     # the batch order has its own generator: replaying it on resume reproduces the same batches
-    batches = batch_iterator(
-        len(data.groups), tp.batch_size, torch.Generator().manual_seed(seed + 1)
-    )
+    batches = batch_iterator(len(data.groups), tp.batch_size,
+                             torch.Generator().manual_seed(seed + 1))
     for _ in range(step):
         next(batches)
-    autocast = torch.autocast(
-        device.type,
-        dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.mixed_precision),
-        enabled=tp.mixed_precision != "fp32",
-    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     running: dict[str, list[float]] = {}
@@ -434,11 +420,11 @@ def train(
     bar = tqdm(total=tp.steps, initial=step, desc=f"train {objective.name}", unit="step")
     while step < tp.steps:
         idx = next(batches).to(device)
-        with autocast:
+        with acc.autocast():
             loss, metrics = method.step(idx, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(method.params, tp.max_grad_norm)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(method.params, tp.max_grad_norm)
         opt.step()
         sched.step()
         step += 1
@@ -449,14 +435,16 @@ def train(
         if step % tp.log_every == 0 or step == tp.steps:
             row = {k: float(np.mean(v)) for k, v in running.items()}
             row.update(step=step, lr=sched.get_last_lr()[0])
-            history.append(row)
+            loop.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             running = {}
         if step % tp.checkpoint_every == 0 and step < tp.steps:
-            _save_checkpoint(state_file, method, opt, sched, gen, step, history, params_hash)
+            loop.step = step
+            save_checkpoint(acc, checkpoint, params_hash)
     bar.close()
     elapsed = time.perf_counter() - start
     done = step - start_step
+    history = loop.history
     per_unit = data.groups.shape[1] if isinstance(method, GroupMethod) else tp.batch_size
     summary = {
         "steps": step,
@@ -473,6 +461,62 @@ def train(
     return TrainResult(history, summary, method)
 
 
+class LoopState:
+    """What accelerate's ``save_state`` does not hold itself: the method's trainable state
+    (LoRA or soft tokens, moving reference), the step generator, the step and the history.
+    No model is ``prepare``d, so checkpoints never contain the frozen UNet."""
+
+    def __init__(self, method: GroupMethod | CaptionMethod, gen: torch.Generator):
+        self.method, self.gen = method, gen
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict:
+        return {"method": copy.deepcopy(self.method.state()), "gen": self.gen.get_state(),
+                "step": self.step, "history": list(self.history)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.method.load_state(s["method"])
+        self.gen.set_state(s["gen"])
+        self.step, self.history = s["step"], s["history"]
+
+
+def make_accelerator(tp: TrainParams, device: torch.device) -> Accelerator:
+    """Mixed precision (autocast, fp16 loss scaling) and checkpoints through accelerate. The
+    shared state is reset first: a stage trains once per process, but tests and notebooks
+    train several times with different settings in one."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[tp.mixed_precision]
+    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+
+
+STATE_DIR, HASH_FILE = "state", "params_hash.txt"
+
+
+def save_checkpoint(acc: Accelerator, checkpoint: Path, params_hash: str) -> None:
+    """``accelerate.save_state`` into a fresh folder, then swapped in: a crash mid-save leaves
+    the previous checkpoint intact."""
+    tmp, final, old = (checkpoint / f"{STATE_DIR}{s}" for s in (".tmp", "", ".old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    acc.save_state(str(tmp))
+    (tmp / HASH_FILE).write_text(params_hash)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.replace(old)
+    tmp.replace(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resume(acc: Accelerator, checkpoint: Path, params_hash: str) -> None:
+    state = checkpoint / STATE_DIR
+    if not state.is_dir() and (checkpoint / f"{STATE_DIR}.old").is_dir():
+        state = checkpoint / f"{STATE_DIR}.old"  # crashed between the two renames
+    hash_file = state / HASH_FILE
+    if hash_file.is_file() and hash_file.read_text() == params_hash:
+        acc.load_state(str(state))
+        log.info("resumed from %s", state)
+
+
 def make_optimizer(params: list[torch.nn.Parameter], tp: TrainParams) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit AdamW (the diffusers scripts' ``--use_8bit_adam``): it
     matters for full fine-tuning; for LoRA the optimizer state is a few MB either way."""
@@ -486,21 +530,3 @@ def make_optimizer(params: list[torch.nn.Parameter], tp: TrainParams) -> torch.o
             ) from None
         return bnb.optim.AdamW8bit(params, lr=tp.lr, weight_decay=tp.weight_decay)
     return torch.optim.AdamW(params, lr=tp.lr, weight_decay=tp.weight_decay)
-
-
-def _save_checkpoint(path, method, opt, sched, gen, step, history, params_hash) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "method": copy.deepcopy(method.state()),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "gen": gen.get_state(),
-            "step": step,
-            "history": history,
-            "params_hash": params_hash,
-        },
-        tmp,
-    )
-    tmp.replace(path)
