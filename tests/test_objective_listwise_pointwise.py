@@ -55,7 +55,16 @@ def test_lair_loss_by_hand() -> None:
     assert value.item() == pytest.approx(sum(per))
     value_mean, _ = lair.loss(e, lair.Params(beta=beta, lam=lam, reduction="mean"))
     assert value_mean.item() == pytest.approx(sum(per) / 3)
-    assert metrics["implicit_acc"].item() == 1.0  # the top-advantage image has the top reward
+    assert metrics["implicit_acc"].item() == 1.0  # βr̂ ranks the 3 candidates as A does
+    swapped = Errors(
+        model=torch.tensor([[0.10, 0.25, 0.25]], dtype=torch.float64),  # βr̂ = [0.5, -0.5, 0]
+        ref=torch.tensor(ref, dtype=torch.float64),
+        advantage=torch.tensor(adv, dtype=torch.float64),
+    )
+    # pairs ordered by A: (0,1) and (0,2) agree, (1,2) does not
+    assert lair.loss(swapped, lair.Params(beta=beta, lam=lam))[1]["implicit_acc"].item() == (
+        pytest.approx(2 / 3)
+    )
     assert metrics["implicit_reward"].item() == pytest.approx(sum(br) / 3)
     scaled, _ = lair.loss(e, lair.Params(beta=beta / 2, lam=lam))
     e.beta_scale = torch.tensor([2.0], dtype=torch.float64)

@@ -75,9 +75,13 @@ def loss(e: Errors, p: Params) -> tuple[Tensor, Metrics]:
     br = effective_beta(p.beta, e, r_hat).unsqueeze(1) * r_hat
     per = -a * br + 0.5 * p.lam * br.pow(2)
     per_prompt = per.sum(dim=1) if p.reduction == "sum" else per.mean(dim=1)
-    top_acc = (br.argmax(dim=1) == a.argmax(dim=1)).float()
+    # pairwise ordering accuracy (chance 0.5, like DPO's): of the candidate pairs with
+    # A_i > A_j, the share where the implicit reward orders them the same way
+    higher = a.unsqueeze(2) > a.unsqueeze(1)
+    agree = higher & (br.unsqueeze(2) > br.unsqueeze(1))
+    pair_acc = agree.sum((1, 2)).float() / higher.sum((1, 2)).clamp(min=1).float()
     metrics = detached(
-        implicit_acc=top_acc,
+        implicit_acc=pair_acc,
         implicit_reward=br,
         implicit_reward_abs=br.abs(),
         advantage_term=(a * br).sum(dim=1),
