@@ -16,21 +16,35 @@ def test_training_fit_averages_the_last_quarter_of_the_first_accuracy_metric():
     assert math.isnan(report.training_fit([{"loss": 1.0}]))  # SFT logs no accuracy
 
 
-def _row(model, win, lo, hi, fit, fid, qual=0.5, div=10.0):
-    return {"model": model, "fidelity_mean": fid, "quality_mean": qual, "diversity": div,
-            "win_vs_base": win, "win_vs_base_ci": f"[{lo:.3f}, {hi:.3f}]",
-            "win_vs_base_ci_low": lo, "win_vs_base_ci_high": hi, "train_fit": fit}
+def _row(model, win, lo, hi, fit, fid, qual=0.5, div=10.0, metric="implicit_acc"):
+    return {
+        "model": model,
+        "fidelity_mean": fid,
+        "quality_mean": qual,
+        "diversity": div,
+        "win_vs_base": win,
+        "win_vs_base_ci": f"[{lo:.3f}, {hi:.3f}]",
+        "win_vs_base_ci_low": lo,
+        "win_vs_base_ci_high": hi,
+        "train_fit": fit,
+        "train_fit_metric": metric,
+    }
 
 
 def test_beats_base_verdicts_and_reasons():
-    table = pd.DataFrame([
-        {"model": "base", "fidelity_mean": 0.40, "quality_mean": 0.50, "diversity": 10.0},
-        _row("good", 0.70, 0.60, 0.80, 0.9, 0.50),
-        _row("flat", 0.52, 0.45, 0.60, 0.55, 0.41, qual=0.4, div=5.0),
-        _row("overfit", 0.40, 0.30, 0.48, 0.95, 0.35),
-    ])
-    good, flat, overfit = report.beats_base(table, "fidelity")
+    table = pd.DataFrame(
+        [
+            {"model": "base", "fidelity_mean": 0.40, "quality_mean": 0.50, "diversity": 10.0},
+            _row("good", 0.70, 0.60, 0.80, 0.9, 0.50),
+            _row("flat", 0.52, 0.45, 0.60, 0.55, 0.41, qual=0.4, div=5.0),
+            _row("overfit", 0.40, 0.30, 0.48, 0.95, 0.35),
+            _row("tokens", 0.52, 0.45, 0.60, 0.40, 0.41, metric="contrastive_acc"),
+        ]
+    )
+    good, flat, overfit, tokens = report.beats_base(table, "fidelity")
     assert "**yes**" in good and "+0.100 vs base" in good and "training accuracy" not in good
     assert "**not shown**" in flat and "under-trained" in flat and "0.55" in flat
     assert "quality -0.100" in flat and "diversity x0.50" in flat
     assert "**no, worse**" in overfit and "does not carry over" in overfit
+    # caption matching has chance 1/batch, so no "chance 0.50" judgement
+    assert "caption-matching accuracy is 0.40" in tokens and "under-trained" not in tokens

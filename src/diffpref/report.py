@@ -54,6 +54,9 @@ def comparison_table(
             s = t["summary"]
             row.update(
                 train_fit=training_fit(t["history"]),
+                train_fit_metric=next(
+                    (k for k in FIT_METRICS if any(k in h for h in t["history"])), ""
+                ),
                 train_time_s=s["train_time_s"],
                 groups_per_s=s["groups_per_s"],
                 peak_memory_mb=s["peak_memory_mb"],
@@ -103,13 +106,18 @@ def beats_base(table: pd.DataFrame, reward: str) -> list[str]:
         fit = r.get("train_fit", float("nan"))
         why = ""
         if lo <= 0.5 and np.isfinite(fit):
-            why = (
-                f"; it barely separates its own training pairs (training accuracy {fit:.2f},"
-                " chance 0.50): under-trained at these settings"
-                if fit < 0.6
-                else f"; it fits its training groups (training accuracy {fit:.2f}) but that "
-                "does not carry over to held-out prompts"
-            )
+            if r.get("train_fit_metric") != "implicit_acc":  # caption matching: chance 1/batch
+                why = f"; its training caption-matching accuracy is {fit:.2f}"
+            elif fit < 0.6:
+                why = (
+                    f"; it barely separates its own training pairs (training accuracy "
+                    f"{fit:.2f}, chance 0.50): under-trained at these settings"
+                )
+            else:
+                why = (
+                    f"; it fits its training groups (training accuracy {fit:.2f}) but that "
+                    "does not carry over to held-out prompts"
+                )
         out.append(
             f"- {r['model']}: win rate {r['win_vs_base']:.3f} {r['win_vs_base_ci']} — "
             f"{verdict} ({', '.join(facts)}){why}"

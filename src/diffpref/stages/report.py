@@ -21,7 +21,7 @@ def run(ctx) -> None:
         report.plot_rewards(res, names, tmp / "rewards.png")
         report.plot_training(res, list(cfg.objectives), tmp / "training_loss.png")
         report.image_grid(res, names, cfg.report.grid_prompts, tmp / "image_grid.png")
-        shown = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high"))]
+        shown = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
         sections = [
             ("Comparison (held-out prompts)", report.to_markdown(table[shown])),
             (
@@ -31,8 +31,9 @@ def run(ctx) -> None:
                         f"- win rates use the {ev.win_reward} reward on matched (prompt, seed) "
                         f"samples; differences up to {ev.tie_threshold} are ties and count one "
                         f"half; 95% CIs bootstrap prompts ({ev.bootstrap} resamples)",
-                        "- train_fit: an objective's own preference accuracy on its training "
-                        "groups over the last quarter of training (chance 0.5)",
+                        "- train_fit: an objective's own accuracy on its training groups over "
+                        "the last quarter of training: implicit-reward accuracy on pairs "
+                        "(chance 0.5) or, for soft tokens, caption matching (chance 1/batch)",
                         f"- profile: {cfg.profile}; seeds {list(cfg.evaluate.seeds)}",
                     ]
                 ),
