@@ -11,9 +11,10 @@ from diffpref import report
 
 def test_training_fit_averages_the_last_quarter_of_the_first_accuracy_metric():
     hist = [{"loss": 1.0, "implicit_acc": a} for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9)]
-    assert report.training_fit(hist) == (0.7 + 0.9) / 2
-    assert report.training_fit([{"loss": 1.0, "pl_acc": 0.75}]) == 0.75
-    assert math.isnan(report.training_fit([{"loss": 1.0}]))  # SFT logs no accuracy
+    assert report.training_fit(hist) == ("implicit_acc", (0.7 + 0.9) / 2)
+    assert report.training_fit([{"loss": 1.0, "pl_acc": 0.75}]) == ("pl_acc", 0.75)
+    metric, fit = report.training_fit([{"loss": 1.0}])  # SFT logs no accuracy
+    assert metric == "" and math.isnan(fit)
 
 
 def _row(model, win, lo, hi, fit, fid, qual=0.5, div=10.0, metric="implicit_acc"):

@@ -17,18 +17,23 @@ from diffpref import evaluation
 from diffpref.io import read_json
 
 
+def load_scores(results: Path, names: list[str]) -> dict[str, pd.DataFrame]:
+    """Every model's held-out per-sample scores (``evaluate``'s ``scores.parquet``)."""
+    return {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
+
+
 def comparison_table(
     results: Path,
-    names: list[str],
+    scores: dict[str, pd.DataFrame],
     versus: str | None,
     win_reward: str,
     n_boot: int,
     tie: float = 0.0,
 ) -> pd.DataFrame:
-    """One row per model (base first): rewards, win rates with CIs, accuracy, cost."""
+    """One row per model (base first, the order of ``scores``): rewards, win rates with CIs,
+    accuracy, cost."""
     rows = []
-    scores = {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
-    for n in names:
+    for n in scores:
         m = read_json(results / "eval" / n / "metrics.json")
         row: dict = {"model": n}
         for reward, r in m["reward"].items():
@@ -53,10 +58,7 @@ def comparison_table(
             t = read_json(tm)
             s = t["summary"]
             row.update(
-                train_fit=training_fit(t["history"]),
-                train_fit_metric=next(
-                    (k for k in FIT_METRICS if any(k in h for h in t["history"])), ""
-                ),
+                **dict(zip(("train_fit_metric", "train_fit"), training_fit(t["history"]))),
                 train_time_s=s["train_time_s"],
                 groups_per_s=s["groups_per_s"],
                 peak_memory_mb=s["peak_memory_mb"],
@@ -69,15 +71,15 @@ def comparison_table(
 FIT_METRICS = ("implicit_acc", "contrastive_acc", "pl_acc")
 
 
-def training_fit(history: list[dict[str, float]]) -> float:
-    """How well an objective fits its own training groups: its logged preference accuracy
-    (chance 0.5) averaged over the last quarter of training; NaN for objectives without one."""
+def training_fit(history: list[dict[str, float]]) -> tuple[str, float]:
+    """How well an objective fits its own training groups: (metric, its mean over the last
+    quarter of training); ``("", nan)`` for objectives that log no accuracy (SFT)."""
     tail = history[-max(1, len(history) // 4) :]
     for key in FIT_METRICS:
         vals = [h[key] for h in tail if key in h]
         if vals:
-            return float(np.mean(vals))
-    return float("nan")
+            return key, float(np.mean(vals))
+    return "", float("nan")
 
 
 def beats_base(table: pd.DataFrame, reward: str) -> list[str]:
@@ -262,15 +264,13 @@ def _verdict(lo: float, hi: float, null: float) -> str:
 
 
 def seed_claims(
-    results: Path,
-    names: list[str],
+    scores: dict[str, pd.DataFrame],
     table: pd.DataFrame,
     reward: str,
     n_boot: int,
     tie: float = 0.0,
 ) -> list[str]:
     """The seed papers' claims, each checked against this run's numbers (honest either way)."""
-    scores = {n: pd.read_parquet(results / "eval" / n / "scores.parquet") for n in names}
     row = {r["model"]: r for r in table.to_dict("records")}
     lines = []
 

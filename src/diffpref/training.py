@@ -407,18 +407,18 @@ def train(
     loop = LoopState(method, torch.Generator().manual_seed(seed))
     acc.register_for_checkpointing(loop)
     resume(acc, checkpoint, params_hash)
-    gen, step = loop.gen, loop.step
+    gen, start_step = loop.gen, loop.step
     # the batch order has its own generator: replaying it on resume reproduces the same batches
     batches = batch_iterator(len(data.groups), tp.batch_size,
                              torch.Generator().manual_seed(seed + 1))
-    for _ in range(step):
+    for _ in range(start_step):
         next(batches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     running: dict[str, list[float]] = {}
-    start, start_step = time.perf_counter(), step
-    bar = tqdm(total=tp.steps, initial=step, desc=f"train {objective.name}", unit="step")
-    while step < tp.steps:
+    start = time.perf_counter()
+    bar = tqdm(total=tp.steps, initial=start_step, desc=f"train {objective.name}", unit="step")
+    while loop.step < tp.steps:
         idx = next(batches).to(device)
         with acc.autocast():
             loss, metrics = method.step(idx, gen)
@@ -427,7 +427,8 @@ def train(
         grad_norm = acc.clip_grad_norm_(method.params, tp.max_grad_norm)
         opt.step()
         sched.step()
-        step += 1
+        loop.step += 1
+        step = loop.step
         metrics = {**metrics, **method.after_step(step, gen)}
         bar.update(1)
         for k, v in {"loss": loss, "grad_norm": grad_norm, **metrics}.items():
@@ -439,12 +440,11 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             running = {}
         if step % tp.checkpoint_every == 0 and step < tp.steps:
-            loop.step = step
             save_checkpoint(acc, checkpoint, params_hash)
     bar.close()
     elapsed = time.perf_counter() - start
+    step, history = loop.step, loop.history
     done = step - start_step
-    history = loop.history
     per_unit = data.groups.shape[1] if isinstance(method, GroupMethod) else tp.batch_size
     summary = {
         "steps": step,

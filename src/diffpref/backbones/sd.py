@@ -56,8 +56,8 @@ class SDBackbone(Backbone):
             self.pretrained, subfolder="scheduler", clip_sample=False, thresholding=False
         )
         path, sub = self._vae_location()
-        vae_cfg = AutoencoderKL.load_config(path, subfolder=sub)
-        self.vae_scale_factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+        self._vae_config = AutoencoderKL.load_config(path, subfolder=sub)
+        self.vae_scale_factor = 2 ** (len(self._vae_config["block_out_channels"]) - 1)
         self.resolution = resolution or self.unet.config.sample_size * self.vae_scale_factor
         if self.resolution % self.vae_scale_factor:
             raise ValueError(
@@ -77,11 +77,10 @@ class SDBackbone(Backbone):
     @cached_property
     def vae(self) -> AutoencoderKL:
         path, sub = self._vae_location()
-        cfg = AutoencoderKL.load_config(path, subfolder=sub)
         # the original SDXL VAE overflows in fp16 (NaN images); its config says force_upcast
         dtype = (
             torch.float32
-            if (self.dtype == torch.float16 and cfg.get("force_upcast", False))
+            if (self.dtype == torch.float16 and self._vae_config.get("force_upcast", False))
             else self.dtype
         )
         variant = None if self._vae_source else self._variant

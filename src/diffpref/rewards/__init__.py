@@ -33,9 +33,11 @@ def _world_reward(name: str) -> Callable[[Config, torch.device], object]:
     return load
 
 
-def _real_reward(name: str, module: str, cls_name: str) -> Callable[[Config, torch.device], object]:
+def _real_reward(name: str, cls_name: str) -> Callable[[Config, torch.device], object]:
+    """``cls_name`` of module ``diffpref.rewards.<name>``, imported only when asked for."""
+
     def load(cfg: Config, device: torch.device):
-        cls = getattr(importlib.import_module(f"diffpref.rewards.{module}"), cls_name)
+        cls = getattr(importlib.import_module(f"diffpref.rewards.{name}"), cls_name)
         source = cfg.rewards.source(name, cls.DEFAULT_SOURCE)
         return cls.load(source, device, getattr(torch, cfg.rewards.dtype))
 
@@ -45,11 +47,11 @@ def _real_reward(name: str, module: str, cls_name: str) -> Callable[[Config, tor
 REGISTRY: dict[str, Callable[[Config, torch.device], object]] = {
     "fidelity": _world_reward("fidelity"),
     "quality": _world_reward("quality"),
-    "pickscore": _real_reward("pickscore", "pickscore", "PickScore"),
-    "clip_score": _real_reward("clip_score", "clip_score", "ClipScore"),
-    "aesthetic": _real_reward("aesthetic", "aesthetic", "Aesthetic"),
-    "hpsv2": _real_reward("hpsv2", "hpsv2", "HPSv2"),
-    "imagereward": _real_reward("imagereward", "imagereward", "ImageReward"),
+    "pickscore": _real_reward("pickscore", "PickScore"),
+    "clip_score": _real_reward("clip_score", "ClipScore"),
+    "aesthetic": _real_reward("aesthetic", "Aesthetic"),
+    "hpsv2": _real_reward("hpsv2", "HPSv2"),
+    "imagereward": _real_reward("imagereward", "ImageReward"),
 }
 
 

@@ -6,23 +6,15 @@ OpenAI CLIP ViT-L/14 by default; implemented on transformers directly because to
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from diffpref.config import RewardSource
-from diffpref.rewards.clipbase import ClipEncoder
+from diffpref.rewards.clipbase import ClipReward
 
 
-class ClipScore:
+class ClipScore(ClipReward):
     name = "clip_score"
     DEFAULT_SOURCE = RewardSource(model="openai/clip-vit-large-patch14")
-
-    def __init__(self, clip: ClipEncoder):
-        self.clip = clip
-
-    @classmethod
-    def load(cls, source: RewardSource, device: torch.device, dtype: torch.dtype) -> ClipScore:
-        return cls(ClipEncoder(source, device, dtype))
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         return 100 * self.clip.cosine(images, prompts).clamp(min=0)

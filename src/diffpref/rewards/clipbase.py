@@ -117,3 +117,18 @@ class ClipEncoder:
 
     def cosine(self, images: Tensor, prompts: list[str]) -> Tensor:
         return (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)
+
+
+class ClipReward:
+    """A reward computed from one :class:`ClipEncoder` (PickScore, CLIP score): subclasses set
+    ``name``, ``DEFAULT_SOURCE`` and ``score``."""
+
+    name: str
+    DEFAULT_SOURCE: RewardSource
+
+    def __init__(self, clip: ClipEncoder):
+        self.clip = clip
+
+    @classmethod
+    def load(cls, source: RewardSource, device: torch.device, dtype: torch.dtype) -> ClipReward:
+        return cls(ClipEncoder(source, device, dtype))

@@ -7,25 +7,17 @@ processor: tokenizer and image settings come from the CLIP-H repository it was t
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from diffpref.config import RewardSource
-from diffpref.rewards.clipbase import ClipEncoder
+from diffpref.rewards.clipbase import ClipReward
 
 
-class PickScore:
+class PickScore(ClipReward):
     name = "pickscore"
     DEFAULT_SOURCE = RewardSource(
         model="yuvalkirstain/PickScore_v1", processor="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     )
-
-    def __init__(self, clip: ClipEncoder):
-        self.clip = clip
-
-    @classmethod
-    def load(cls, source: RewardSource, device: torch.device, dtype: torch.dtype) -> PickScore:
-        return cls(ClipEncoder(source, device, dtype))
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         return self.clip.logit_scale * self.clip.cosine(images, prompts)

@@ -12,8 +12,9 @@ def run(ctx) -> None:
     names = ["base", *cfg.objectives]
     versus = "dpo" if "dpo" in cfg.objectives else None
     ev = cfg.evaluate
+    scores = report.load_scores(res, names)
     table = report.comparison_table(
-        res, names, versus, ev.win_reward, ev.bootstrap, ev.tie_threshold
+        res, scores, versus, ev.win_reward, ev.bootstrap, ev.tie_threshold
     )
     world = read_json(res / "world" / "metrics.json")
     with atomic_dir(cfg.path("report")) as tmp:
@@ -34,20 +35,18 @@ def run(ctx) -> None:
                         "- train_fit: an objective's own accuracy on its training groups over "
                         "the last quarter of training: implicit-reward accuracy on pairs "
                         "(chance 0.5) or, for soft tokens, caption matching (chance 1/batch)",
-                        f"- profile: {cfg.profile}; seeds {list(cfg.evaluate.seeds)}",
+                        f"- profile: {cfg.profile}; seeds {list(ev.seeds)}",
                     ]
                 ),
             ),
             (
                 "Does each objective beat the base?",
-                "\n".join(report.beats_base(table, cfg.evaluate.win_reward)),
+                "\n".join(report.beats_base(table, ev.win_reward)),
             ),
             (
                 "Seed claims",
                 "\n".join(
-                    report.seed_claims(
-                        res, names, table, ev.win_reward, ev.bootstrap, ev.tie_threshold
-                    )
+                    report.seed_claims(scores, table, ev.win_reward, ev.bootstrap, ev.tie_threshold)
                 ),
             ),
             ("World reward models (held-out)", report.to_markdown(_world_rows(world))),
