@@ -67,7 +67,14 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a photo showing {x}",
             "a studio photo of {x}",
         ),
-        "heldout": ("a drawing of {x}", "a catalog shot of {x}"),
+        "heldout": (
+            "a drawing of {x}",
+            "a catalog shot of {x}",
+            "a close-up of {x}",
+            "an illustration of {x}",
+            "{x} against a plain backdrop",
+            "this picture shows {x}",
+        ),
     },
     "two_object": {
         "train": (
@@ -78,7 +85,14 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "{x} together with {y}",
             "a photo showing {x} and {y}",
         ),
-        "heldout": ("a drawing of {x} plus {y}", "{x} alongside {y}"),
+        "heldout": (
+            "a drawing of {x} plus {y}",
+            "{x} alongside {y}",
+            "both {x} and {y}",
+            "{x} as well as {y}",
+            "a scene containing {x} and {y}",
+            "{x}, and {y} too",
+        ),
     },
     "counting": {
         "train": (
@@ -89,7 +103,14 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a photo showing {n} {xs}",
             "exactly {n} {xs}",
         ),
-        "heldout": ("a drawing of {n} {xs}", "a set of {n} {xs}"),
+        "heldout": (
+            "a drawing of {n} {xs}",
+            "a set of {n} {xs}",
+            "a group of {n} {xs}",
+            "{n} {xs} in total",
+            "there are {n} {xs}",
+            "{n} {xs}, no more, no fewer",
+        ),
     },
     "position": {
         "train": (
@@ -100,7 +121,14 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "{x} placed {rel} {y}",
             "a photo with {x} {rel} {y}",
         ),
-        "heldout": ("{rel} {y} there is {x}", "{y} with {x} {its}"),
+        "heldout": (
+            "{rel} {y} there is {x}",
+            "{y} with {x} {its}",
+            "we see {x} {rel} {y}",
+            "{x} can be seen {rel} {y}",
+            "{y}, and {x} {its}",
+            "{rel} {y} you can see {x}",
+        ),
     },
     "brightness": {
         "train": (
@@ -111,10 +139,17 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a photo showing {xa}",
             "{x}, looking {adj}",
         ),
-        "heldout": ("a drawing of {xa}", "{x} in {adj} light"),
+        "heldout": (
+            "a drawing of {xa}",
+            "{x} in {adj} light",
+            "a close-up of {xa}",
+            "{xa} against a plain backdrop",
+            "we see {xa}",
+            "{x} shown in {adj} tones",
+        ),
     },
 }
-# Predicate/light adjectives must read well after "looking"/"in ... light".
+# Predicate/light adjectives must read well after "looking", "in ... light", "in ... tones".
 _PREDICATE_ADJ: dict[str, tuple[str, ...]] = {"bright": ("bright",), "dim": ("dim", "dark")}
 
 
