@@ -35,6 +35,7 @@ class Ctx:
     objective: str | None
     run: Any  # tracking.StageRun
     threads: int
+    seed: int | None = None  # the training replicate (train, evaluate of an objective)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("train", "evaluate"):
             s.add_argument(
                 "--objective", required=True, help="objective name (evaluate also takes 'base')"
+            )
+            s.add_argument(
+                "--seed", type=int, default=None, help="training seed, one of train_seeds "
+                "(required except for evaluate --objective base)"
             )
     c = sub.add_parser("check", help="validate params.yaml and exit")
     c.add_argument("--params", default="params.yaml")
@@ -75,14 +80,47 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    seed = getattr(args, "seed", None)
+    if error := _seed_error(args, cfg, objective, seed):
+        print(f"error: {args.params}: train_seeds: {error}", file=sys.stderr)
+        return 2
     if args.stage == "check":
-        print(f"{args.params}: ok (profile {cfg.profile}, {len(cfg.objectives)} objectives)")
+        print(
+            f"{args.params}: ok (profile {cfg.profile}, {len(cfg.objectives)} objectives, "
+            f"train seeds {cfg.train_seeds})"
+        )
         return 0
-    return run_stage(args.stage, cfg, raw, objective, args.threads)
+    return run_stage(args.stage, cfg, raw, objective, args.threads, seed)
+
+
+def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int | None) -> str:
+    """Why this command's training seed is wrong, or ''. Under DVC, every stage also checks
+    that the profile does not change ``train_seeds``: DVC expands its matrix from the file's
+    top level (it cannot see profiles), so the run would train seeds the report ignores."""
+    if objective is not None and objective != "base":
+        if seed is None:
+            return f"--seed is required with --objective {objective} (one of {cfg.train_seeds})"
+        if seed not in cfg.train_seeds:
+            return f"seed {seed} is not one of {cfg.train_seeds} (profile {cfg.profile})"
+    elif seed is not None:
+        return "--seed applies only to trained objectives, not to the base model"
+    if os.environ.get("DVC_ROOT") and (top := config_mod.top_level_seeds(args.params)):
+        if top != cfg.train_seeds:
+            return (
+                f"profile {cfg.profile} sets train_seeds {cfg.train_seeds} but DVC expands the "
+                f"top-level {top}; run `dvc exp run -S profile={cfg.profile} "
+                f"-S 'train_seeds={cfg.train_seeds}'`"
+            )
+    return ""
 
 
 def run_stage(
-    stage: str, cfg: config_mod.Config, raw: dict, objective: str | None, threads: int | None
+    stage: str,
+    cfg: config_mod.Config,
+    raw: dict,
+    objective: str | None,
+    threads: int | None,
+    seed: int | None = None,
 ) -> int:
     import torch
 
@@ -95,9 +133,9 @@ def run_stage(
     phash = config_mod.params_hash(raw, stage, key_obj)
     module = importlib.import_module(f"diffpref.stages.{stage}")
     start = time.perf_counter()
-    with tracking.stage_run(stage, objective, params, phash) as run:
-        module.run(Ctx(cfg, raw, objective, run, threads))
-    name = stage + (f"@{objective}" if objective else "")
+    with tracking.stage_run(stage, objective, params, phash, seed) as run:
+        module.run(Ctx(cfg, raw, objective, run, threads, seed))
+    name = tracking.run_name(stage, objective, seed)
     log.info("%s finished in %.1f s", name, time.perf_counter() - start)
     return 0
 

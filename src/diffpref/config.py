@@ -210,7 +210,13 @@ class Config(_Strict):
 
     profile: str = "default"
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(0, description="data seed: prompts, candidates, labels")
+    train_seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="training replicates: one adapter per (objective, seed); top level, not "
+        "under train:, so that adding a seed reruns only that seed's jobs",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     results: str = "results"
     world: WorldParams = Field(default_factory=WorldParams)
@@ -224,6 +230,18 @@ class Config(_Strict):
     objectives: dict[str, Objective] = Field(default_factory=dict)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> Config:
+        if len(set(self.train_seeds)) != len(self.train_seeds):
+            raise ValueError(f"train_seeds: repeated seeds in {self.train_seeds}")
+        return self
+
+    def model_dir(self, kind: str, objective: str, seed: int | None) -> Path:
+        """``results/<kind>/<objective>/seed<N>``: one folder per training replicate
+        (``kind``: adapters, eval, checkpoints); the base model has no seed folder."""
+        path = self.path(kind, objective)
+        return path if seed is None else path / f"seed{seed}"
 
     def train_for(self, objective: str) -> TrainParams:
         """Shared training settings with the objective's overrides applied."""
@@ -269,7 +287,7 @@ STAGE_KEYS: dict[str, list[str]] = {
     "labels": ["labels"],
     "train": ["backbone", "train", "objectives.{objective}"],
     "evaluate": ["backbone", "sampling", "evaluate", "rewards"],
-    "report": ["report", "evaluate"],
+    "report": ["report", "evaluate", "train_seeds"],
 }
 
 
@@ -318,14 +336,25 @@ def read_raw(path: str | Path, profile: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"{path}: top level must be a mapping")
     if profile is not None:
         raw["profile"] = profile
+    return with_profile(raw, path)
+
+
+def top_level_seeds(path: str | Path) -> list[int] | None:
+    """``train_seeds`` as written at the file's top level (what DVC's matrix expands)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    return raw.get("train_seeds") if isinstance(raw, dict) else None
+
+
+def with_profile(raw: dict[str, Any], path: str | Path = "params.yaml") -> dict[str, Any]:
+    """``raw`` with its active ``profile``'s overrides deep-merged in."""
     name = raw.get("profile", "default")
     profiles = raw.get("profiles") or {}
-    if name != "default":
-        if name not in profiles:
-            known = ", ".join(["default", *profiles])
-            raise ConfigError(f"{path}: profile: unknown profile {name!r} (known: {known})")
-        raw = deep_merge(raw, profiles[name])
-    return raw
+    if name == "default":
+        return raw
+    if name not in profiles:
+        known = ", ".join(["default", *profiles])
+        raise ConfigError(f"{path}: profile: unknown profile {name!r} (known: {known})")
+    return deep_merge(raw, profiles[name])
 
 
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[Config, dict]:
@@ -334,6 +363,12 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[
     raw = read_raw(path, profile)
     rest = {k: v for k, v in raw.items() if k != "objectives"}
     errors: list[str] = []
+    if isinstance(raw.get("train"), dict) and "seeds" in raw["train"]:
+        errors.append(
+            f"{path}: train.seeds: training seeds are the top-level key `train_seeds` (outside "
+            "`train:`, so that adding a seed reruns only that seed's jobs)"
+        )
+        rest["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
     cfg = None
     try:
         cfg = Config.model_validate(rest)

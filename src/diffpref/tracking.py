@@ -62,6 +62,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def run_name(stage: str, objective: str | None, seed: int | None = None) -> str:
+    """``train@dpo/seed1``: the stage, its objective and its training replicate."""
+    return stage + (f"@{objective}" if objective else "") + ("" if seed is None else f"/seed{seed}")
+
+
 @dataclass
 class StageRun:
     """Collects what a stage reports; written to MLflow when the stage ends."""
@@ -70,6 +75,7 @@ class StageRun:
     objective: str | None
     params: dict[str, Any]
     params_hash: str
+    seed: int | None = None
     metrics: list[tuple[str, float, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
@@ -88,9 +94,13 @@ class StageRun:
 
 @contextmanager
 def stage_run(
-    stage: str, objective: str | None, params: dict[str, Any], params_hash: str
+    stage: str,
+    objective: str | None,
+    params: dict[str, Any],
+    params_hash: str,
+    seed: int | None = None,
 ) -> Iterator[StageRun]:
-    run = StageRun(stage, objective, params, params_hash)
+    run = StageRun(stage, objective, params, params_hash, seed)
     start = time.perf_counter()
     status = "FINISHED"
     try:
@@ -115,10 +125,11 @@ def _flush(run: StageRun, status: str) -> None:
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(EXPERIMENT)
         exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
-        name = run.stage + (f"@{run.objective}" if run.objective else "")
+        name = run_name(run.stage, run.objective, run.seed)
         tags = {
             "stage": run.stage,
             "objective": run.objective or "",
+            "train_seed": "" if run.seed is None else str(run.seed),
             "git_commit": git_commit(),
             "params_hash": run.params_hash,
             "mlflow.runName": name,

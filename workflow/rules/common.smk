@@ -1,15 +1,19 @@
-# Shared wiring: the objectives to expand, the command prefix and each rule's params sections.
+# Shared wiring: the objectives and training seeds to expand, the command prefix and each
+# rule's params sections.
 from pathlib import Path
 
-from diffpref.config import stage_params
+from diffpref.config import stage_params, with_profile
 
 PROFILE = config.get("profile", "default")
 OBJECTIVES = list(config.get("objectives") or {})
+# the active profile's seeds (DVC, which cannot see profiles, expands the top-level list)
+SEEDS = with_profile(dict(config)).get("train_seeds", [0, 1, 2])
 DIFFPREF = f"diffpref {{stage}} --params params.yaml --profile {PROFILE} --threads {{threads}}"
 
 
-def cmd(stage, objective=None):
+def cmd(stage, objective=None, seed=None):
     suffix = f" --objective {objective}" if objective else ""
+    suffix += f" --seed {seed}" if seed is not None else ""
     return DIFFPREF.format(stage=stage, threads="{threads}") + suffix
 
 
@@ -20,6 +24,7 @@ def params_of(stage, objective=None):
 
 wildcard_constraints:
     objective="(?!base$)[A-Za-z0-9_.-]+",
+    seed=r"\d+",
 
 
 def py(path):

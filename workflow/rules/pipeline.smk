@@ -86,14 +86,14 @@ rule train:
         "results/candidates",
         "results/labels",
     output:
-        directory("results/adapters/{objective}"),
+        directory("results/adapters/{objective}/seed{seed}"),
     params:
         p=lambda w: params_of("train", w.objective),
     threads: 1
     resources:
         gpu=1,
     shell:
-        cmd("train", "{wildcards.objective}")
+        cmd("train", "{wildcards.objective}", "{wildcards.seed}")
 
 
 rule evaluate_base:
@@ -123,17 +123,17 @@ rule evaluate:
         py(f"{SRC}/rewards"),
         "results/world",
         "results/prompts",
-        "results/adapters/{objective}",
+        "results/adapters/{objective}/seed{seed}",
         "results/eval/base",
     output:
-        directory("results/eval/{objective}"),
+        directory("results/eval/{objective}/seed{seed}"),
     params:
         p=params_of("evaluate"),
     threads: 1
     resources:
         gpu=1,
     shell:
-        cmd("evaluate", "{wildcards.objective}")
+        cmd("evaluate", "{wildcards.objective}", "{wildcards.seed}")
 
 
 rule report:
@@ -141,8 +141,9 @@ rule report:
         f"{SRC}/stages/report.py",
         f"{SRC}/report.py",
         "results/world",
-        expand("results/adapters/{objective}", objective=OBJECTIVES),
-        expand("results/eval/{objective}", objective=["base", *OBJECTIVES]),
+        expand("results/adapters/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
+        "results/eval/base",
+        expand("results/eval/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
     output:
         directory("results/report"),
         "results/metrics.json",

@@ -1,7 +1,9 @@
-"""evaluate@<objective> / evaluate_base: held-out generation with shared seeds, then scores.
+"""evaluate@<objective>/seed<N> / evaluate_base: held-out generation with shared seeds, then
+scores.
 
-Every objective samples the same held-out prompts from the same per-sample seeds as the base
-model, so win rates compare like with like. ``evaluate.export_geneval`` also writes the
+Every model (each training seed of each objective, and the base) samples the same held-out
+prompts from the same per-sample sampling seeds (``evaluate.seeds``), so win rates compare like
+with like. ``evaluate.export_geneval`` also writes the
 samples in GenEval's folder layout, for its (separately installed) object-detection scorer.
 """
 
@@ -30,7 +32,8 @@ def run(ctx) -> None:
             cfg.path("eval", "base", "scores.parquet"), ["prompt_id", "seed", "reward", "score"]
         )
     backbone = load_backbone(cfg, device)
-    adapted = Adapted(backbone, None if name == "base" else cfg.path("adapters", name))
+    adapter = None if name == "base" else cfg.model_dir("adapters", name, ctx.seed)
+    adapted = Adapted(backbone, adapter)
     seeds = [list(ev.seeds) for _ in range(len(prompts))]
     images, latents, _ = generate(
         backbone,
@@ -38,7 +41,7 @@ def run(ctx) -> None:
         seeds,
         cfg.sampling,
         ev.batch_size,
-        desc=f"eval {name}",
+        desc=f"eval {name}" + ("" if ctx.seed is None else f" seed {ctx.seed}"),
         adapt=adapted.cond,
     )
     keys = pd.DataFrame(
@@ -54,7 +57,8 @@ def run(ctx) -> None:
         scores = scores.merge(prompts[["prompt_id", "category"]], on="prompt_id", how="left")
     metrics = summarize(scores, base_scores, latents.numpy(), keys, ev)
     metrics["objective"] = name
-    with atomic_dir(cfg.path("eval", name)) as tmp:
+    metrics["train_seed"] = ctx.seed
+    with atomic_dir(cfg.model_dir("eval", name, ctx.seed)) as tmp:
         scores.to_parquet(tmp / "scores.parquet")
         np.save(tmp / "samples.npy", images.numpy())
         keys.to_parquet(tmp / "samples.parquet")

@@ -1,4 +1,10 @@
-"""train@<objective>: one adapter per objective from the cached candidates and its labels."""
+"""train@<objective>/seed<N>: one adapter per (objective, training seed) from the cached
+candidates and the objective's labels.
+
+The training seed drives everything random in training (adapter init, batch order, timesteps,
+noise); the data (prompts, candidates, labels) is shared by every seed, so the spread between
+seeds is the training algorithm's own variance.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +23,11 @@ def run(ctx) -> None:
     device = resolve_device(cfg)
     backbone = load_backbone(cfg, device)
     data = training.load_train_data(cfg.path(), objective.labels)
-    ckpt = cfg.path("checkpoints", name)
+    ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
     result = training.train(
-        backbone, data, objective, tp, cfg.seed, ckpt, params_hash(ctx.raw, "train", name)
+        backbone, data, objective, tp, ctx.seed, ckpt, params_hash(ctx.raw, "train", name)
     )
-    with atomic_dir(cfg.path("adapters", name)) as tmp:
+    with atomic_dir(cfg.model_dir("adapters", name, ctx.seed)) as tmp:
         result.method.save(tmp)
         write_json(
             tmp / "train_metrics.json",
@@ -29,6 +35,7 @@ def run(ctx) -> None:
                 "summary": result.summary,
                 "history": result.history,
                 "objective": objective.loss,
+                "train_seed": ctx.seed,
                 "n_examples": int(data.groups.shape[0]),
             },
         )
