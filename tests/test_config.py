@@ -45,6 +45,9 @@ def test_profile_is_deep_merged_over_base():
         (lambda r: r["objectives"].update(x={"loss": "nope"}), "objectives.x"),
         (lambda r: r.update(profile="huge"), "profile"),
         (lambda r: r["candidates"].update(k=1), "candidates.k"),
+        (lambda r: r["train"].update(seeds=[0, 1]), "top-level key `train_seeds`"),
+        (lambda r: r.update(train_seeds=[0, 0]), "train_seeds: repeated seeds"),
+        (lambda r: r.update(train_seeds=[]), "train_seeds"),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, mutate, needle):
@@ -58,15 +61,41 @@ def test_bad_params_name_file_and_key(tmp_path, mutate, needle):
 def test_cli_exits_2_before_any_work(tmp_path, capsys):
     p = write(tmp_path, lambda r: r["train"].update(steps=-3))
     results = tmp_path / "results"
-    assert main(["train", "--params", str(p), "--objective", "dpo"]) == 2
+    assert main(["train", "--params", str(p), "--objective", "dpo", "--seed", "0"]) == 2
     assert "train.steps" in capsys.readouterr().err
     assert not results.exists()
 
 
 def test_cli_unknown_objective_is_a_params_error(tmp_path, capsys):
     p = write(tmp_path, lambda r: None)
-    assert main(["train", "--params", str(p), "--objective", "nope"]) == 2
+    assert main(["train", "--params", str(p), "--objective", "nope", "--seed", "0"]) == 2
     assert "objectives.nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--objective", "dpo"], "--seed is required"),
+        (["evaluate", "--objective", "dpo", "--seed", "7"], "seed 7 is not one of [0, 1, 2]"),
+        (["evaluate", "--objective", "base", "--seed", "0"], "only to trained objectives"),
+    ],
+)
+def test_cli_checks_the_training_seed(tmp_path, capsys, args, needle):
+    p = write(tmp_path, lambda r: r.update(results=str(tmp_path / "results")))
+    assert main([*args, "--params", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "train_seeds" in err and needle in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_under_dvc_a_profile_may_not_change_the_seeds_dvc_expands(tmp_path, capsys, monkeypatch):
+    p = write(tmp_path, lambda r: None)  # top level [0, 1, 2]; the smoke profile sets [0]
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert main(["check", "--params", str(p), "--profile", "smoke"]) == 2
+    assert "dvc exp run -S profile=smoke -S 'train_seeds=[0]'" in capsys.readouterr().err
+    assert main(["check", "--params", str(p)]) == 0
+    monkeypatch.delenv("DVC_ROOT")
+    assert main(["check", "--params", str(p), "--profile", "smoke"]) == 0  # Snakemake: fine
 
 
 def test_console_script_check_reports_ok():
@@ -83,3 +112,6 @@ def test_params_hash_changes_only_for_stages_that_read_the_key():
     raw["objectives"]["dpo"]["beta"] = 1234
     after = {s: config.params_hash(raw, s, "dpo") for s in config.STAGE_KEYS}
     assert [s for s in before if before[s] != after[s]] == ["train"]
+    raw["train_seeds"] = [0, 1, 2, 3]  # a new replicate: only the report reads the list
+    again = {s: config.params_hash(raw, s, "dpo") for s in config.STAGE_KEYS}
+    assert [s for s in after if after[s] != again[s]] == ["report"]

@@ -1,4 +1,5 @@
-"""The real smoke DAG, end to end, with Snakemake and with DVC (no mocks), and make-like reruns.
+"""The real smoke DAG on two training seeds, end to end, with Snakemake and with DVC (no
+mocks), the seed-aware report, and make-like reruns (params, a new training seed, sources).
 
 Each tool runs in its own fresh copy of the project (git + DVC initialised) with the smoke
 profile. MLflow's SQLite store is the witness of what ran: every executed stage adds one run.
@@ -14,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from tests.conftest import REPO
@@ -38,8 +41,9 @@ def make_project(root: Path) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    # the DAG with one objective (every objective's training runs in test_training_methods.py)
-    edit_params(root, lambda r: r.update(objectives={"dpo": r["objectives"]["dpo"]}))
+    # the DAG with one objective on two training seeds (every objective's training runs in
+    # test_training_methods.py); the seeds are top-level so that both tools expand the same
+    edit_params(root, one_objective_two_seeds)
     sh(["git", "init", "-q"], root)
     sh(["git", "config", "user.email", "t@example.com"], root)
     sh(["git", "config", "user.name", "test"], root)
@@ -47,6 +51,12 @@ def make_project(root: Path) -> Path:
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-qm", "init"], root)
     return root
+
+
+def one_objective_two_seeds(raw: dict) -> None:
+    raw["objectives"] = {"dpo": raw["objectives"]["dpo"]}
+    raw["train_seeds"] = [0, 1]
+    del raw["profiles"]["smoke"]["train_seeds"]
 
 
 def edit_params(root: Path, fn) -> None:
@@ -59,10 +69,7 @@ def runs(root: Path) -> Counter:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("diffpref")
     found = client.search_runs([exp.experiment_id], max_results=10_000)
-    return Counter(
-        r.data.tags["stage"] + (f"@{r.data.tags['objective']}" if r.data.tags["objective"] else "")
-        for r in found
-    )
+    return Counter(r.info.run_name for r in found)
 
 
 def new_runs(before: Counter, after: Counter) -> set[str]:
@@ -76,18 +83,55 @@ def check_outputs(root: Path) -> None:
     html = (report / "report.html").read_text()
     assert "dpo" in html and "win_vs_base" in html
     assert (root / "results" / "metrics.json").is_file()
+    # seed-aware: both training seeds, their spread, the P(A > B) matrix, the wording split
+    table = pd.read_csv(report / "comparison.csv").set_index("model")
+    seeds = train_seeds(root)
+    assert table.loc["dpo", "n_seeds"] == len(seeds)
+    per_seed = [float(v) for v in table.loc["dpo", "win_per_seed"].split()]
+    assert len(per_seed) == len(seeds)
+    assert np.mean(per_seed) == pytest.approx(table.loc["dpo", "win_vs_base"])
+    assert np.std(per_seed, ddof=1) == pytest.approx(table.loc["dpo", "win_seed_sd"])
+    lo, hi = table.loc["dpo", ["win_vs_base_ci_low", "win_vs_base_ci_high"]]
+    assert lo <= table.loc["dpo", "win_vs_base"] <= hi
+    md = (report / "report.md").read_text()
+    assert f"{len(seeds)} training seeds per objective ({seeds})" in md
+    assert "## Seen vs unseen wording" in md and "## Probability of improvement" in md
+    splits = pd.read_csv(report / "splits.csv")
+    assert set(splits.split) == {"seen", "heldout_wording", "heldout_combo"}
+    poi = pd.read_csv(report / "probability_of_improvement.csv")
+    assert set(zip(poi.model, poi.versus)) == {("base", "dpo"), ("dpo", "base")}
+    assert (report / "poi.png").stat().st_size > 0
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("diffpref")
     for r in client.search_runs([exp.experiment_id]):
-        assert {"stage", "objective", "git_commit", "params_hash"} <= set(r.data.tags)
+        assert {"stage", "objective", "train_seed", "git_commit", "params_hash"} <= set(r.data.tags)
+        if r.data.tags["stage"] in ("train", "evaluate") and r.data.tags["objective"] != "base":
+            assert r.info.run_name.endswith(f"/seed{r.data.tags['train_seed']}")
         assert r.info.status == "FINISHED"
         assert r.data.params, r.data.tags["stage"]
         assert "wall_time_s" in r.data.metrics
 
 
-EXPECTED = {"world", "prompts", "candidates", "rewards", "labels", "train@dpo",
-            "evaluate@base", "evaluate@dpo", "report"}
-AFTER_BETA = {"train@dpo", "evaluate@dpo", "report"}
+def train_seeds(root: Path) -> list[int]:
+    return yaml.safe_load((root / "params.yaml").read_text())["train_seeds"]
+
+
+def replicas(*seeds: int) -> set[str]:
+    return {f"{st}@dpo/seed{s}" for st in ("train", "evaluate") for s in seeds}
+
+
+EXPECTED = {
+    "world",
+    "prompts",
+    "candidates",
+    "rewards",
+    "labels",
+    "evaluate@base",
+    "report",
+    *replicas(0, 1),
+}
+AFTER_BETA = {*replicas(0, 1), "report"}
+NEW_SEED = {*replicas(2), "report"}
 
 
 def smk_planned(root: Path) -> set[str]:
@@ -98,8 +142,9 @@ def smk_planned(root: Path) -> set[str]:
     for block in re.split(r"\n(?=\[.*\]\nrule )", out):
         m = re.search(r"^rule (\w+):", block, re.M)
         if m and m.group(1) != "all":
-            w = re.search(r"^\s+wildcards: objective=(\S+)", block, re.M)
-            planned.add(m.group(1) + (f"@{w.group(1)}" if w else ""))
+            w = re.search(r"^\s+wildcards: objective=([^,\s]+)(?:, seed=(\d+))?", block, re.M)
+            name = m.group(1) + (f"@{w.group(1)}" if w else "")
+            planned.add(name + (f"/seed{w.group(2)}" if w and w.group(2) else ""))
     return planned
 
 
@@ -113,18 +158,32 @@ def test_snakemake_smoke_dag_and_reruns(tmp_path):
     assert smk_planned(root) == set()  # nothing changed: nothing reruns
 
     edit_params(root, lambda r: r["objectives"]["dpo"].update(beta=1234))
-    assert smk_planned(root) == {"train@dpo", "evaluate@dpo", "report"}
+    assert smk_planned(root) == AFTER_BETA
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
-    assert new_runs(first, runs(root)) == AFTER_BETA
+    second = runs(root)
+    assert new_runs(first, second) == AFTER_BETA
+
+    # a new training seed adds only its own jobs and the report; dropping it reruns the report
+    edit_params(root, lambda r: r.update(train_seeds=[0, 1, 2]))
+    assert smk_planned(root) == NEW_SEED
+    sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
+    assert new_runs(second, runs(root)) == NEW_SEED
+    check_outputs(root)
+    edit_params(root, lambda r: r.update(train_seeds=[0, 1]))
+    assert smk_planned(root) == {"report"}
 
     with open(root / "src/diffpref/stages/labels.py", "a") as f:
         f.write("\n# a change to the labels stage's source\n")
-    assert smk_planned(root) == {"labels", "train@dpo", "evaluate@dpo", "report"}
+    assert smk_planned(root) == {"labels", *replicas(0, 1), "report"}
 
 
 def dvc_ran(out: str) -> set[str]:
-    return {m.replace("evaluate_base", "evaluate@base")
-            for m in re.findall(r"Running stage '([^']+)'", out)}
+    """Stages DVC ran, named as their MLflow runs (``train@dpo-1`` -> ``train@dpo/seed1``)."""
+    names = set()
+    for m in re.findall(r"Running stage '([^']+)'", out):
+        m = m.replace("evaluate_base", "evaluate@base")
+        names.add(re.sub(r"^((?:train|evaluate)@.+)-(\d+)$", r"\1/seed\2", m))
+    return names
 
 
 def test_dvc_smoke_experiment_and_reruns(tmp_path):
@@ -140,8 +199,17 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     edit_params(root, lambda r: r["objectives"]["dpo"].update(beta=1234))
     out = sh(["dvc", "repro"], root)
     assert dvc_ran(out) == AFTER_BETA
-    assert new_runs(first, runs(root)) == AFTER_BETA
+    second = runs(root)
+    assert new_runs(first, second) == AFTER_BETA
     assert "dpo" in sh(["dvc", "metrics", "show"], root)
+
+    # a new training seed adds only its own stages and the report; dropping it reruns the report
+    edit_params(root, lambda r: r.update(train_seeds=[0, 1, 2]))
+    assert dvc_ran(sh(["dvc", "repro"], root)) == NEW_SEED
+    assert new_runs(second, runs(root)) == NEW_SEED
+    check_outputs(root)
+    edit_params(root, lambda r: r.update(train_seeds=[0, 1]))
+    assert dvc_ran(sh(["dvc", "repro"], root)) == {"report"}
 
     with open(root / "src/diffpref/stages/labels.py", "a") as f:
         f.write("\n# a change to the labels stage's source\n")
@@ -153,4 +221,4 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     assert dvc_ran(sh(["dvc", "repro"], root)) == {"labels"}
     # ... and when the labels do change, everything downstream of them reruns
     edit_params(root, lambda r: r["labels"].update(pairs="best_worst"))
-    assert dvc_ran(sh(["dvc", "repro"], root)) == {"labels", "train@dpo", "evaluate@dpo", "report"}
+    assert dvc_ran(sh(["dvc", "repro"], root)) == {"labels", *replicas(0, 1), "report"}

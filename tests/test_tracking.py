@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
 
@@ -36,3 +42,36 @@ def test_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
     exp = client.get_experiment_by_name(tracking.EXPERIMENT)
     (r,) = client.search_runs([exp.experiment_id])
     assert r.info.status == "FAILED"
+
+
+def test_run_times_are_the_stages_own(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.stage_run("rewards", None, {}, "h"):
+        time.sleep(1.5)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (r,) = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert 1500 <= r.info.end_time - r.info.start_time < 10_000
+
+
+def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import os, signal\n"
+        "from diffpref import tracking\n"
+        "with tracking.stage_run('train', 'dpo', {'train': {'lr': 0.1}}, 'h', 1):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + 60  # the orphaned writer finishes on its own
+    runs = []
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.5)
+        exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+    (r,) = runs
+    assert r.info.status == "KILLED" and r.info.run_name == "train@dpo/seed1"
+    assert r.data.params["train.lr"] == "0.1" and r.data.tags["train_seed"] == "1"

@@ -1,4 +1,5 @@
-"""Snakefile and dvc.yaml describe the same stages, dependencies, outputs and params keys."""
+"""Snakefile and dvc.yaml describe the same stages, dependencies, outputs and params keys,
+including the (objective x training seed) dimension of train and evaluate."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def snakemake_jobs() -> dict[str, tuple[set[str], set[str]]]:
         ins = set(field("input").group(1).split(", ")) if field("input") else set()
         outs = set(field("output").group(1).split(", "))
         name = m.group(1)
-        if w := field("wildcards"):
-            name += "@" + w.group(1).split("=")[1]
+        if w := field("wildcards"):  # "objective=dpo, seed=0" -> DVC's matrix name "dpo-0"
+            name += "@" + "-".join(kv.split("=")[1] for kv in w.group(1).split(", "))
         jobs[name] = (ins, outs)
     return jobs
 
@@ -75,12 +76,15 @@ def test_both_tools_have_the_same_stages_deps_and_outs():
 def test_dvc_params_are_exactly_the_keys_each_stage_reads():
     for name, (_, _, params) in dvc_stages().items():
         stage, _, objective = name.partition("@")
+        objective = objective.rpartition("-")[0]  # drop the matrix's training seed
         stage = "evaluate" if stage == "evaluate_base" else stage
         assert sorted(params) == sorted(config.stage_keys(stage, objective or None)), name
 
 
-def test_every_objective_gets_train_and_evaluate_stages():
+def test_every_objective_and_training_seed_gets_train_and_evaluate_jobs():
     cfg, _ = config.load(REPO / "params.yaml")
-    names = set(dvc_stages())
-    for o in cfg.objectives:
-        assert {f"train@{o}", f"evaluate@{o}"} <= names
+    assert len(cfg.train_seeds) >= 3  # the default profile replicates every training
+    want = {f"{st}@{o}-{s}" for st in ("train", "evaluate") for o in cfg.objectives
+            for s in cfg.train_seeds}
+    assert {n for n in dvc_stages() if n.startswith(("train@", "evaluate@"))} == want
+    assert {n for n in snakemake_jobs() if n.startswith(("train@", "evaluate@"))} == want

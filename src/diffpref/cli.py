@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                 "--objective", required=True, help="objective name (evaluate also takes 'base')"
             )
             s.add_argument(
-                "--seed", type=int, default=None, help="training seed, one of train_seeds "
-                "(required except for evaluate --objective base)"
+                "--seed",
+                type=int,
+                default=None,
+                help="training seed, one of train_seeds "
+                "(required except for evaluate --objective base)",
             )
     c = sub.add_parser("check", help="validate params.yaml and exit")
     c.add_argument("--params", default="params.yaml")
@@ -104,13 +107,13 @@ def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int |
             return f"seed {seed} is not one of {cfg.train_seeds} (profile {cfg.profile})"
     elif seed is not None:
         return "--seed applies only to trained objectives, not to the base model"
-    if os.environ.get("DVC_ROOT") and (top := config_mod.top_level_seeds(args.params)):
-        if top != cfg.train_seeds:
-            return (
-                f"profile {cfg.profile} sets train_seeds {cfg.train_seeds} but DVC expands the "
-                f"top-level {top}; run `dvc exp run -S profile={cfg.profile} "
-                f"-S 'train_seeds={cfg.train_seeds}'`"
-            )
+    top = config_mod.top_level_seeds(args.params) if os.environ.get("DVC_ROOT") else None
+    if top and top != cfg.train_seeds:
+        return (
+            f"profile {cfg.profile} sets train_seeds {cfg.train_seeds} but DVC expands the "
+            f"top-level {top}; run `dvc exp run -S profile={cfg.profile} "
+            f"-S 'train_seeds={cfg.train_seeds}'`"
+        )
     return ""
 
 

@@ -79,6 +79,7 @@ def write_params(path: Path, models: TinyModels, pipeline: Path, kind: str, **ov
     clip = str(models.clip)
     params = {
         "device": "cpu",
+        "train_seeds": [0],
         "results": str(path.parent / "results"),
         "backbone": {"kind": kind, "pretrained": str(pipeline)},
         "sampling": {"steps": 2, "guidance": 3.0},

@@ -1,67 +1,44 @@
-"""report: one comparison table with plots and a same-seed image grid, plus DVC metrics."""
+"""report: the seed-aware comparison table, verdicts, plots and a same-seed image grid, plus
+the small files `dvc metrics` and `dvc plots` read."""
 
 from __future__ import annotations
 
-from diffpref import report
+import pandas as pd
+
+from diffpref import comparison, report
 from diffpref.io import atomic_dir, read_json, write_json_atomic
 
 
 def run(ctx) -> None:
     cfg = ctx.cfg
     res = cfg.path()
-    names = ["base", *cfg.objectives]
-    versus = "dpo" if "dpo" in cfg.objectives else None
     ev = cfg.evaluate
-    scores = report.load_scores(res, names)
-    table = report.comparison_table(
-        res, scores, versus, ev.win_reward, ev.bootstrap, ev.tie_threshold
-    )
+    seeds = list(cfg.train_seeds)
+    data = comparison.load(res, list(cfg.objectives), seeds)
+    rewards = list(data.eval_metrics["base"][0]["reward"])
+    cmp = comparison.Comparison(data, ev.win_reward, ev.bootstrap, ev.tie_threshold, cfg.seed)
+    table = comparison.comparison_table(cmp, rewards)
+    splits = comparison.split_table(cmp)
+    poi = cmp.poi_matrix()
     world = read_json(res / "world" / "metrics.json")
+    grid_models = {"base": res / "eval" / "base"}
+    grid_models |= {o: cfg.model_dir("eval", o, seeds[0]) for o in cfg.objectives}
     with atomic_dir(cfg.path("report")) as tmp:
         table.to_csv(tmp / "comparison.csv", index=False)
-        report.plot_rewards(res, names, tmp / "rewards.png")
-        report.plot_training(res, list(cfg.objectives), tmp / "training_loss.png")
-        report.image_grid(res, names, cfg.report.grid_prompts, tmp / "image_grid.png")
-        shown = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
-        sections = [
-            ("Comparison (held-out prompts)", report.to_markdown(table[shown])),
-            (
-                "Notes",
-                "\n".join(
-                    [
-                        f"- win rates use the {ev.win_reward} reward on matched (prompt, seed) "
-                        f"samples; differences up to {ev.tie_threshold} are ties and count one "
-                        f"half; 95% CIs bootstrap prompts ({ev.bootstrap} resamples)",
-                        "- train_fit: an objective's own accuracy on its training groups over "
-                        "the last quarter of training: implicit-reward accuracy on pairs "
-                        "(chance 0.5) or, for soft tokens, caption matching (chance 1/batch)",
-                        f"- profile: {cfg.profile}; seeds {list(ev.seeds)}",
-                    ]
-                ),
-            ),
-            (
-                "Does each objective beat the base?",
-                "\n".join(report.beats_base(table, ev.win_reward)),
-            ),
-            (
-                "Seed claims",
-                "\n".join(
-                    report.seed_claims(scores, table, ev.win_reward, ev.bootstrap, ev.tie_threshold)
-                ),
-            ),
-            ("World reward models (held-out)", report.to_markdown(_world_rows(world))),
+        splits.to_csv(tmp / "splits.csv", index=False)
+        poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
+        images = [
+            tmp / f for f in ("rewards.png", "poi.png", "training_loss.png", "image_grid.png")
         ]
+        report.plot_rewards(table, rewards, images[0])
+        report.plot_poi(poi, images[1])
+        report.plot_training(data.train_metrics, images[2])
+        report.image_grid(res, grid_models, cfg.report.grid_prompts, images[3])
+        sections = _sections(cfg, cmp, table, splits, poi, world, seeds)
         md = "# diffpref report\n\n" + "\n\n".join(f"## {h}\n\n{b}" for h, b in sections)
-        md += "\n\n![rewards](rewards.png)\n\n![training](training_loss.png)\n\n"
-        md += "![grid](image_grid.png)\n"
+        md += "\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
         (tmp / "report.md").write_text(md)
-        (tmp / "report.html").write_text(
-            report.to_html(
-                "diffpref report",
-                sections,
-                [tmp / "rewards.png", tmp / "training_loss.png", tmp / "image_grid.png"],
-            )
-        )
+        (tmp / "report.html").write_text(report.to_html("diffpref report", sections, images))
     # small uncached copies for `dvc metrics show/diff` and `dvc plots`
     write_json_atomic(res / "metrics.json", _dvc_metrics(table))
     plots = res / "plots"
@@ -78,9 +55,82 @@ def run(ctx) -> None:
     )
 
 
-def _world_rows(world: dict):
-    import pandas as pd
+def _sections(cfg, cmp, table, splits, poi, world, seeds) -> list[tuple[str, str]]:
+    ev = cfg.evaluate
+    n_prompts = len(cmp.prompt_ids)
+    shown = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
+    sections = [
+        ("Comparison (held-out prompts)", report.to_markdown(table[shown])),
+        (
+            "Notes",
+            "\n".join(
+                [
+                    f"- {len(seeds)} training seeds per objective ({seeds}), each evaluated on "
+                    f"the same {n_prompts} held-out prompts × sampling seeds {list(ev.seeds)}; "
+                    f"data seed {cfg.seed}",
+                    f"- win rates use the {ev.win_reward} reward on matched (prompt, sampling "
+                    f"seed) samples; differences up to {ev.tie_threshold} are ties and count one "
+                    "half",
+                    f"- 95% CIs: crossed bootstrap over training seeds and prompts ({ev.bootstrap}"
+                    f" resamples, seeded with {cfg.seed}): every resample redraws the prompts "
+                    "once for all models and each model's training seeds, so the intervals "
+                    "carry seed-to-seed and prompt-to-prompt variance; win_iqm and "
+                    "win_seed_sd: interquartile mean and standard deviation of the per-seed "
+                    "win rates"
+                    + (
+                        " (one training seed: the seed-to-seed spread is not measured)"
+                        if len(seeds) == 1
+                        else ""
+                    ),
+                    "- train_fit: an objective's own accuracy on its training groups over "
+                    "the last quarter of training (mean over seeds): implicit-reward accuracy "
+                    "on pairs (chance 0.5) or, for soft tokens, caption matching (chance "
+                    "1/batch); training cost columns are means over seeds",
+                ]
+            ),
+        ),
+        (
+            "Does each objective beat the base?",
+            "\n".join(comparison.beats_base(cmp, table, splits)),
+        ),
+    ]
+    if not splits.empty:
+        cols = [
+            "model",
+            "split",
+            "n_prompts",
+            "win_vs_base",
+            "win_vs_base_ci",
+            f"{ev.win_reward}_mean",
+            f"{ev.win_reward}_ci",
+        ]
+        legend = "\n".join(f"- {k}: {v}" for k, v in comparison.SPLITS.items())
+        sections.append(
+            ("Seen vs unseen wording", legend + "\n\n" + report.to_markdown(splits[cols]))
+        )
+    sections += [
+        ("Seed claims", "\n".join(comparison.seed_claims(cmp, table, poi))),
+        (
+            "Probability of improvement P(row > column)",
+            f"rliable's P(X > Y) over training seeds on the mean {ev.win_reward} per prompt "
+            "category (categories are the tasks), with 95% stratified-bootstrap CIs; 0.5 is "
+            "no difference.\n\n" + report.to_markdown(_poi_table(poi)),
+        ),
+        ("World reward models (held-out)", report.to_markdown(_world_rows(world))),
+    ]
+    return sections
 
+
+def _poi_table(poi: pd.DataFrame) -> pd.DataFrame:
+    names = list(dict.fromkeys(poi.model))
+    cell = poi.assign(
+        v=[f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in zip(poi.p, poi.ci_low, poi.ci_high)]
+    )
+    m = cell.pivot(index="model", columns="versus", values="v").reindex(index=names, columns=names)
+    return m.fillna("—").reset_index()
+
+
+def _world_rows(world: dict) -> pd.DataFrame:
     return pd.DataFrame(
         [{"metric": k, "value": v} for k, v in sorted(world.items()) if isinstance(v, int | float)]
     )

@@ -1,0 +1,416 @@
+"""Seed-aware comparison of the trained models: the numbers and verdicts of the report.
+
+Every objective is trained on several seeds (``train_seeds``) and every seed is evaluated on
+the same held-out prompts with the same sampling seeds as the base model. Estimates and
+intervals come from :mod:`diffpref.evaluation`'s crossed bootstrap over training seeds and
+prompts, so a verdict reflects both seed-to-seed and prompt-to-prompt variance, and every
+inconclusive verdict says what the run could have detected and what would decide it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffpref import evaluation as ev
+from diffpref.io import read_json
+
+# Prompt subsets of the eval split (embedded world: generated with these flags). A prompt may
+# be in both held-out subsets; "seen" prompts are in neither.
+SPLITS = {
+    "seen": "training wording and a training combination",
+    "heldout_wording": "a paraphrase template never used in training",
+    "heldout_combo": "a class combination never used in training",
+}
+
+
+@dataclass
+class Results:
+    """Everything the report reads, loaded once: per-sample scores of every model (with a
+    ``train_seed`` column; the base model's is -1), the eval prompts, per-seed metrics."""
+
+    scores: dict[str, pd.DataFrame]
+    prompts: pd.DataFrame
+    eval_metrics: dict[str, list[dict]]
+    train_metrics: dict[str, list[dict]]
+    seeds: list[int]
+
+    @property
+    def objectives(self) -> list[str]:
+        return [n for n in self.scores if n != "base"]
+
+
+def load(results: Path, objectives: list[str], seeds: list[int]) -> Results:
+    scores = {"base": pd.read_parquet(results / "eval" / "base" / "scores.parquet")}
+    scores["base"]["train_seed"] = -1
+    evm = {"base": [read_json(results / "eval" / "base" / "metrics.json")]}
+    trm: dict[str, list[dict]] = {}
+    for o in objectives:
+        frames, evm[o], trm[o] = [], [], []
+        for s in seeds:
+            d = results / "eval" / o / f"seed{s}"
+            frames.append(pd.read_parquet(d / "scores.parquet").assign(train_seed=s))
+            evm[o].append(read_json(d / "metrics.json"))
+            trm[o].append(read_json(results / "adapters" / o / f"seed{s}" / "train_metrics.json"))
+        scores[o] = pd.concat(frames, ignore_index=True)
+    prompts = pd.read_parquet(results / "prompts" / "eval.parquet")
+    return Results(scores, prompts, evm, trm, list(seeds))
+
+
+class Comparison:
+    """Seed-aware estimates of every model on one reward, with shared bootstrap settings."""
+
+    def __init__(self, res: Results, reward: str, n_boot: int, tie: float, seed: int = 0):
+        self.res, self.reward, self.n_boot, self.tie, self.seed = res, reward, n_boot, tie, seed
+        base = res.scores["base"]
+        self.base = base[base.reward == reward]
+        self.prompt_ids = sorted(set(self.base.prompt_id))
+        self._win: dict[tuple[str, ...], dict[str, dict]] = {}
+
+    def _scores(self, name: str, reward: str | None = None) -> pd.DataFrame:
+        df = self.res.scores[name]
+        return df[df.reward == (reward or self.reward)]
+
+    def wins(self, name: str) -> pd.DataFrame:
+        return ev.win_values(self._scores(name), self.base, self.tie)
+
+    def matrices(
+        self,
+        column: str,
+        prompts: list[str] | None = None,
+        *,
+        wins: bool = False,
+        reward: str | None = None,
+        names: list[str] | None = None,
+    ) -> dict:
+        """model -> M[train seed, prompt] of ``column`` (``wins``: the win vs base)."""
+        prompts = prompts or self.prompt_ids
+        names = names or (self.res.objectives if wins else list(self.res.scores))
+        out = {}
+        for n in names:
+            df = self.wins(n) if wins else self._scores(n, reward)
+            out[n] = ev.seed_matrix(df[df.prompt_id.isin(prompts)], column, prompts)
+        return out
+
+    def win_vs_base(self, prompts: list[str] | None = None) -> dict[str, dict]:
+        key = tuple(prompts or self.prompt_ids)
+        if key not in self._win:
+            mats = self.matrices("win", list(key), wins=True)
+            self._win[key] = {
+                n: ev.seed_estimate(mats, n, 0.5, self.n_boot, self.seed) for n in mats
+            }
+        return self._win[key]
+
+    def reward_means(self, reward: str) -> dict[str, dict]:
+        mats = self.matrices("score", reward=reward)
+        return {
+            n: ev.seed_estimate(mats, n, mats["base"].mean(), self.n_boot, self.seed) for n in mats
+        }
+
+    def splits(self) -> dict[str, list[str]]:
+        """Prompt ids of each wording/combination subset (empty without the world's flags)."""
+        p = self.res.prompts
+        if not {"heldout_template", "heldout_combo"} <= set(p.columns):
+            return {}
+        t, c = p.heldout_template.astype(bool), p.heldout_combo.astype(bool)
+        masks = {"seen": ~t & ~c, "heldout_wording": t, "heldout_combo": c}
+        return {k: sorted(p.prompt_id[m]) for k, m in masks.items() if m.any()}
+
+    def poi_matrix(self) -> pd.DataFrame:
+        """P(row > column) with its CI for every pair of models: rliable's probability of
+        improvement over training seeds, the prompt categories as tasks, on the mean reward."""
+        names = list(self.res.scores)
+        tasks = {n: ev.task_scores(self._scores(n), "score") for n in names}
+        rows = []
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                if a == b:
+                    continue
+                p, lo, hi = ev.poi_interval(
+                    tasks[a], tasks[b], self.n_boot, self.seed + 1 + i * len(names) + j
+                )
+                rows.append({"model": a, "versus": b, "p": p, "ci_low": lo, "ci_high": hi})
+        return pd.DataFrame(rows)
+
+
+def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
+    """One row per model: seed-aware win rate vs base and mean rewards with CIs, per-seed
+    spread, accuracy, diversity and training cost (means over seeds)."""
+    res = cmp.res
+    win = cmp.win_vs_base()
+    means = {r: cmp.reward_means(r) for r in rewards}
+    rows = []
+    for n in [*res.objectives, "base"]:
+        row: dict = {"model": n, "n_seeds": 0 if n == "base" else len(res.seeds)}
+        if n != "base":
+            w = win[n]
+            row.update(
+                win_vs_base=w["mean"],
+                win_vs_base_ci=_ci(w),
+                win_vs_base_ci_low=w["ci_low"],
+                win_vs_base_ci_high=w["ci_high"],
+                win_iqm=w["iqm"],
+                win_seed_sd=w["seed_sd"],
+                win_per_seed=" ".join(f"{v:.3f}" for v in w["per_seed"]),
+            )
+        for r in rewards:
+            row[f"{r}_mean"] = means[r][n]["mean"]
+            row[f"{r}_ci"] = _ci(means[r][n])
+            row[f"{r}_ci_low"], row[f"{r}_ci_high"] = means[r][n]["ci_low"], means[r][n]["ci_high"]
+        evm = res.eval_metrics[n]
+        for cat in evm[0]["accuracy"].get(cmp.reward, {}):
+            row[f"acc_{cat}"] = float(np.mean([m["accuracy"][cmp.reward][cat] for m in evm]))
+        row["diversity"] = float(np.mean([m["diversity"] for m in evm]))
+        if n in res.train_metrics:
+            fits = [training_fit(t["history"]) for t in res.train_metrics[n]]
+            summ = [t["summary"] for t in res.train_metrics[n]]
+            row.update(
+                train_fit_metric=fits[0][0],
+                train_fit=float(np.mean([f for _, f in fits])),
+                **{k: float(np.mean([s[k] for s in summ])) for k in TRAIN_COST},
+            )
+        rows.append(row)
+    # base first, columns in an objective row's order (the base has no win or cost columns)
+    return pd.DataFrame(
+        [rows[-1], *rows[:-1]], columns=list(dict.fromkeys(k for r in rows for k in r))
+    )
+
+
+TRAIN_COST = ("train_time_s", "groups_per_s", "peak_memory_mb", "trainable_params")
+FIT_METRICS = ("implicit_acc", "contrastive_acc", "pl_acc")
+
+
+def training_fit(history: list[dict[str, float]]) -> tuple[str, float]:
+    """How well an objective fits its own training groups: (metric, its mean over the last
+    quarter of training); ``("", nan)`` for objectives that log no accuracy (SFT)."""
+    tail = history[-max(1, len(history) // 4) :]
+    for key in FIT_METRICS:
+        vals = [h[key] for h in tail if key in h]
+        if vals:
+            return key, float(np.mean(vals))
+    return "", float("nan")
+
+
+def _ci(e: dict) -> str:
+    return f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+
+
+def split_table(cmp: Comparison) -> pd.DataFrame:
+    """Win rate vs base and mean reward per model in each prompt subset, with CIs."""
+    rows = []
+    for split, ids in cmp.splits().items():
+        win = cmp.win_vs_base(ids)
+        mats = cmp.matrices("score", ids)
+        for n in cmp.res.objectives:
+            m = ev.seed_estimate(mats, n, mats["base"].mean(), cmp.n_boot, cmp.seed)
+            w = win[n]
+            rows.append(
+                {
+                    "model": n,
+                    "split": split,
+                    "n_prompts": len(ids),
+                    "win_vs_base": w["mean"],
+                    "win_vs_base_ci": _ci(w),
+                    "win_ci_low": w["ci_low"],
+                    "win_ci_high": w["ci_high"],
+                    f"{cmp.reward}_mean": m["mean"],
+                    f"{cmp.reward}_ci": _ci(m),
+                    f"base_{cmp.reward}": float(mats["base"].mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _verdict(lo: float, hi: float, null: float) -> str:
+    if lo > null:
+        return "supported"
+    if hi < null:
+        return "contradicted"
+    return "inconclusive"
+
+
+def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
+    """What an inconclusive result could have detected and what would decide it."""
+    parts = [f"this run could detect a {what} of about ±{e['detectable']:.3f} (CI half-width)"]
+    need = []
+    if e.get("seeds_needed"):
+        need.append(f"~{e['seeds_needed']} training seeds at {n_prompts} prompts")
+    if e.get("prompts_needed"):
+        need.append(f"~{e['prompts_needed']} prompts at {n_seeds} seeds")
+    if e.get("scale_both"):
+        k = e["scale_both"]
+        need.append(
+            f"~{int(np.ceil(n_seeds * k))} seeds and ~{int(np.ceil(n_prompts * k))} "
+            "prompts together"
+        )
+    if need:
+        parts.append(
+            "detecting the observed difference (80% power) would take " + " or ".join(need)
+        )
+    elif e.get("effect") == 0:
+        parts.append("no difference was observed at all")
+    if n_seeds == 1:
+        parts.append("with one training seed the seed-to-seed spread is not measured")
+    return "; ".join(parts)
+
+
+def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> list[str]:
+    """Per objective: does it beat the base on held-out prompts (seed-aware CI), what the run
+    could detect when it cannot tell, whether a gain carries over to unseen wording, and what
+    the run shows about why (training fit vs transfer, side effects)."""
+    reward = cmp.reward
+    base = table[table.model == "base"].iloc[0]
+    win = cmp.win_vs_base()
+    n_seeds, n_prompts = len(cmp.res.seeds), len(cmp.prompt_ids)
+    out = []
+    for r in table.to_dict("records"):
+        n = r["model"]
+        if n == "base":
+            continue
+        e = win[n]
+        lo, hi = e["ci_low"], e["ci_high"]
+        verdict = {
+            "supported": "**yes**: the win-rate CI excludes 0.5",
+            "contradicted": "**no, worse**: the win-rate CI is below 0.5",
+            "inconclusive": "**not shown**: the win-rate CI includes 0.5",
+        }[_verdict(lo, hi, 0.5)]
+        facts = [f"mean {reward} {r[f'{reward}_mean'] - base[f'{reward}_mean']:+.3f} vs base"]
+        for c in table.columns:
+            if c.endswith("_mean") and c != f"{reward}_mean":
+                facts.append(f"{c[:-5]} {r[c] - base[c]:+.3f}")
+        facts.append(f"diversity x{r['diversity'] / base['diversity']:.2f}")
+        spread = (
+            f"per seed {r['win_per_seed']}, IQM {r['win_iqm']:.3f}, between-seed sd "
+            f"{r['win_seed_sd']:.3f}"
+            if n_seeds > 1
+            else "one training seed"
+        )
+        line = (
+            f"- {n}: win rate {e['mean']:.3f} {_ci(e)} over {n_seeds} seeds × "
+            f"{n_prompts} prompts ({spread}) — {verdict} ({', '.join(facts)})"
+        )
+        if lo <= 0.5 <= hi:
+            line += "; " + power_note(e, "win-rate difference from 0.5", n_seeds, n_prompts)
+        line += _why(r, lo)
+        line += _carries_over(splits, n, lo)
+        out.append(line)
+    return out
+
+
+def _why(r: dict, lo: float) -> str:
+    fit = r.get("train_fit", float("nan"))
+    if lo > 0.5 or not np.isfinite(fit):
+        return ""
+    if r.get("train_fit_metric") != "implicit_acc":  # caption matching: chance 1/batch
+        return f"; its training caption-matching accuracy is {fit:.2f}"
+    if fit < 0.6:
+        return (
+            f"; it barely separates its own training pairs (training accuracy {fit:.2f}, "
+            "chance 0.50): under-trained at these settings"
+        )
+    return (
+        f"; it fits its training groups (training accuracy {fit:.2f}) but that does not "
+        "carry over to held-out prompts"
+    )
+
+
+def _carries_over(splits: pd.DataFrame, name: str, lo: float) -> str:
+    """For an objective that beats the base overall: does the gain hold on unseen wording?"""
+    if splits.empty or lo <= 0.5:
+        return ""
+    s = splits[splits.model == name].set_index("split")
+    notes = []
+    for split, label in (
+        ("heldout_wording", "held-out wording"),
+        ("heldout_combo", "held-out combinations"),
+    ):
+        if split in s.index and s.loc[split, "win_ci_low"] <= 0.5:
+            notes.append(
+                f"{label} ({s.loc[split, 'win_vs_base']:.3f} {s.loc[split, 'win_vs_base_ci']})"
+            )
+    if not notes:
+        return "; the gain holds on held-out wording and combinations"
+    return "; the gain is **not shown to carry over** to " + " or ".join(notes)
+
+
+CLAIMS = [
+    ("smpo", "dpo", "SmPO is above DPO"),
+    ("lair", "dpo", "Listwise LAIR is above pairwise DPO"),
+    ("dpo_rethink", "dpo", "Reference updates + timestep-aware training are above plain DPO"),
+]
+
+
+def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list[str]:
+    """The seed papers' claims, each decided on seed-aware intervals (honest either way)."""
+    row = {r["model"]: r for r in table.to_dict("records")}
+    n_prompts = len(cmp.prompt_ids)
+    lines = [_mapo_claim(cmp, row)]
+    names = set(cmp.res.objectives)
+    for a, b, claim in CLAIMS:
+        if not {a, b} <= names:
+            lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
+            continue
+        mats = cmp.matrices("win", wins=True, names=[a, b])
+        d = ev.seed_difference(mats, a, b, cmp.n_boot, cmp.seed)
+        p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
+        line = (
+            f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — win rate vs base "
+            f"{row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, difference "
+            f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]; P({a} > {b}) = "
+            f"{p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] over training seeds"
+        )
+        if d["ci_low"] <= 0 <= d["ci_high"]:
+            line += "; " + power_note(d, "difference", d["n_seeds"], n_prompts)
+        lines.append(line)
+    lines.append(_counting_claim(cmp, row))
+    return lines
+
+
+def _mapo_claim(cmp: Comparison, row: dict) -> str:
+    if not {"mapo", "dpo"} <= set(cmp.res.objectives):
+        return "- MaPO is faster and lighter than DPO: not run (needs `mapo` and `dpo`)"
+    speed = {
+        n: [t["summary"]["groups_per_s"] for t in cmp.res.train_metrics[n]] for n in ("mapo", "dpo")
+    }
+    m, d = row["mapo"], row["dpo"]
+    faster = min(speed["mapo"]) > max(speed["dpo"])  # every seed's run, not just the means
+    lighter = m["peak_memory_mb"] <= d["peak_memory_mb"]
+    verdict = (
+        "supported"
+        if faster and lighter
+        else "partly supported"
+        if faster or lighter
+        else "contradicted"
+    )
+    return (
+        f"- MaPO is faster and lighter than DPO (no reference forward): **{verdict}** — "
+        f"{m['groups_per_s']:.1f} vs {d['groups_per_s']:.1f} pairs/s "
+        f"({m['groups_per_s'] / d['groups_per_s']:.2f}x; per seed "
+        f"{' '.join(f'{v:.1f}' for v in speed['mapo'])} vs "
+        f"{' '.join(f'{v:.1f}' for v in speed['dpo'])}), peak memory "
+        f"{m['peak_memory_mb']:.0f} vs {d['peak_memory_mb']:.0f} MB"
+    )
+
+
+def _counting_claim(cmp: Comparison, row: dict) -> str:
+    claim = "AGSM avoids SoftREPA's counting collapse"
+    if not {"agsm", "softrepa"} <= set(cmp.res.objectives):
+        return f"- {claim}: not run (needs `agsm`, `softrepa`)"
+    p = cmp.res.prompts
+    ids = sorted(p.prompt_id[p.category == "counting"]) if "category" in p else []
+    if not ids:
+        return f"- {claim}: not testable (no counting prompts)"
+    mats = cmp.matrices("correct", ids, names=["agsm", "softrepa", "base"])
+    d = ev.seed_difference(mats, "agsm", "softrepa", cmp.n_boot, cmp.seed)
+    line = (
+        f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — counting accuracy "
+        f"AGSM {mats['agsm'].mean():.3f}, SoftREPA {mats['softrepa'].mean():.3f}, base "
+        f"{mats['base'].mean():.3f}; difference {d['diff']:+.3f} "
+        f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] over {len(ids)} counting prompts"
+    )
+    if d["ci_low"] <= 0 <= d["ci_high"]:
+        line += "; " + power_note(d, "difference", d["n_seeds"], len(ids))
+    return line

@@ -1,0 +1,129 @@
+"""The report's seed-aware comparison: table, verdicts with power, the seen/unseen split and the
+seed claims, on a synthetic run whose answers are known by construction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from diffpref import comparison
+
+N = 40  # prompts: the first half in training wording, the second half in held-out wording
+SEEDS = [0, 1, 2]
+
+
+def _scores(fid: np.ndarray, train_seed: int) -> pd.DataFrame:
+    rows = []
+    for i in range(N):
+        for s in (0, 1):
+            for reward, score in (("fidelity", fid[i]), ("quality", 0.3)):
+                rows.append(
+                    {
+                        "prompt_id": f"p{i:02d}",
+                        "seed": s,
+                        "reward": reward,
+                        "score": float(score),
+                        "correct": float(score > 0.6),
+                        "category": "counting" if i % 2 else "single",
+                        "train_seed": train_seed,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _eval_metrics() -> dict:
+    acc = {"counting": 0.5, "single": 0.5, "overall": 0.5}
+    return {
+        "reward": {"fidelity": {}, "quality": {}},
+        "accuracy": {"fidelity": acc},
+        "diversity": 10.0,
+    }
+
+
+def _train_metrics(acc: float, speed: float) -> dict:
+    hist = [{"step": s, "loss": 1.0 / s, "implicit_acc": acc} for s in range(1, 9)]
+    summary = {
+        "train_time_s": 10.0,
+        "groups_per_s": speed,
+        "peak_memory_mb": 500.0,
+        "trainable_params": 1000.0,
+    }
+    return {"history": hist, "summary": summary}
+
+
+def synthetic() -> comparison.Results:
+    rng = np.random.default_rng(0)
+    base = np.full(N, 0.5)
+    good = np.where(np.arange(N) < N // 2, 0.7, 0.5)  # wins on seen wording only
+    scores = {
+        "base": _scores(base, -1),
+        "dpo": pd.concat([_scores(good, s) for s in SEEDS]),
+        "smpo": pd.concat([_scores(base + rng.normal(0, 0.05, N), s) for s in SEEDS]),
+    }
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"p{i:02d}" for i in range(N)],
+            "category": ["counting" if i % 2 else "single" for i in range(N)],
+            "heldout_template": np.arange(N) >= N // 2,
+            "heldout_combo": False,
+        }
+    )
+    evm = {n: [_eval_metrics()] * (1 if n == "base" else 3) for n in scores}
+    trm = {"dpo": [_train_metrics(0.9, 40.0)] * 3, "smpo": [_train_metrics(0.55, 45.0)] * 3}
+    return comparison.Results(scores, prompts, evm, trm, SEEDS)
+
+
+def test_training_fit_averages_the_last_quarter_of_the_first_accuracy_metric():
+    hist = [{"loss": 1.0, "implicit_acc": a} for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9)]
+    assert comparison.training_fit(hist) == ("implicit_acc", (0.7 + 0.9) / 2)
+    assert comparison.training_fit([{"loss": 1.0, "pl_acc": 0.75}]) == ("pl_acc", 0.75)
+    metric, fit = comparison.training_fit([{"loss": 1.0}])  # SFT logs no accuracy
+    assert metric == "" and math.isnan(fit)
+
+
+def test_table_is_seed_aware_and_reproducible():
+    res = synthetic()
+    one = comparison.comparison_table(
+        comparison.Comparison(res, "fidelity", 300, 0.01), ["fidelity", "quality"]
+    )
+    two = comparison.comparison_table(
+        comparison.Comparison(res, "fidelity", 300, 0.01), ["fidelity", "quality"]
+    )
+    pd.testing.assert_frame_equal(one, two)
+    assert list(one.model) == ["base", "dpo", "smpo"]
+    dpo = one.set_index("model").loc["dpo"]
+    assert dpo.win_vs_base == 0.75 and dpo.n_seeds == 3 and dpo.win_seed_sd == 0.0
+    assert dpo.win_per_seed == "0.750 0.750 0.750" and dpo.win_iqm == 0.75
+    assert dpo.win_vs_base_ci_low > 0.5 and dpo.groups_per_s == 40.0
+
+
+def test_verdicts_say_what_the_run_could_detect_and_whether_gains_carry_over():
+    res = synthetic()
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity", "quality"])
+    splits = comparison.split_table(cmp)
+    s = splits.set_index(["model", "split"])
+    assert s.loc[("dpo", "seen"), "win_vs_base"] == 1.0
+    assert s.loc[("dpo", "heldout_wording"), "win_vs_base"] == 0.5  # ties within 0.01
+    assert ("dpo", "heldout_combo") not in s.index  # no prompt has a held-out combination
+    dpo, smpo = comparison.beats_base(cmp, table, splits)
+    assert "**yes**" in dpo and "3 seeds × 40 prompts" in dpo
+    assert "**not shown to carry over** to held-out wording (0.500 [0.500, 0.500])" in dpo
+    assert "**not shown**" in smpo and "could detect a win-rate difference" in smpo
+    assert "under-trained" in smpo  # its training accuracy 0.55 is near chance
+
+
+def test_seed_claims_are_decided_on_seed_aware_intervals():
+    res = synthetic()
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity", "quality"])
+    poi = cmp.poi_matrix()
+    p = poi.set_index(["model", "versus"]).p
+    assert p[("dpo", "smpo")] + p[("smpo", "dpo")] == 1.0
+    assert p[("dpo", "base")] > 0.5
+    lines = comparison.seed_claims(cmp, table, poi)
+    smpo = next(line for line in lines if line.startswith("- SmPO is above DPO"))
+    assert "**contradicted**" in smpo and "P(smpo > dpo)" in smpo
+    assert any("MaPO" in line and "not run" in line for line in lines)
