@@ -15,6 +15,28 @@ import numpy as np
 import pandas as pd
 
 
+def plot_forest(table: pd.DataFrame, reward: str, out: Path) -> None:
+    """The headline: each objective's seed-aware win rate vs base with its 95% CI, sorted by
+    effect, on one axis with the no-difference line at 0.5 (rliable's interval plots)."""
+    t = table[table.model != "base"].sort_values("win_vs_base")
+    fig, ax = plt.subplots(figsize=(5.5, 0.32 * len(t) + 1.1))
+    y = np.arange(len(t))
+    colors = [
+        "#2a7" if lo > 0.5 else "#c44" if hi < 0.5 else "#888"
+        for lo, hi in zip(t.win_vs_base_ci_low, t.win_vs_base_ci_high)
+    ]
+    ax.hlines(y, t.win_vs_base_ci_low, t.win_vs_base_ci_high, colors=colors, lw=2.5)
+    ax.scatter(t.win_vs_base, y, color="black", zorder=3, s=14)
+    ax.axvline(0.5, color="#555", ls="--", lw=1)
+    ax.set_yticks(y, t.model, fontsize=8)
+    ax.set_xlabel(
+        f"win rate vs base on {reward} (95% CI over training seeds x prompts)", fontsize=8
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_rewards(table: pd.DataFrame, rewards: list[str], out: Path) -> None:
     """Seed-aware mean of each reward per model with its 95% CI."""
     names = list(table.model)

@@ -27,13 +27,13 @@ def run(ctx) -> None:
         table.to_csv(tmp / "comparison.csv", index=False)
         splits.to_csv(tmp / "splits.csv", index=False)
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
-        images = [
-            tmp / f for f in ("rewards.png", "poi.png", "training_loss.png", "image_grid.png")
-        ]
-        report.plot_rewards(table, rewards, images[0])
-        report.plot_poi(poi, images[1])
-        report.plot_training(data.train_metrics, images[2])
-        report.image_grid(res, grid_models, cfg.report.grid_prompts, images[3])
+        names = ("win_vs_base.png", "rewards.png", "poi.png", "training_loss.png", "image_grid.png")
+        images = [tmp / f for f in names]
+        report.plot_forest(table, ev.win_reward, images[0])
+        report.plot_rewards(table, rewards, images[1])
+        report.plot_poi(poi, images[2])
+        report.plot_training(data.train_metrics, images[3])
+        report.image_grid(res, grid_models, cfg.report.grid_prompts, images[4])
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds)
         md = "# diffpref report\n\n" + "\n\n".join(f"## {h}\n\n{b}" for h, b in sections)
         md += "\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
