@@ -31,6 +31,7 @@ def test_stage_run_writes_params_metrics_and_tags(tmp_path, monkeypatch):
     assert r.info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(r.info.run_id, "loss")] == [0.5, 0.25]
     assert "wall_time_s" in r.data.metrics
+    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"  # UI: runs table view
 
 
 def test_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):

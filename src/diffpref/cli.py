@@ -7,6 +7,9 @@ and runs the stage module's ``run(ctx)``. Bad params exit with code 2 and nothin
 from __future__ import annotations
 
 import os
+import time
+
+_T0 = time.perf_counter()  # the process start, as far as a stage's start-up cost goes
 
 # Parallel jobs share few cores: OpenMP's default busy-wait makes a 2-thread torch 3-15x slower
 # next to another busy process. Must be set before torch is imported.
@@ -16,7 +19,6 @@ import argparse
 import importlib
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +137,18 @@ def run_stage(
     params = config_mod.stage_params(raw, stage, key_obj)
     phash = config_mod.params_hash(raw, stage, key_obj)
     module = importlib.import_module(f"diffpref.stages.{stage}")
-    start = time.perf_counter()
     with tracking.stage_run(stage, objective, params, phash, seed) as run:
+        start = time.perf_counter()
+        run.log_metric("start_s", start - _T0)  # imports: what every stage pays before work
         module.run(Ctx(cfg, raw, objective, run, threads, seed))
-    name = tracking.run_name(stage, objective, seed)
-    log.info("%s finished in %.1f s", name, time.perf_counter() - start)
+        work = time.perf_counter() - start
+    log.info(
+        "%s finished: start %.1f s, work %.1f s, MLflow record %.1f s",
+        tracking.run_name(stage, objective, seed),
+        start - _T0,
+        work,
+        time.perf_counter() - start - work,
+    )
     return 0
 
 

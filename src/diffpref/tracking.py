@@ -1,15 +1,22 @@
 """One MLflow run per executed stage, tagged so runs join with git and DVC.
 
-Metrics are buffered in memory and written in one batch when the stage ends, under a file lock:
-parallel Snakemake jobs share one SQLite store, and SQLite plus concurrent schema migrations
-is the known way to get ``database is locked``. A crashed stage still gets a FAILED run.
+The record is written by a small helper process (``python -m diffpref.tracking``) started with
+the stage: it imports MLflow (about a second) on the other core while the stage imports torch
+and works, then waits. The stage sends it the run's identity at the start and the metrics at
+the end; the helper writes everything in one batch under a file lock (parallel Snakemake jobs
+share one SQLite store, and SQLite plus concurrent schema migrations is the known way to get
+``database is locked``), with the stage's real start and end times. A stage that raises gets a
+FAILED run; one killed outright (the helper sees its pipe close with no final record) a KILLED
+run, so no run stays RUNNING forever.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENT = "diffpref"
+KIND_TAG = "mlflow.experimentKind"
 
 
 def tracking_uri() -> str:
@@ -101,7 +109,8 @@ def stage_run(
     seed: int | None = None,
 ) -> Iterator[StageRun]:
     run = StageRun(stage, objective, params, params_hash, seed)
-    start = time.perf_counter()
+    start, start_ms = time.perf_counter(), _now_ms()
+    writer = _start_writer(run, start_ms)
     status = "FINISHED"
     try:
         yield run
@@ -110,49 +119,120 @@ def stage_run(
         raise
     finally:
         run.log_metric("wall_time_s", time.perf_counter() - start)
-        if os.environ.get("DIFFPREF_MLFLOW", "1") != "0":
-            _flush(run, status)
+        if writer is not None:
+            _finish_writer(writer, run, status)
 
 
-def _flush(run: StageRun, status: str) -> None:
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
-    uri = tracking_uri()
-    lock_path = _lock_path(uri)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(EXPERIMENT)
-        exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
-        name = run_name(run.stage, run.objective, run.seed)
+
+def _start_writer(run: StageRun, start_ms: int) -> subprocess.Popen | None:
+    if os.environ.get("DIFFPREF_MLFLOW", "1") == "0":
+        return None
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "diffpref.tracking"], stdin=subprocess.PIPE, text=True
+    )
+    head = {
+        "stage": run.stage,
+        "objective": run.objective,
+        "seed": run.seed,
+        "params": flatten(run.params),
+        "params_hash": run.params_hash,
+        "start_ms": start_ms,
+    }
+    assert writer.stdin is not None
+    writer.stdin.write(json.dumps(head) + "\n")
+    writer.stdin.flush()
+    return writer
+
+
+def _finish_writer(writer: subprocess.Popen, run: StageRun, status: str) -> None:
+    tail = {
+        "status": status,
+        "end_ms": _now_ms(),
+        "metrics": run.metrics,
+        "tags": run.tags,
+        "artifacts": [str(p) for p in run.artifacts],
+    }
+    writer.communicate(json.dumps(tail) + "\n")
+    if writer.returncode != 0:
+        raise RuntimeError(f"writing the MLflow run failed (exit {writer.returncode}); see above")
+
+
+class _Writer:
+    """The helper process's side: everything that does not need the stage's results (MLflow
+    import, store, experiment, git commit) is done while the stage works."""
+
+    def __init__(self, head: dict):
+        import mlflow
+
+        self.head, self.uri = head, tracking_uri()
+        with self._locked():  # creating or migrating the store must not race other jobs
+            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            self.exp_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
+            if exp is None or KIND_TAG not in exp.tags:  # open the UI on runs, not GenAI traces
+                self.client.set_experiment_tag(self.exp_id, KIND_TAG, "custom_model_development")
+        self.commit = git_commit()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(_lock_path(self.uri), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def write(self, tail: dict | None) -> None:
+        """Write the run; ``tail`` None: the stage died before reporting (KILLED)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        head, client = self.head, self.client
+        tail = tail or {
+            "status": "KILLED",
+            "end_ms": _now_ms(),
+            "metrics": [],
+            "tags": {},
+            "artifacts": [],
+        }
+        name = run_name(head["stage"], head["objective"], head["seed"])
         tags = {
-            "stage": run.stage,
-            "objective": run.objective or "",
-            "train_seed": "" if run.seed is None else str(run.seed),
-            "git_commit": git_commit(),
-            "params_hash": run.params_hash,
+            "stage": head["stage"],
+            "objective": head["objective"] or "",
+            "train_seed": "" if head["seed"] is None else str(head["seed"]),
+            "git_commit": self.commit,
+            "params_hash": head["params_hash"],
             "mlflow.runName": name,
             **{k: os.environ[k] for k in ("DVC_STAGE", "DVC_EXP_NAME") if k in os.environ},
-            **run.tags,
+            **tail["tags"],
         }
-        mlrun = client.create_run(exp_id, run_name=name, tags=tags)
-        now = int(time.time() * 1000)
-        params = [Param(k, v) for k, v in flatten(run.params).items()]
-        metrics = [Metric(k, v, now, s) for k, v, s in run.metrics]
-        rid = mlrun.info.run_id
-        for i in range(0, max(len(params), 1), 100):
-            client.log_batch(rid, params=params[i : i + 100])
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(rid, metrics=metrics[i : i + 1000])
-        client.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()])
-        for path in run.artifacts:
-            if path.exists():
-                client.log_artifact(rid, str(path))
-        client.set_terminated(rid, status=status)
+        params = [Param(k, v) for k, v in head["params"].items()]
+        end = tail["end_ms"]
+        metrics = [Metric(k, v, end, s) for k, v, s in tail["metrics"]]
+        with self._locked():
+            mlrun = client.create_run(
+                self.exp_id, start_time=head["start_ms"], run_name=name, tags=tags
+            )
+            rid = mlrun.info.run_id
+            for i in range(0, max(len(params), 1), 100):
+                client.log_batch(rid, params=params[i : i + 100])
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(rid, metrics=metrics[i : i + 1000])
+            client.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()])
+            for path in tail["artifacts"]:
+                if Path(path).exists():
+                    client.log_artifact(rid, path)
+            client.set_terminated(rid, status=tail["status"], end_time=end)
 
 
 def _lock_path(uri: str) -> Path:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///") + ".lock")
     return Path(os.environ.get("TMPDIR", "/tmp")) / "diffpref-mlflow.lock"
+
+
+if __name__ == "__main__":  # the writer process of :func:`stage_run`
+    head_line = sys.stdin.readline()
+    if head_line:
+        writer = _Writer(json.loads(head_line))
+        tail_line = sys.stdin.readline()
+        writer.write(json.loads(tail_line) if tail_line else None)
