@@ -127,3 +127,22 @@ def test_seed_claims_are_decided_on_seed_aware_intervals():
     smpo = next(line for line in lines if line.startswith("- SmPO is above DPO"))
     assert "**contradicted**" in smpo and "P(smpo > dpo)" in smpo
     assert any("MaPO" in line and "not run" in line for line in lines)
+
+
+def test_power_note_gives_what_would_decide_and_caps_useless_advice():
+    e = {
+        "detectable": 0.06,
+        "seeds_needed": None,
+        "prompts_needed": 300,
+        "scale_both": None,
+        "effect": 0.05,
+    }
+    assert comparison.power_note(e, "difference", 3, 128) == (
+        "this run could detect a difference of about ±0.060 (CI half-width); detecting the "
+        "observed difference (80% power) would take ~300 prompts at 3 seeds"
+    )
+    e |= {"prompts_needed": None, "scale_both": 4.0}
+    assert "~12 seeds and ~512 prompts together" in comparison.power_note(e, "d", 3, 128)
+    e |= {"scale_both": 500.0, "effect": -0.001}
+    note = comparison.power_note(e, "d", 3, 128)
+    assert "more than 20x as many seeds and prompts" in note and "(-0.001)" in note

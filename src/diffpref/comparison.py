@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffpref import evaluation as ev
+from diffpref import statistics as st
 from diffpref.io import read_json
 
 # Prompt subsets of the eval split (embedded world: generated with these flags). A prompt may
@@ -75,7 +75,7 @@ class Comparison:
         return df[df.reward == (reward or self.reward)]
 
     def wins(self, name: str) -> pd.DataFrame:
-        return ev.win_values(self._scores(name), self.base, self.tie)
+        return st.win_values(self._scores(name), self.base, self.tie)
 
     def matrices(
         self,
@@ -92,7 +92,7 @@ class Comparison:
         out = {}
         for n in names:
             df = self.wins(n) if wins else self._scores(n, reward)
-            out[n] = ev.seed_matrix(df[df.prompt_id.isin(prompts)], column, prompts)
+            out[n] = st.seed_matrix(df[df.prompt_id.isin(prompts)], column, prompts)
         return out
 
     def win_vs_base(self, prompts: list[str] | None = None) -> dict[str, dict]:
@@ -100,14 +100,14 @@ class Comparison:
         if key not in self._win:
             mats = self.matrices("win", list(key), wins=True)
             self._win[key] = {
-                n: ev.seed_estimate(mats, n, 0.5, self.n_boot, self.seed) for n in mats
+                n: st.seed_estimate(mats, n, 0.5, self.n_boot, self.seed) for n in mats
             }
         return self._win[key]
 
     def reward_means(self, reward: str) -> dict[str, dict]:
         mats = self.matrices("score", reward=reward)
         return {
-            n: ev.seed_estimate(mats, n, mats["base"].mean(), self.n_boot, self.seed) for n in mats
+            n: st.seed_estimate(mats, n, mats["base"].mean(), self.n_boot, self.seed) for n in mats
         }
 
     def splits(self) -> dict[str, list[str]]:
@@ -123,13 +123,13 @@ class Comparison:
         """P(row > column) with its CI for every pair of models: rliable's probability of
         improvement over training seeds, the prompt categories as tasks, on the mean reward."""
         names = list(self.res.scores)
-        tasks = {n: ev.task_scores(self._scores(n), "score") for n in names}
+        tasks = {n: st.task_scores(self._scores(n), "score") for n in names}
         rows = []
         for i, a in enumerate(names):
             for j, b in enumerate(names):
                 if a == b:
                     continue
-                p, lo, hi = ev.poi_interval(
+                p, lo, hi = st.poi_interval(
                     tasks[a], tasks[b], self.n_boot, self.seed + 1 + i * len(names) + j
                 )
                 rows.append({"model": a, "versus": b, "p": p, "ci_low": lo, "ci_high": hi})
@@ -205,7 +205,7 @@ def split_table(cmp: Comparison) -> pd.DataFrame:
         win = cmp.win_vs_base(ids)
         mats = cmp.matrices("score", ids)
         for n in cmp.res.objectives:
-            m = ev.seed_estimate(mats, n, mats["base"].mean(), cmp.n_boot, cmp.seed)
+            m = st.seed_estimate(mats, n, mats["base"].mean(), cmp.n_boot, cmp.seed)
             w = win[n]
             rows.append(
                 {
@@ -232,6 +232,9 @@ def _verdict(lo: float, hi: float, null: float) -> str:
     return "inconclusive"
 
 
+MAX_SCALE = 20  # beyond this many times the data, "how much more" stops being useful advice
+
+
 def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
     """What an inconclusive result could have detected and what would decide it."""
     parts = [f"this run could detect a {what} of about ±{e['detectable']:.3f} (CI half-width)"]
@@ -240,11 +243,15 @@ def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
         need.append(f"~{e['seeds_needed']} training seeds at {n_prompts} prompts")
     if e.get("prompts_needed"):
         need.append(f"~{e['prompts_needed']} prompts at {n_seeds} seeds")
-    if e.get("scale_both"):
-        k = e["scale_both"]
+    if (k := e.get("scale_both")) and k <= MAX_SCALE:
         need.append(
             f"~{int(np.ceil(n_seeds * k))} seeds and ~{int(np.ceil(n_prompts * k))} "
             "prompts together"
+        )
+    elif k:
+        need.append(
+            f"more than {MAX_SCALE}x as many seeds and prompts: the observed difference "
+            f"({e['effect']:+.3f}) is negligible at any practical scale"
         )
     if need:
         parts.append(
@@ -354,7 +361,7 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
             continue
         mats = cmp.matrices("win", wins=True, names=[a, b])
-        d = ev.seed_difference(mats, a, b, cmp.n_boot, cmp.seed)
+        d = st.seed_difference(mats, a, b, cmp.n_boot, cmp.seed)
         p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
         line = (
             f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — win rate vs base "
@@ -404,7 +411,7 @@ def _counting_claim(cmp: Comparison, row: dict) -> str:
     if not ids:
         return f"- {claim}: not testable (no counting prompts)"
     mats = cmp.matrices("correct", ids, names=["agsm", "softrepa", "base"])
-    d = ev.seed_difference(mats, "agsm", "softrepa", cmp.n_boot, cmp.seed)
+    d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_boot, cmp.seed)
     line = (
         f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — counting accuracy "
         f"AGSM {mats['agsm'].mean():.3f}, SoftREPA {mats['softrepa'].mean():.3f}, base "

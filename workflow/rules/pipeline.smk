@@ -140,6 +140,8 @@ rule report:
     input:
         f"{SRC}/stages/report.py",
         f"{SRC}/report.py",
+        f"{SRC}/comparison.py",
+        f"{SRC}/statistics.py",
         "results/world",
         expand("results/adapters/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
         "results/eval/base",
