@@ -7,6 +7,7 @@ profile. MLflow's SQLite store is the witness of what ran: every executed stage 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,9 +83,11 @@ def check_outputs(root: Path) -> None:
         assert (report / f).stat().st_size > 0, f
     html = (report / "report.html").read_text()
     assert "dpo" in html and "win_vs_base" in html
-    assert (root / "results" / "metrics.json").is_file()
     # seed-aware: both training seeds, their spread, the P(A > B) matrix, the wording split
     table = pd.read_csv(report / "comparison.csv").set_index("model")
+    metrics = {p.stem: json.loads(p.read_text()) for p in (root / "results/metrics").glob("*.json")}
+    assert set(metrics) == {"base", "dpo"} and set(metrics["base"]) == {"fidelity", "quality"}
+    assert metrics["dpo"]["win"] == pytest.approx(table.loc["dpo", "win_vs_base"], abs=1e-4)
     seeds = train_seeds(root)
     assert table.loc["dpo", "n_seeds"] == len(seeds)
     per_seed = [float(v) for v in table.loc["dpo", "win_per_seed"].split()]
@@ -201,7 +204,9 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     assert dvc_ran(out) == AFTER_BETA
     second = runs(root)
     assert new_runs(first, second) == AFTER_BETA
-    assert "dpo" in sh(["dvc", "metrics", "show"], root)
+    shown = sh(["dvc", "metrics", "show"], root).splitlines()  # a row per model, terminal-wide
+    assert any(line.startswith("results/metrics/dpo.json") for line in shown)
+    assert max(map(len, shown)) <= 100, shown
 
     # a new training seed adds only its own stages and the report; dropping it reruns the report
     edit_params(root, lambda r: r.update(train_seeds=[0, 1, 2]))

@@ -363,15 +363,12 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
         mats = cmp.matrices("win", wins=True, names=[a, b])
         d = st.seed_difference(mats, a, b, cmp.n_boot, cmp.seed)
         p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
-        line = (
-            f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — win rate vs base "
-            f"{row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, difference "
-            f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]; P({a} > {b}) = "
-            f"{p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] over training seeds"
+        detail = (
+            f"win rate vs base {row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, "
+            f"{_difference(d)}; P({a} > {b}) = {p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] "
+            "over training seeds"
         )
-        if d["ci_low"] <= 0 <= d["ci_high"]:
-            line += "; " + power_note(d, "difference", d["n_seeds"], n_prompts)
-        lines.append(line)
+        lines.append(_decided(claim, d, detail, n_prompts))
     lines.append(_counting_claim(cmp, row))
     return lines
 
@@ -412,12 +409,21 @@ def _counting_claim(cmp: Comparison, row: dict) -> str:
         return f"- {claim}: not testable (no counting prompts)"
     mats = cmp.matrices("correct", ids, names=["agsm", "softrepa", "base"])
     d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_boot, cmp.seed)
-    line = (
-        f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — counting accuracy "
-        f"AGSM {mats['agsm'].mean():.3f}, SoftREPA {mats['softrepa'].mean():.3f}, base "
-        f"{mats['base'].mean():.3f}; difference {d['diff']:+.3f} "
-        f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] over {len(ids)} counting prompts"
+    detail = (
+        f"counting accuracy AGSM {mats['agsm'].mean():.3f}, SoftREPA "
+        f"{mats['softrepa'].mean():.3f}, base {mats['base'].mean():.3f}; {_difference(d)} over "
+        f"{len(ids)} counting prompts"
     )
+    return _decided(claim, d, detail, len(ids))
+
+
+def _difference(d: dict) -> str:
+    return f"difference {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def _decided(claim: str, d: dict, detail: str, n_prompts: int) -> str:
+    """A claim decided on a seed-aware difference's CI, with the power note when undecided."""
+    line = f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — {detail}"
     if d["ci_low"] <= 0 <= d["ci_high"]:
-        line += "; " + power_note(d, "difference", d["n_seeds"], len(ids))
+        line += "; " + power_note(d, "difference", d["n_seeds"], n_prompts)
     return line

@@ -148,7 +148,7 @@ rule report:
         expand("results/eval/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
     output:
         directory("results/report"),
-        "results/metrics.json",
+        directory("results/metrics"),
         "results/plots/comparison.csv",
     params:
         p=params_of("report"),

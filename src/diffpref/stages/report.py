@@ -1,12 +1,12 @@
 """report: the seed-aware comparison table, verdicts, plots and a same-seed image grid, plus
-the small files `dvc metrics` and `dvc plots` read."""
+the small files `dvc metrics` (``results/metrics/<model>.json``) and `dvc plots` read."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from diffpref import comparison, report
-from diffpref.io import atomic_dir, read_json, write_json_atomic
+from diffpref.io import atomic_dir, read_json, write_json
 
 
 def run(ctx) -> None:
@@ -40,7 +40,9 @@ def run(ctx) -> None:
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(report.to_html("diffpref report", sections, images))
     # small uncached copies for `dvc metrics show/diff` and `dvc plots`
-    write_json_atomic(res / "metrics.json", _dvc_metrics(table))
+    with atomic_dir(res / "metrics") as tmp:
+        for model, numbers in _dvc_metrics(table).items():
+            write_json(tmp / f"{model}.json", numbers)
     plots = res / "plots"
     plots.mkdir(exist_ok=True)
     table.to_csv(plots / "comparison.csv.tmp", index=False)
@@ -136,11 +138,22 @@ def _world_rows(world: dict) -> pd.DataFrame:
     )
 
 
-def _dvc_metrics(table) -> dict:
-    """Nested {model: {metric: value}} so `dvc metrics show/diff` compare models side by side."""
+def _dvc_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The headline numbers per model, one small file each (``results/metrics/<model>.json``),
+    so that `dvc metrics show` prints a row per model that fits a terminal and `dvc metrics
+    diff` compares experiments model by model; the full table is comparison.csv."""
+    keys = {
+        "win_vs_base": "win",
+        "win_vs_base_ci_low": "win_low",
+        "win_vs_base_ci_high": "win_high",
+        "win_seed_sd": "seed_sd",
+    }
+    keys |= {c: c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")}
     out = {}
     for r in table.to_dict("records"):
         out[r["model"]] = {
-            k: v for k, v in r.items() if isinstance(v, int | float) and k != "model"
+            short: round(r[k], 4)
+            for k, short in keys.items()
+            if isinstance(r.get(k), float) and r[k] == r[k]  # base: no win, NaN seed_sd
         }
     return out
