@@ -4,7 +4,7 @@ map, a same-seed image grid, Markdown and HTML. The numbers come from :mod:`diff
 from __future__ import annotations
 
 import base64
-import html
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -74,6 +74,32 @@ def plot_training(train_metrics: dict[str, list[dict]], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_categories(table: pd.DataFrame, out: Path) -> None:
+    """Held-out accuracy per prompt category as a heat map, model x category."""
+    cols = [c for c in table.columns if c.startswith("acc_") and c != "acc_overall"]
+    m = table.set_index("model")[cols].astype(float)
+    fig, ax = plt.subplots(figsize=(0.9 * len(cols) + 2.5, 0.32 * len(m) + 1.2))
+    im = ax.imshow(m.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), [c.removeprefix("acc_") for c in cols], fontsize=7)
+    ax.set_yticks(range(len(m)), m.index, fontsize=7)
+    for i in range(len(m)):
+        for j in range(len(cols)):
+            v = m.iat[i, j]
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if v < 0.5 else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_poi(poi: pd.DataFrame, out: Path) -> None:
     """P(row > column) heat map: 0.5 is no difference; red cells: the row model is better."""
     names = list(dict.fromkeys(poi.model))
@@ -138,56 +164,86 @@ def _wrap(s: str, width: int = 22) -> str:
     return "\n".join([*lines, cur])
 
 
+def fmt(column: str, v) -> str:
+    """A number as its kind reads best: counts as integers, memory in whole MB, times and
+    throughputs to one decimal, rates and rewards to three."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.number):
+        return str(v)
+    if pd.isna(v):
+        return ""
+    v = float(v)
+    if column.endswith(("_mb", "_params", "n_seeds", "n_prompts")) or (
+        v.is_integer() and abs(v) >= 100
+    ):
+        return f"{v:.0f}"
+    if column.endswith(("_s", "_per_s")):
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-
-    def fmt(v) -> str:  # counts as integers, everything else to 3 decimals
-        if isinstance(v, float):
-            return f"{v:.0f}" if v.is_integer() and abs(v) >= 100 else f"{v:.3f}"
-        return str(v)
-
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(r[c]) else fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(fmt(c, r[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 
-def to_html(title: str, sections: list[tuple[str, str]], images: list[Path]) -> str:
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    for head, md in sections:
-        body.append(f"<h2>{html.escape(head)}</h2>")
-        body.append(_md_block_to_html(md))
-    for img in images:
-        data = base64.b64encode(img.read_bytes()).decode()
-        body.append(f'<h3>{html.escape(img.stem)}</h3><img src="data:image/png;base64,{data}">')
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:auto}"
-        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+@dataclass
+class Section:
+    """One part of the report: Markdown text and the figures shown under it."""
+
+    title: str
+    markdown: str
+    figures: list[Path] = field(default_factory=list)
 
 
-def _md_block_to_html(md: str) -> str:
-    """Markdown tables become HTML tables; other lines become paragraphs."""
-    out, rows = [], []
-    for line in [*md.splitlines(), ""]:
-        if line.startswith("|"):
-            if not set(line.replace("|", "").strip()) <= set("-: "):
-                rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
-            continue
-        if rows:
-            head, *rest = rows
-            out.append(
-                "<table><tr>"
-                + "".join(f"<th>{c}</th>" for c in head)
-                + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rest)
-                + "</table>"
-            )
-            rows = []
-        if line.strip():
-            out.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
-    return "\n".join(out)
+FIGURE_CAPTIONS = {
+    "win_vs_base": "Win rate vs base per objective, 95% CI over training seeds x prompts",
+    "rewards": "Held-out mean rewards per model, 95% CI",
+    "category_accuracy": "Held-out accuracy per prompt category (mean over training seeds)",
+    "poi": "P(row > column) over training seeds",
+    "training_loss": "Training loss, one line per training seed",
+    "image_grid": "The same held-out prompts and sampling seeds for every model",
+}
+
+
+def to_markdown_report(title: str, sections: list[Section]) -> str:
+    parts = [f"# {title}"]
+    for s in sections:
+        parts.append(f"## {s.title}\n\n{s.markdown}".rstrip())
+        parts += [f"![{FIGURE_CAPTIONS.get(f.stem, f.stem)}]({f.name})" for f in s.figures]
+    return "\n\n".join(parts) + "\n"
+
+
+def to_html(title: str, subtitle: str, sections: list[Section]) -> str:
+    """A self-contained page (figures inlined, no network) from the Jinja2 template; the
+    sections' Markdown is rendered by markdown-it (CommonMark + tables), wide tables scroll."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from markdown_it import MarkdownIt
+    from markupsafe import Markup
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    env = Environment(
+        loader=PackageLoader("diffpref", "templates"), autoescape=select_autoescape(["html"])
+    )
+    rendered = [
+        {
+            "title": s.title,
+            "html": Markup(
+                md.render(s.markdown)
+                .replace("<table>", '<div class="scroll"><table>')
+                .replace("</table>", "</table></div>")
+            ),
+            "figures": [
+                {
+                    "data": base64.b64encode(f.read_bytes()).decode(),
+                    "caption": FIGURE_CAPTIONS.get(f.stem, f.stem),
+                }
+                for f in s.figures
+            ],
+        }
+        for s in sections
+    ]
+    page = env.get_template("report.html.j2")
+    return page.render(title=title, subtitle=subtitle, sections=rendered)

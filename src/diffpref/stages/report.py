@@ -27,18 +27,22 @@ def run(ctx) -> None:
         table.to_csv(tmp / "comparison.csv", index=False)
         splits.to_csv(tmp / "splits.csv", index=False)
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
-        names = ("win_vs_base.png", "rewards.png", "poi.png", "training_loss.png", "image_grid.png")
-        images = [tmp / f for f in names]
-        report.plot_forest(table, ev.win_reward, images[0])
-        report.plot_rewards(table, rewards, images[1])
-        report.plot_poi(poi, images[2])
-        report.plot_training(data.train_metrics, images[3])
-        report.image_grid(res, grid_models, cfg.report.grid_prompts, images[4])
-        sections = _sections(cfg, cmp, table, splits, poi, world, seeds)
-        md = "# diffpref report\n\n" + "\n\n".join(f"## {h}\n\n{b}" for h, b in sections)
-        md += "\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
-        (tmp / "report.md").write_text(md)
-        (tmp / "report.html").write_text(report.to_html("diffpref report", sections, images))
+        fig = {n: tmp / f"{n}.png" for n in report.FIGURE_CAPTIONS}
+        report.plot_forest(table, ev.win_reward, fig["win_vs_base"])
+        report.plot_rewards(table, rewards, fig["rewards"])
+        report.plot_categories(table, fig["category_accuracy"])
+        report.plot_poi(poi, fig["poi"])
+        report.plot_training(data.train_metrics, fig["training_loss"])
+        report.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
+        sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
+        title = "diffpref report"
+        subtitle = (
+            f"profile {cfg.profile} · {len(cfg.objectives)} objectives × {len(seeds)} training "
+            f"seeds · {len(cmp.prompt_ids)} held-out prompts × {len(ev.seeds)} sampling seeds · "
+            f"win rates on {ev.win_reward}"
+        )
+        (tmp / "report.md").write_text(report.to_markdown_report(title, sections))
+        (tmp / "report.html").write_text(report.to_html(title, subtitle, sections))
     # small uncached copies for `dvc metrics show/diff` and `dvc plots`
     with atomic_dir(res / "metrics") as tmp:
         for model, numbers in _dvc_metrics(table).items():
@@ -57,41 +61,49 @@ def run(ctx) -> None:
     )
 
 
-def _sections(cfg, cmp, table, splits, poi, world, seeds) -> list[tuple[str, str]]:
+SUMMARY = [
+    "model",
+    "win_vs_base",
+    "win_vs_base_ci",
+    "win_seed_sd",
+    "{r}_mean",
+    "quality_mean",
+    "diversity",
+    "train_time_s",
+    "groups_per_s",
+]
+
+
+def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[report.Section]:
     ev = cfg.evaluate
+    S = report.Section
     n_prompts = len(cmp.prompt_ids)
-    shown = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
-    sections = [
-        ("Comparison (held-out prompts)", report.to_markdown(table[shown])),
-        (
-            "Notes",
-            "\n".join(
-                [
-                    f"- {len(seeds)} training seeds per objective ({seeds}), each evaluated on "
-                    f"the same {n_prompts} held-out prompts × sampling seeds {list(ev.seeds)}; "
-                    f"data seed {cfg.seed}",
-                    f"- win rates use the {ev.win_reward} reward on matched (prompt, sampling "
-                    f"seed) samples; differences up to {ev.tie_threshold} are ties and count one "
-                    "half",
-                    f"- 95% CIs: crossed bootstrap over training seeds and prompts ({ev.bootstrap}"
-                    f" resamples, seeded with {cfg.seed}): every resample redraws the prompts "
-                    "once for all models and each model's training seeds, so the intervals "
-                    "carry seed-to-seed and prompt-to-prompt variance; win_iqm and "
-                    "win_seed_sd: interquartile mean and standard deviation of the per-seed "
-                    "win rates"
-                    + (
-                        " (one training seed: the seed-to-seed spread is not measured)"
-                        if len(seeds) == 1
-                        else ""
-                    ),
-                    "- train_fit: an objective's own accuracy on its training groups over "
-                    "the last quarter of training (mean over seeds): implicit-reward accuracy "
-                    "on pairs (chance 0.5) or, for soft tokens, caption matching (chance "
-                    "1/batch); training cost columns are means over seeds",
-                ]
-            ),
+    summary = [c.format(r=ev.win_reward) for c in SUMMARY]
+    summary = list(dict.fromkeys(c for c in summary if c in table.columns))
+    full = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
+    notes = [
+        f"- {len(seeds)} training seeds per objective ({seeds}), each evaluated on the same "
+        f"{n_prompts} held-out prompts × sampling seeds {list(ev.seeds)}; data seed {cfg.seed}",
+        f"- win rates use the {ev.win_reward} reward on matched (prompt, sampling seed) "
+        f"samples; differences up to {ev.tie_threshold} are ties and count one half",
+        f"- 95% CIs: crossed bootstrap over training seeds and prompts ({ev.bootstrap} "
+        f"resamples, seeded with {cfg.seed}): every resample redraws the prompts once for all "
+        "models and each model's training seeds, so the intervals carry seed-to-seed and "
+        "prompt-to-prompt variance; win_iqm and win_seed_sd: interquartile mean and standard "
+        "deviation of the per-seed win rates"
+        + (
+            " (one training seed: the seed-to-seed spread is not measured)"
+            if len(seeds) == 1
+            else ""
         ),
-        (
+        "- train_fit: an objective's own accuracy on its training groups over the last quarter "
+        "of training (mean over seeds): implicit-reward accuracy on pairs (chance 0.5) or, for "
+        "soft tokens, caption matching (chance 1/batch); training cost columns are means over "
+        "seeds",
+    ]
+    sections = [
+        S("Summary (held-out prompts)", report.to_markdown(table[summary]), [fig["win_vs_base"]]),
+        S(
             "Does each objective beat the base?",
             "\n".join(comparison.beats_base(cmp, table, splits)),
         ),
@@ -108,17 +120,25 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds) -> list[tuple[str, str
         ]
         legend = "\n".join(f"- {k}: {v}" for k, v in comparison.SPLITS.items())
         sections.append(
-            ("Seen vs unseen wording", legend + "\n\n" + report.to_markdown(splits[cols]))
+            S("Seen vs unseen wording", legend + "\n\n" + report.to_markdown(splits[cols]))
         )
     sections += [
-        ("Seed claims", "\n".join(comparison.seed_claims(cmp, table, poi))),
-        (
+        S("Seed claims", "\n".join(comparison.seed_claims(cmp, table, poi))),
+        S(
             "Probability of improvement P(row > column)",
             f"rliable's P(X > Y) over training seeds on the mean {ev.win_reward} per prompt "
             "category (categories are the tasks), with 95% stratified-bootstrap CIs; 0.5 is "
             "no difference.\n\n" + report.to_markdown(_poi_table(poi)),
+            [fig["poi"]],
         ),
-        ("World reward models (held-out)", report.to_markdown(_world_rows(world))),
+        S(
+            "All metrics",
+            report.to_markdown(table[full]),
+            [fig["rewards"], fig["category_accuracy"]],
+        ),
+        S("Training and samples", "", [fig["training_loss"], fig["image_grid"]]),
+        S("Notes", "\n".join(notes)),
+        S("World reward models (held-out)", report.to_markdown(_world_rows(world))),
     ]
     return sections
 
