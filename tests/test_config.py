@@ -48,6 +48,13 @@ def test_profile_is_deep_merged_over_base():
         (lambda r: r["train"].update(seeds=[0, 1]), "top-level key `train_seeds`"),
         (lambda r: r.update(train_seeds=[0, 0]), "train_seeds: repeated seeds"),
         (lambda r: r.update(train_seeds=[]), "train_seeds"),
+        (lambda r: r["objectives"].update({"../../escape": {"loss": "dpo"}}), "not a valid"),
+        (lambda r: r["objectives"].update({".hidden": {"loss": "dpo"}}), "not a valid"),
+        (lambda r: r["objectives"].update({"a b": {"loss": "dpo"}}), "not a valid"),
+        (lambda r: r["objectives"].update({"dpo.v2": {"loss": "dpo"}}), "not a valid"),
+        (lambda r: r["objectives"].update({"": {"loss": "dpo"}}), "not a valid"),
+        (lambda r: r["objectives"].update({"Base": {"loss": "dpo"}}), "reserved"),
+        (lambda r: r["objectives"].update({"DPO": {"loss": "dpo"}}), "same folder as"),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, mutate, needle):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tests.browser import inspect, screenshot
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -110,6 +111,13 @@ def check_outputs(root: Path) -> None:
         assert {"stage", "objective", "train_seed", "git_commit", "params_hash"} <= set(r.data.tags)
         if r.data.tags["stage"] in ("train", "evaluate") and r.data.tags["objective"] != "base":
             assert r.info.run_name.endswith(f"/seed{r.data.tags['train_seed']}")
+        files = {a.path for a in client.list_artifacts(r.info.run_id)}
+        want = {
+            "train": {"adapter"},
+            "evaluate": {"scores.parquet", "metrics.json"},
+            "report": {"report.html", "comparison.csv", "win_vs_base.png"},
+        }
+        assert want.get(r.data.tags["stage"], set()) <= files, r.info.run_name
         assert r.info.status == "FINISHED"
         assert r.data.params, r.data.tags["stage"]
         assert "wall_time_s" in r.data.metrics
@@ -151,6 +159,19 @@ def smk_planned(root: Path) -> set[str]:
     return planned
 
 
+def check_in_browser(report: Path, tmp: Path) -> None:
+    """The HTML report as a person sees it: loads cleanly, every figure decodes, no Markdown
+    shows, the summary table fits a 1280 px window; a screenshot is left for people."""
+    page = inspect(report / "report.html", tmp)
+    assert page["console"] == [], page["console"]
+    assert page["title"] == "diffpref report"
+    assert page["images"] >= 5 and page["broken_images"] == 0
+    assert page["markdown_leaks"] == 0
+    assert page["first_table_overflow_px"] == 0
+    screenshot(report / "report.html", report / "screenshot.png")
+    assert (report / "screenshot.png").stat().st_size > 10_000
+
+
 def test_snakemake_smoke_dag_and_reruns(tmp_path):
     root = make_project(tmp_path / "smk")
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
@@ -178,6 +199,8 @@ def test_snakemake_smoke_dag_and_reruns(tmp_path):
     with open(root / "src/diffpref/stages/labels.py", "a") as f:
         f.write("\n# a change to the labels stage's source\n")
     assert smk_planned(root) == {"labels", *replicas(0, 1), "report"}
+    # last, so that a machine without Chromium skips only this part
+    check_in_browser(root / "results" / "report", tmp_path)
 
 
 def dvc_ran(out: str) -> set[str]:

@@ -76,3 +76,21 @@ def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path):
     (r,) = runs
     assert r.info.status == "KILLED" and r.info.run_name == "train@dpo/seed1"
     assert r.data.params["train.lr"] == "0.1" and r.data.tags["train_seed"] == "1"
+
+
+def test_artifacts_land_beside_a_sqlite_store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "weights.safetensors").write_bytes(b"w")
+    (tmp_path / "scores.parquet").write_bytes(b"s")
+    with tracking.stage_run("train", "dpo", {}, "h", 0) as run:
+        run.log_artifact(tmp_path / "adapter", "adapter")
+        run.log_artifact(tmp_path / "scores.parquet")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (r,) = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"adapter", "scores.parquet"}
+    assert [a.path for a in client.list_artifacts(r.info.run_id, "adapter")] == [
+        "adapter/weights.safetensors"
+    ]
+    assert r.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -252,8 +253,19 @@ class Config(_Strict):
         return Path(self.results, *parts)
 
 
+# An objective's name becomes a folder (results/adapters/<name>/), a DVC params key
+# (objectives.<name>: no dots) and part of a DVC stage name: letters, digits, _ and -, starting
+# with a letter or digit, so no name can climb out of results/ or hide as a dot-file.
+OBJECTIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
 def _objective(name: str, entry: Any) -> Objective:
-    if name == "base":
+    if not OBJECTIVE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a valid objective name: use letters, digits, '_' and '-', "
+            "starting with a letter or digit (it names folders and DVC stages)"
+        )
+    if name.lower() == "base":
         raise ConfigError("'base' is reserved for the untrained model")
     if not isinstance(entry, dict) or "loss" not in entry:
         raise ConfigError("needs a 'loss' key naming a registered loss")
@@ -379,7 +391,14 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[
         errors.append(f"{path}: objectives: must be a mapping name -> {{loss: ..., ...}}")
         objectives = {}
     parsed = {}
+    folded: dict[str, str] = {}
     for name, entry in objectives.items():
+        if (other := folded.setdefault(str(name).lower(), str(name))) != str(name):
+            errors.append(
+                f"{path}: objectives.{name}: same folder as objectives.{other} on a "
+                "case-insensitive file system; rename one"
+            )
+            continue
         try:
             parsed[name] = _objective(str(name), entry)
         except ValidationError as e:

@@ -40,6 +40,15 @@ def tracking_uri() -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go to ``mlartifacts/`` beside it (absolute, like the
+    store, so runs from ``dvc exp run --temp`` copies land there too); a server decides its
+    own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def _git_root() -> Path | None:
     out = _git("rev-parse", "--show-toplevel")
     return Path(out) if out else None
@@ -86,7 +95,7 @@ class StageRun:
     seed: int | None = None
     metrics: list[tuple[str, float, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
-    artifacts: list[Path] = field(default_factory=list)
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         self.metrics.append((key, float(value), int(step)))
@@ -96,8 +105,9 @@ class StageRun:
             if isinstance(v, int | float):
                 self.log_metric(k, v, step)
 
-    def log_artifact(self, path: Path) -> None:
-        self.artifacts.append(Path(path))
+    def log_artifact(self, path: Path, name: str | None = None) -> None:
+        """Copy a file (or a folder, as ``name``) into the run's artifacts when it ends."""
+        self.artifacts.append((str(path), name or Path(path).name))
 
 
 @contextmanager
@@ -153,7 +163,7 @@ def _finish_writer(writer: subprocess.Popen, run: StageRun, status: str) -> None
         "end_ms": _now_ms(),
         "metrics": run.metrics,
         "tags": run.tags,
-        "artifacts": [str(p) for p in run.artifacts],
+        "artifacts": run.artifacts,
     }
     writer.communicate(json.dumps(tail) + "\n")
     if writer.returncode != 0:
@@ -171,7 +181,13 @@ class _Writer:
         with self._locked():  # creating or migrating the store must not race other jobs
             self.client = mlflow.MlflowClient(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(EXPERIMENT)
-            self.exp_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
+            self.exp_id = (
+                exp.experiment_id
+                if exp
+                else self.client.create_experiment(
+                    EXPERIMENT, artifact_location=artifact_location(self.uri)
+                )
+            )
             if exp is None or KIND_TAG not in exp.tags:  # open the UI on runs, not GenAI traces
                 self.client.set_experiment_tag(self.exp_id, KIND_TAG, "custom_model_development")
         self.commit = git_commit()
@@ -218,8 +234,10 @@ class _Writer:
             for i in range(0, len(metrics), 1000):
                 client.log_batch(rid, metrics=metrics[i : i + 1000])
             client.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()])
-            for path in tail["artifacts"]:
-                if Path(path).exists():
+            for path, name in tail["artifacts"]:
+                if Path(path).is_dir():
+                    client.log_artifacts(rid, path, artifact_path=name)
+                elif Path(path).is_file():
                     client.log_artifact(rid, path)
             client.set_terminated(rid, status=tail["status"], end_time=end)
 

@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu machine: Fashion-MNIST (apt) + the Python environment.
+#   bash workflow/scripts/install.sh           # to run the pipeline
+#   bash workflow/scripts/install.sh --tests   # also the system packages only the tests need
+#                                              # (Chromium, for the report's browser test)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist
+TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) TESTS=1 ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+  esac
+done
+SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+APT=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || APT+=(dataset-fashion-mnist)
+[ "$TESTS" = 1 ] && ! command -v chromium >/dev/null && APT+=(chromium)
+if [ ${#APT[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}"
 fi
 python3 -m pip install -q torch==2.13.0   # CPU build; on a GPU machine install your CUDA torch first
 python3 -m pip install -q -e ".[dev]"

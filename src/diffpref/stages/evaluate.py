@@ -65,6 +65,9 @@ def run(ctx) -> None:
         write_json(tmp / "metrics.json", metrics)
         if ev.export_geneval:
             export_geneval(tmp / "geneval", prompts, images.numpy(), len(ev.seeds))
+    out = cfg.model_dir("eval", name, ctx.seed)
+    ctx.run.log_artifact(out / "scores.parquet")
+    ctx.run.log_artifact(out / "metrics.json")
     ctx.run.log_metrics(flat_numbers(metrics))
 
 

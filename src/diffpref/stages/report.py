@@ -43,6 +43,9 @@ def run(ctx) -> None:
         )
         (tmp / "report.md").write_text(report.to_markdown_report(title, sections))
         (tmp / "report.html").write_text(report.to_html(title, subtitle, sections))
+    final = cfg.path("report")
+    for f in ["report.html", "comparison.csv", *(f"{n}.png" for n in report.FIGURE_CAPTIONS)]:
+        ctx.run.log_artifact(final / f)
     # small uncached copies for `dvc metrics show/diff` and `dvc plots`
     with atomic_dir(res / "metrics") as tmp:
         for model, numbers in _dvc_metrics(table).items():

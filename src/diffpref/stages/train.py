@@ -40,6 +40,7 @@ def run(ctx) -> None:
             },
         )
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
+    ctx.run.log_artifact(cfg.model_dir("adapters", name, ctx.seed), "adapter")
     for row in result.history:
         ctx.run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
     ctx.run.log_metrics(result.summary)
