@@ -22,6 +22,7 @@ import pytest
 import yaml
 from tests.browser import inspect, screenshot
 from tests.conftest import REPO
+from tests.mlflow_server import api, serve
 
 pytestmark = pytest.mark.slow
 COPY = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
@@ -172,6 +173,31 @@ def check_in_browser(report: Path, tmp: Path) -> None:
     assert (report / "screenshot.png").stat().st_size > 10_000
 
 
+def check_mlflow_server(root: Path) -> None:
+    """What a person browsing `mlflow server` over the project's store finds, via its REST API:
+    the experiment in the runs view, every stage run with its metrics, real durations and the
+    artifacts (the trained adapter, the report)."""
+    with serve(root / "mlflow.db") as url:
+        exp = api(url, "experiments/get-by-name?experiment_name=diffpref")["experiment"]
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+        found = api(
+            url, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000}
+        )["runs"]
+        by_name = {r["info"]["run_name"]: r for r in found}
+        assert set(by_name) >= EXPECTED
+        for name in EXPECTED:
+            r = by_name[name]
+            assert r["info"]["status"] == "FINISHED" and r["data"]["metrics"], name
+        train = by_name["train@dpo/seed0"]["info"]
+        assert int(train["end_time"]) - int(train["start_time"]) >= 1000  # the stage's own time
+        listed = api(url, f"artifacts/list?run_id={train['run_id']}")
+        assert "adapter" in {f["path"] for f in listed["files"]}
+        report = by_name["report"]["info"]["run_id"]
+        assert "report.html" in {
+            f["path"] for f in api(url, f"artifacts/list?run_id={report}")["files"]
+        }
+
+
 def test_snakemake_smoke_dag_and_reruns(tmp_path):
     root = make_project(tmp_path / "smk")
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
@@ -199,6 +225,7 @@ def test_snakemake_smoke_dag_and_reruns(tmp_path):
     with open(root / "src/diffpref/stages/labels.py", "a") as f:
         f.write("\n# a change to the labels stage's source\n")
     assert smk_planned(root) == {"labels", *replicas(0, 1), "report"}
+    check_mlflow_server(root)
     # last, so that a machine without Chromium skips only this part
     check_in_browser(root / "results" / "report", tmp_path)
 
