@@ -68,11 +68,28 @@ def edit_params(root: Path, fn) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def runs(root: Path) -> Counter:
+def stage_runs(root: Path) -> list:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("diffpref")
     found = client.search_runs([exp.experiment_id], max_results=10_000)
-    return Counter(r.info.run_name for r in found)
+    return [r for r in found if r.info.run_name != "pipeline"]
+
+
+def runs(root: Path) -> Counter:
+    return Counter(r.info.run_name for r in stage_runs(root))
+
+
+def executions(root: Path) -> list[set[str]]:
+    """The stage runs of each pipeline execution (the children of each parent run), oldest
+    first."""
+    groups: dict[str, tuple[int, set[str]]] = {}
+    for r in stage_runs(root):
+        start, names = groups.setdefault(
+            r.data.tags["mlflow.parentRunId"], (r.info.start_time, set())
+        )
+        groups[r.data.tags["mlflow.parentRunId"]] = (min(start, r.info.start_time), names)
+        names.add(r.info.run_name)
+    return [names for _, names in sorted(groups.values(), key=lambda g: g[0])]
 
 
 def new_runs(before: Counter, after: Counter) -> set[str]:
@@ -107,9 +124,9 @@ def check_outputs(root: Path) -> None:
     assert set(zip(poi.model, poi.versus)) == {("base", "dpo"), ("dpo", "base")}
     assert (report / "poi.png").stat().st_size > 0
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("diffpref")
-    for r in client.search_runs([exp.experiment_id]):
+    for r in stage_runs(root):
         assert {"stage", "objective", "train_seed", "git_commit", "params_hash"} <= set(r.data.tags)
+        assert "mlflow.parentRunId" in r.data.tags  # nested under its pipeline execution
         if r.data.tags["stage"] in ("train", "evaluate") and r.data.tags["objective"] != "base":
             assert r.info.run_name.endswith(f"/seed{r.data.tags['train_seed']}")
         files = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -214,6 +231,9 @@ def test_snakemake_smoke_dag_and_reruns(tmp_path):
     assert new_runs(first, second) == AFTER_BETA
 
     # a new training seed adds only its own jobs and the report; dropping it reruns the report
+    # one parent run per snakemake invocation; the rerun's has only the stages it ran
+    assert executions(root) == [EXPECTED, AFTER_BETA]
+
     edit_params(root, lambda r: r.update(train_seeds=[0, 1, 2]))
     assert smk_planned(root) == NEW_SEED
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
@@ -259,6 +279,8 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     assert max(map(len, shown)) <= 100, shown
 
     # a new training seed adds only its own stages and the report; dropping it reruns the report
+    assert executions(root) == [EXPECTED, AFTER_BETA]  # one parent run per dvc execution
+
     edit_params(root, lambda r: r.update(train_seeds=[0, 1, 2]))
     assert dvc_ran(sh(["dvc", "repro"], root)) == NEW_SEED
     assert new_runs(second, runs(root)) == NEW_SEED

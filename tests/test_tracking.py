@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import mlflow
 import pytest
@@ -94,3 +95,49 @@ def test_artifacts_land_beside_a_sqlite_store(tmp_path, monkeypatch):
         "adapter/weights.safetensors"
     ]
     assert r.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+def test_stage_runs_nest_under_one_parent_run_per_pipeline_execution(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DIFFPREF_PIPELINE_ID", "run-a")
+    for stage in ("prompts", "labels"):
+        with tracking.stage_run(stage, None, {}, "h"):
+            pass
+    monkeypatch.setenv("DIFFPREF_PIPELINE_ID", "run-b")
+    with pytest.raises(RuntimeError), tracking.stage_run("labels", None, {}, "h"):
+        raise RuntimeError("boom")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    parents = {r.data.tags[tracking.PIPELINE_TAG]: r for r in runs if r.info.run_name == "pipeline"}
+    assert set(parents) == {"run-a", "run-b"}
+    children = [r for r in runs if r.info.run_name != "pipeline"]
+    by_parent = Counter(r.data.tags["mlflow.parentRunId"] for r in children)
+    assert by_parent == {parents["run-a"].info.run_id: 2, parents["run-b"].info.run_id: 1}
+    a = parents["run-a"].info
+    a_children = [r for r in children if r.data.tags["mlflow.parentRunId"] == a.run_id]
+    assert a.status == "FINISHED" and a.end_time == max(r.info.end_time for r in a_children)
+    assert parents["run-b"].info.status == "FAILED"  # a failed stage marks its execution
+
+
+def test_a_stage_under_dvc_finds_its_dvc_process(tmp_path):
+    # a fake `dvc` ancestor: python -m dvc is matched by name, pid and start time
+    (tmp_path / "dvc").mkdir()
+    (tmp_path / "dvc" / "__init__.py").write_text("")  # a regular package wins the import
+    (tmp_path / "dvc" / "__main__.py").write_text(
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', 'from diffpref import tracking; "
+        "print(tracking.pipeline_id())'], check=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DIFFPREF_PIPELINE_ID"}
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "dvc"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    one, two = run(), run()
+    assert one.startswith("dvc-") and two.startswith("dvc-") and one != two

@@ -26,6 +26,7 @@ from typing import Any
 
 EXPERIMENT = "diffpref"
 KIND_TAG = "mlflow.experimentKind"
+PIPELINE_TAG = "diffpref.pipeline"
 
 
 def tracking_uri() -> str:
@@ -77,6 +78,30 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)[:6000]
     return out
+
+
+def pipeline_id() -> str | None:
+    """Which pipeline execution a stage belongs to, so its run nests under that execution's
+    parent run: ``DIFFPREF_PIPELINE_ID`` (the Snakefile sets one per ``snakemake`` invocation)
+    or else the nearest ``dvc`` process above this one (its pid and start time, unique per
+    ``dvc repro`` / ``dvc exp run``); None for a stage run by hand."""
+    if key := os.environ.get("DIFFPREF_PIPELINE_ID"):
+        return key
+    pid = os.getpid()
+    for _ in range(12):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(stat[1])  # the parent
+            if pid <= 1:
+                return None
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            pstat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError, ValueError):
+            return None
+        names = [Path(a.decode(errors="replace")).name for a in argv[:3]]
+        if "dvc" in names[:2] or names[1:3] == ["-m", "dvc"]:
+            return f"dvc-{pid}-{pstat[19]}"  # field 22: the process's start time
+    return None
 
 
 def run_name(stage: str, objective: str | None, seed: int | None = None) -> str:
@@ -150,6 +175,7 @@ def _start_writer(run: StageRun, start_ms: int) -> subprocess.Popen | None:
         "params": flatten(run.params),
         "params_hash": run.params_hash,
         "start_ms": start_ms,
+        "pipeline": pipeline_id(),
     }
     assert writer.stdin is not None
     writer.stdin.write(json.dumps(head) + "\n")
@@ -225,6 +251,9 @@ class _Writer:
         end = tail["end_ms"]
         metrics = [Metric(k, v, end, s) for k, v, s in tail["metrics"]]
         with self._locked():
+            parent = self._parent(head.get("pipeline"), head["start_ms"])
+            if parent:
+                tags |= {"mlflow.parentRunId": parent, PIPELINE_TAG: head["pipeline"]}
             mlrun = client.create_run(
                 self.exp_id, start_time=head["start_ms"], run_name=name, tags=tags
             )
@@ -240,6 +269,30 @@ class _Writer:
                 elif Path(path).is_file():
                     client.log_artifact(rid, path)
             client.set_terminated(rid, status=tail["status"], end_time=end)
+            if parent:  # the execution ends with its last stage; any failure marks it FAILED
+                info = client.get_run(parent).info
+                failed = tail["status"] != "FINISHED" or info.status == "FAILED"
+                client.set_terminated(
+                    parent, "FAILED" if failed else "FINISHED", max(end, info.end_time or 0)
+                )
+
+    def _parent(self, key: str | None, start_ms: int) -> str | None:
+        """The run of pipeline execution ``key``, created by its first stage (under the lock)."""
+        if not key:
+            return None
+        found = self.client.search_runs(
+            [self.exp_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`mlflow.runName` = 'pipeline'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        tags = {PIPELINE_TAG: key, "git_commit": self.commit}
+        tags |= {k: os.environ[k] for k in ("DVC_EXP_NAME",) if k in os.environ}
+        run = self.client.create_run(
+            self.exp_id, start_time=start_ms, run_name="pipeline", tags=tags
+        )
+        return run.info.run_id
 
 
 def _lock_path(uri: str) -> Path:

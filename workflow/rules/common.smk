@@ -1,9 +1,13 @@
 # Shared wiring: the objectives and training seeds to expand, the command prefix and each
 # rule's params sections.
+import os
+import uuid
 from pathlib import Path
 
 from diffpref.config import stage_params, with_profile
 
+# one id per `snakemake` invocation: every stage's MLflow run nests under that execution's run
+os.environ.setdefault("DIFFPREF_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
 PROFILE = config.get("profile", "default")
 OBJECTIVES = list(config.get("objectives") or {})
 # the active profile's seeds (DVC, which cannot see profiles, expands the top-level list)
