@@ -7,6 +7,7 @@ import pandas as pd
 
 from diffpref import comparison, report
 from diffpref.io import atomic_dir, read_json, write_json
+from diffpref.report import Section
 
 
 def run(ctx) -> None:
@@ -77,9 +78,8 @@ SUMMARY = [
 ]
 
 
-def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[report.Section]:
+def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
     ev = cfg.evaluate
-    S = report.Section
     n_prompts = len(cmp.prompt_ids)
     summary = [c.format(r=ev.win_reward) for c in SUMMARY]
     summary = list(dict.fromkeys(c for c in summary if c in table.columns))
@@ -105,8 +105,10 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[report.Se
         "seeds",
     ]
     sections = [
-        S("Summary (held-out prompts)", report.to_markdown(table[summary]), [fig["win_vs_base"]]),
-        S(
+        Section(
+            "Summary (held-out prompts)", report.to_markdown(table[summary]), [fig["win_vs_base"]]
+        ),
+        Section(
             "Does each objective beat the base?",
             "\n".join(comparison.beats_base(cmp, table, splits)),
         ),
@@ -123,25 +125,25 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[report.Se
         ]
         legend = "\n".join(f"- {k}: {v}" for k, v in comparison.SPLITS.items())
         sections.append(
-            S("Seen vs unseen wording", legend + "\n\n" + report.to_markdown(splits[cols]))
+            Section("Seen vs unseen wording", legend + "\n\n" + report.to_markdown(splits[cols]))
         )
     sections += [
-        S("Seed claims", "\n".join(comparison.seed_claims(cmp, table, poi))),
-        S(
+        Section("Seed claims", "\n".join(comparison.seed_claims(cmp, table, poi))),
+        Section(
             "Probability of improvement P(row > column)",
             f"rliable's P(X > Y) over training seeds on the mean {ev.win_reward} per prompt "
             "category (categories are the tasks), with 95% stratified-bootstrap CIs; 0.5 is "
             "no difference.\n\n" + report.to_markdown(_poi_table(poi)),
             [fig["poi"]],
         ),
-        S(
+        Section(
             "All metrics",
             report.to_markdown(table[full]),
             [fig["rewards"], fig["category_accuracy"]],
         ),
-        S("Training and samples", "", [fig["training_loss"], fig["image_grid"]]),
-        S("Notes", "\n".join(notes)),
-        S("World reward models (held-out)", report.to_markdown(_world_rows(world))),
+        Section("Training and samples", "", [fig["training_loss"], fig["image_grid"]]),
+        Section("Notes", "\n".join(notes)),
+        Section("World reward models (held-out)", report.to_markdown(_world_rows(world))),
     ]
     return sections
 
