@@ -274,6 +274,10 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     assert dvc_ran(out) == AFTER_BETA
     second = runs(root)
     assert new_runs(first, second) == AFTER_BETA
+    sh(["dvc", "plots", "show", "-o", "dvc_plots"], root)  # offline: images, no Vega from a CDN
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "win_vs_base.png" in page and "training_loss.png" in page
+    assert not re.search(r"https?://", page)
     shown = sh(["dvc", "metrics", "show"], root).splitlines()  # a row per model, terminal-wide
     assert any(line.startswith("results/metrics/dpo.json") for line in shown)
     assert max(map(len, shown)) <= 100, shown

@@ -149,7 +149,8 @@ rule report:
     output:
         directory("results/report"),
         directory("results/metrics"),
-        "results/plots/comparison.csv",
+        "results/plots/win_vs_base.png",
+        "results/plots/training_loss.png",
     params:
         p=params_of("report"),
     threads: 1

@@ -3,6 +3,8 @@ the small files `dvc metrics` (``results/metrics/<model>.json``) and `dvc plots`
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 
 from diffpref import comparison, report
@@ -51,10 +53,11 @@ def run(ctx) -> None:
     with atomic_dir(res / "metrics") as tmp:
         for model, numbers in _dvc_metrics(table).items():
             write_json(tmp / f"{model}.json", numbers)
-    plots = res / "plots"
+    plots = res / "plots"  # images, so `dvc plots show` needs no Vega from a network
     plots.mkdir(exist_ok=True)
-    table.to_csv(plots / "comparison.csv.tmp", index=False)
-    (plots / "comparison.csv.tmp").replace(plots / "comparison.csv")
+    for name in DVC_PLOTS:
+        shutil.copyfile(final / name, plots / f"{name}.tmp")
+        (plots / f"{name}.tmp").replace(plots / name)
     ctx.run.log_metrics(
         {
             f"{r['model']}.{k}": v
@@ -65,6 +68,7 @@ def run(ctx) -> None:
     )
 
 
+DVC_PLOTS = ("win_vs_base.png", "training_loss.png")
 SUMMARY = [
     "model",
     "win_vs_base",
