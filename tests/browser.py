@@ -87,3 +87,21 @@ def screenshot(page: Path, out: Path, width: int = 1280, height: int = 1600) -> 
         check=True,
         timeout=120,
     )
+
+
+def dump_dom(url: str, budget_ms: int = 30_000) -> str:
+    """The DOM of ``url`` once its scripts have run (a single-page app such as MLflow's UI)."""
+    p = subprocess.run(
+        [
+            require_chromium(),
+            *FLAGS,
+            "--window-size=1600,1200",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return p.stdout

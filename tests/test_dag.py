@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from tests.browser import inspect, screenshot
+from tests.browser import dump_dom, inspect, screenshot
 from tests.conftest import REPO
 from tests.mlflow_server import api, serve
 
@@ -215,6 +215,15 @@ def check_mlflow_server(root: Path) -> None:
         }
 
 
+def check_mlflow_ui(root: Path) -> None:
+    """The real MLflow UI in Chromium: the experiment's runs page lists the pipeline runs."""
+    with serve(root / "mlflow.db") as url:
+        exp = api(url, "experiments/get-by-name?experiment_name=diffpref")["experiment"]
+        dom = dump_dom(f"{url}/#/experiments/{exp['experiment_id']}/runs")
+    assert "Training runs" in dom
+    assert dom.count(">pipeline<") == len(executions(root)) == 3  # a parent per invocation
+
+
 def test_snakemake_smoke_dag_and_reruns(tmp_path):
     root = make_project(tmp_path / "smk")
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
@@ -248,6 +257,7 @@ def test_snakemake_smoke_dag_and_reruns(tmp_path):
     check_mlflow_server(root)
     # last, so that a machine without Chromium skips only this part
     check_in_browser(root / "results" / "report", tmp_path)
+    check_mlflow_ui(root)
 
 
 def dvc_ran(out: str) -> set[str]:
