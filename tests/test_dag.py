@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import mlflow
@@ -82,14 +82,11 @@ def runs(root: Path) -> Counter:
 def executions(root: Path) -> list[set[str]]:
     """The stage runs of each pipeline execution (the children of each parent run), oldest
     first."""
-    groups: dict[str, tuple[int, set[str]]] = {}
+    groups = defaultdict(list)
     for r in stage_runs(root):
-        start, names = groups.setdefault(
-            r.data.tags["mlflow.parentRunId"], (r.info.start_time, set())
-        )
-        groups[r.data.tags["mlflow.parentRunId"]] = (min(start, r.info.start_time), names)
-        names.add(r.info.run_name)
-    return [names for _, names in sorted(groups.values(), key=lambda g: g[0])]
+        groups[r.data.tags["mlflow.parentRunId"]].append(r)
+    ordered = sorted(groups.values(), key=lambda g: min(r.info.start_time for r in g))
+    return [{r.info.run_name for r in g} for g in ordered]
 
 
 def new_runs(before: Counter, after: Counter) -> set[str]:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from diffpref import evaluation
 from diffpref import statistics as st
 
 
@@ -30,7 +31,7 @@ def test_win_values_count_ties_within_threshold_as_half():
         {"train_seed": 0, "prompt_id": ["a", "b", "c"], "seed": 0, "score": [0.5, 0.3, 0.1]}
     )
     base = pd.DataFrame({"prompt_id": ["a", "b", "c"], "seed": 0, "score": [0.4, 0.295, 0.2]})
-    assert st.win_values(ours, base, tie=0.01).win.tolist() == [1.0, 0.5, 0.0]
+    assert evaluation.win_values(ours, base, tie=0.01).win.tolist() == [1.0, 0.5, 0.0]
 
 
 def test_crossed_bootstrap_seed_draws_follow_the_multinomial():

@@ -2,7 +2,7 @@
 
 Every objective is trained on several seeds (``train_seeds``) and every seed is evaluated on
 the same held-out prompts with the same sampling seeds as the base model. Estimates and
-intervals come from :mod:`diffpref.evaluation`'s crossed bootstrap over training seeds and
+intervals come from :mod:`diffpref.statistics`' crossed bootstrap over training seeds and
 prompts, so a verdict reflects both seed-to-seed and prompt-to-prompt variance, and every
 inconclusive verdict says what the run could have detected and what would decide it.
 """
@@ -10,13 +10,17 @@ inconclusive verdict says what the run could have detected and what would decide
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from diffpref import evaluation
 from diffpref import statistics as st
 from diffpref.io import read_json
+
+if TYPE_CHECKING:
+    from diffpref.config import Config
 
 # Prompt subsets of the eval split (embedded world: generated with these flags). A prompt may
 # be in both held-out subsets; "seen" prompts are in neither.
@@ -43,21 +47,22 @@ class Results:
         return [n for n in self.scores if n != "base"]
 
 
-def load(results: Path, objectives: list[str], seeds: list[int]) -> Results:
-    scores = {"base": pd.read_parquet(results / "eval" / "base" / "scores.parquet")}
-    scores["base"]["train_seed"] = -1
-    evm = {"base": [read_json(results / "eval" / "base" / "metrics.json")]}
+def load(cfg: Config) -> Results:
+    """Every model's per-sample scores and metrics, for the objectives and seeds of ``cfg``."""
+    base = cfg.path("eval", "base")
+    scores = {"base": pd.read_parquet(base / "scores.parquet").assign(train_seed=-1)}
+    evm = {"base": [read_json(base / "metrics.json")]}
     trm: dict[str, list[dict]] = {}
-    for o in objectives:
+    for o in cfg.objectives:
         frames, evm[o], trm[o] = [], [], []
-        for s in seeds:
-            d = results / "eval" / o / f"seed{s}"
+        for s in cfg.train_seeds:
+            d = cfg.model_dir("eval", o, s)
             frames.append(pd.read_parquet(d / "scores.parquet").assign(train_seed=s))
             evm[o].append(read_json(d / "metrics.json"))
-            trm[o].append(read_json(results / "adapters" / o / f"seed{s}" / "train_metrics.json"))
+            trm[o].append(read_json(cfg.model_dir("adapters", o, s) / "train_metrics.json"))
         scores[o] = pd.concat(frames, ignore_index=True)
-    prompts = pd.read_parquet(results / "prompts" / "eval.parquet")
-    return Results(scores, prompts, evm, trm, list(seeds))
+    prompts = pd.read_parquet(cfg.path("prompts", "eval.parquet"))
+    return Results(scores, prompts, evm, trm, list(cfg.train_seeds))
 
 
 class Comparison:
@@ -69,13 +74,14 @@ class Comparison:
         self.base = base[base.reward == reward]
         self.prompt_ids = sorted(set(self.base.prompt_id))
         self._win: dict[tuple[str, ...], dict[str, dict]] = {}
+        self._win_mats: dict[str, np.ndarray] | None = None
 
     def _scores(self, name: str, reward: str | None = None) -> pd.DataFrame:
         df = self.res.scores[name]
         return df[df.reward == (reward or self.reward)]
 
     def wins(self, name: str) -> pd.DataFrame:
-        return st.win_values(self._scores(name), self.base, self.tie)
+        return evaluation.win_values(self._scores(name), self.base, self.tie)
 
     def matrices(
         self,
@@ -95,10 +101,19 @@ class Comparison:
             out[n] = st.seed_matrix(df[df.prompt_id.isin(prompts)], column, prompts)
         return out
 
+    def win_matrices(self) -> dict[str, np.ndarray]:
+        """Every objective's M[train seed, prompt] of its win vs base, computed once."""
+        if self._win_mats is None:
+            self._win_mats = self.matrices("win", wins=True)
+        return self._win_mats
+
     def win_vs_base(self, prompts: list[str] | None = None) -> dict[str, dict]:
         key = tuple(prompts or self.prompt_ids)
         if key not in self._win:
-            mats = self.matrices("win", list(key), wins=True)
+            mats = self.win_matrices()
+            if prompts:  # a subset: the matching columns of the full matrices
+                cols = [self.prompt_ids.index(p) for p in prompts]
+                mats = {n: m[:, cols] for n, m in mats.items()}
             self._win[key] = {
                 n: st.seed_estimate(mats, n, 0.5, self.n_boot, self.seed) for n in mats
             }
@@ -360,8 +375,7 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
         if not {a, b} <= names:
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
             continue
-        mats = cmp.matrices("win", wins=True, names=[a, b])
-        d = st.seed_difference(mats, a, b, cmp.n_boot, cmp.seed)
+        d = st.seed_difference(cmp.win_matrices(), a, b, cmp.n_boot, cmp.seed)
         p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
         detail = (
             f"win rate vs base {row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, "

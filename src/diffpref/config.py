@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from diffpref.objectives import get as get_objective
 from diffpref.world.settings import WorldParams
 
+DEFAULT_TRAIN_SEEDS = (0, 1, 2)
+
 
 class ConfigError(Exception):
     """A bad ``params.yaml``: the CLI prints it and exits with code 2."""
@@ -213,7 +215,7 @@ class Config(_Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = Field(0, description="data seed: prompts, candidates, labels")
     train_seeds: list[int] = Field(
-        default_factory=lambda: [0, 1, 2],
+        default_factory=lambda: list(DEFAULT_TRAIN_SEEDS),
         min_length=1,
         description="training replicates: one adapter per (objective, seed); top level, not "
         "under train:, so that adding a seed reruns only that seed's jobs",

@@ -26,22 +26,28 @@ def bootstrap_ci(
     return float(values.mean()), float(lo), float(hi)
 
 
+def win_values(ours: pd.DataFrame, theirs: pd.DataFrame, tie: float = 0.0) -> pd.DataFrame:
+    """``ours`` matched with ``theirs`` (``prompt_id, seed, score``; one model, e.g. the base)
+    on (prompt_id, seed), i.e. the same prompt from the same starting noise, with column
+    ``win``: 1 if ours scores higher, 0.5 for a tie, 0 else. Score differences of at most
+    ``tie`` are ties: on a continuous reward, an adapter that barely moved the model otherwise
+    "wins" or "loses" every sample by noise-level margins."""
+    m = ours.merge(
+        theirs[["prompt_id", "seed", "score"]], on=["prompt_id", "seed"], suffixes=("", "_other")
+    )
+    if m.empty:
+        raise ValueError("win_values: no matching (prompt_id, seed) samples")
+    diff = m.score - m.score_other
+    return m.assign(win=(diff > tie).astype(float) + 0.5 * (diff.abs() <= tie))
+
+
 def win_rate(
     ours: pd.DataFrame, theirs: pd.DataFrame, n_boot: int, seed: int = 0, tie: float = 0.0
 ) -> dict[str, float]:
-    """Fraction of (prompt, seed) samples where ours scores higher (ties count one half).
-
-    Both frames hold ``prompt_id, seed, score`` for the same reward; samples are matched on
-    (prompt_id, seed), i.e. the same prompt from the same starting noise. Score differences of
-    at most ``tie`` are ties: on a continuous reward, an adapter that barely moved the model
-    otherwise "wins" or "loses" every sample by noise-level margins.
-    """
-    m = ours.merge(theirs, on=["prompt_id", "seed"], suffixes=("", "_other"))
-    if m.empty:
-        raise ValueError("win_rate: no matching (prompt_id, seed) samples")
-    diff = m.score - m.score_other
-    win = (diff > tie).astype(float) + 0.5 * (diff.abs() <= tie)
-    mean, lo, hi = bootstrap_ci(win.to_numpy(), m.prompt_id.to_numpy(), n_boot, seed)
+    """Fraction of matched (prompt, seed) samples where ours scores higher (:func:`win_values`)
+    with its CI over prompts."""
+    m = win_values(ours, theirs, tie)
+    mean, lo, hi = bootstrap_ci(m.win.to_numpy(), m.prompt_id.to_numpy(), n_boot, seed)
     return {"win_rate": mean, "ci_low": lo, "ci_high": hi, "n": len(m)}
 
 

@@ -29,19 +29,6 @@ def seed_matrix(df: pd.DataFrame, column: str, prompts: list[str]) -> np.ndarray
     return m.sort_index()[prompts].to_numpy(dtype=float)
 
 
-def win_values(ours: pd.DataFrame, theirs: pd.DataFrame, tie: float = 0.0) -> pd.DataFrame:
-    """Per matched sample of ``ours`` (``train_seed, prompt_id, seed, score``) against
-    ``theirs`` (``prompt_id, seed, score``; one model, e.g. the base): 1 win, 0.5 tie
-    (difference at most ``tie``), 0 loss, in column ``win``."""
-    m = ours.merge(
-        theirs[["prompt_id", "seed", "score"]], on=["prompt_id", "seed"], suffixes=("", "_other")
-    )
-    if m.empty:
-        raise ValueError("win_values: no matching (prompt_id, seed) samples")
-    diff = m.score - m.score_other
-    return m.assign(win=(diff > tie).astype(float) + 0.5 * (diff.abs() <= tie))
-
-
 def crossed_bootstrap(
     mats: dict[str, np.ndarray],
     n_boot: int,
@@ -228,4 +215,4 @@ def poi_interval(
     wy = rng.multinomial(ry, np.full(ry, 1 / ry), size=(n_boot, t)).astype(float)
     boot = np.einsum("bti,ijt,btj->bt", wx, c, wy).mean(1) / (rx * ry)
     lo, hi = interval(boot, alpha)
-    return probability_of_improvement(x, y), lo, hi
+    return float(c.mean((0, 1)).mean()), lo, hi

@@ -87,21 +87,25 @@ def pipeline_id() -> str | None:
     ``dvc repro`` / ``dvc exp run``); None for a stage run by hand."""
     if key := os.environ.get("DIFFPREF_PIPELINE_ID"):
         return key
-    pid = os.getpid()
-    for _ in range(12):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        stat = _proc_stat(os.getpid())
+        for _ in range(12):
             pid = int(stat[1])  # the parent
             if pid <= 1:
                 return None
+            stat = _proc_stat(pid)
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            pstat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError, ValueError):
-            return None
-        names = [Path(a.decode(errors="replace")).name for a in argv[:3]]
-        if "dvc" in names[:2] or names[1:3] == ["-m", "dvc"]:
-            return f"dvc-{pid}-{pstat[19]}"  # field 22: the process's start time
+            names = [Path(a.decode(errors="replace")).name for a in argv[:3]]
+            if "dvc" in names[:2] or names[1:3] == ["-m", "dvc"]:
+                return f"dvc-{pid}-{stat[19]}"  # field 22: the process's start time
+    except (OSError, IndexError, ValueError):
+        pass
     return None
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields 3.. of ``/proc/<pid>/stat`` (after the command name, which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def run_name(stage: str, objective: str | None, seed: int | None = None) -> str:

@@ -4,14 +4,14 @@ import os
 import uuid
 from pathlib import Path
 
-from diffpref.config import stage_params, with_profile
+from diffpref.config import DEFAULT_TRAIN_SEEDS, stage_params, with_profile
 
 # one id per `snakemake` invocation: every stage's MLflow run nests under that execution's run
 os.environ.setdefault("DIFFPREF_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
 PROFILE = config.get("profile", "default")
 OBJECTIVES = list(config.get("objectives") or {})
 # the active profile's seeds (DVC, which cannot see profiles, expands the top-level list)
-SEEDS = with_profile(dict(config)).get("train_seeds", [0, 1, 2])
+SEEDS = with_profile(dict(config)).get("train_seeds", DEFAULT_TRAIN_SEEDS)
 DIFFPREF = f"diffpref {{stage}} --params params.yaml --profile {PROFILE} --threads {{threads}}"
 
 

@@ -142,6 +142,7 @@ rule report:
         f"{SRC}/report.py",
         f"{SRC}/comparison.py",
         f"{SRC}/statistics.py",
+        f"{SRC}/evaluation.py",
         "results/world",
         expand("results/adapters/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
         "results/eval/base",

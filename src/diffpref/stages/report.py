@@ -17,7 +17,7 @@ def run(ctx) -> None:
     res = cfg.path()
     ev = cfg.evaluate
     seeds = list(cfg.train_seeds)
-    data = comparison.load(res, list(cfg.objectives), seeds)
+    data = comparison.load(cfg)
     rewards = list(data.eval_metrics["base"][0]["reward"])
     cmp = comparison.Comparison(data, ev.win_reward, ev.bootstrap, ev.tie_threshold, cfg.seed)
     table = comparison.comparison_table(cmp, rewards)
