@@ -23,15 +23,27 @@ class TinyBackbone(Backbone):
         torch.manual_seed(seed)
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-            layers_per_block=1, attention_head_dim=8, norm_num_groups=8,
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16,
+            layers_per_block=1,
+            attention_head_dim=8,
+            norm_num_groups=8,
         ).eval()
         self.vae = AutoencoderKL(
-            in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 8, 8),
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            layers_per_block=1, norm_num_groups=4, sample_size=32,
+            in_channels=1,
+            out_channels=1,
+            latent_channels=4,
+            block_out_channels=(8, 8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            layers_per_block=1,
+            norm_num_groups=4,
+            sample_size=32,
         ).eval()
         self.unet.requires_grad_(False)
         self.vae.requires_grad_(False)

@@ -108,7 +108,9 @@ def test_under_dvc_a_profile_may_not_change_the_seeds_dvc_expands(tmp_path, caps
 def test_console_script_check_reports_ok():
     out = subprocess.run(
         [sys.executable, "-m", "diffpref.cli", "check", "--params", str(REPO / "params.yaml")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "ok" in out.stdout
 

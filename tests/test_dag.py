@@ -8,10 +8,7 @@ profile. MLflow's SQLite store is the witness of what ran: every executed stage 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -21,62 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 from tests.browser import dump_dom, inspect, screenshot
-from tests.conftest import REPO
 from tests.mlflow_server import api, serve
+from tests.project import edit_params, make_project, runs, sh, stage_runs
 
 pytestmark = pytest.mark.slow
-COPY = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
-
-
-def sh(cmd: list[str], cwd: Path, check: bool = True) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p.stdout + p.stderr
-
-
-def make_project(root: Path) -> Path:
-    root.mkdir()
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    # the DAG with one objective on two training seeds (every objective's training runs in
-    # test_training_methods.py); the seeds are top-level so that both tools expand the same
-    edit_params(root, one_objective_two_seeds)
-    sh(["git", "init", "-q"], root)
-    sh(["git", "config", "user.email", "t@example.com"], root)
-    sh(["git", "config", "user.name", "test"], root)
-    sh(["dvc", "init", "-q"], root)
-    sh(["git", "add", "-A"], root)
-    sh(["git", "commit", "-qm", "init"], root)
-    return root
-
-
-def one_objective_two_seeds(raw: dict) -> None:
-    raw["objectives"] = {"dpo": raw["objectives"]["dpo"]}
-    raw["train_seeds"] = [0, 1]
-    del raw["profiles"]["smoke"]["train_seeds"]
-
-
-def edit_params(root: Path, fn) -> None:
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    fn(raw)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def stage_runs(root: Path) -> list:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("diffpref")
-    found = client.search_runs([exp.experiment_id], max_results=10_000)
-    return [r for r in found if r.info.run_name != "pipeline"]
-
-
-def runs(root: Path) -> Counter:
-    return Counter(r.info.run_name for r in stage_runs(root))
 
 
 def executions(root: Path) -> list[set[str]]:

@@ -17,7 +17,10 @@ def toy_data(backbone, n_prompts=6, k=2):
     text = backbone.encode_text([f"prompt {i}" for i in range(n_prompts)])
     groups = torch.arange(n_prompts * k).view(n_prompts, k)
     return training.TrainData(
-        latents=latents, text=text, uncond=backbone.encode_text([""]), groups=groups,
+        latents=latents,
+        text=text,
+        uncond=backbone.encode_text([""]),
+        groups=groups,
         prompt_rows=torch.arange(n_prompts),
     )
 
@@ -27,8 +30,9 @@ def dpo(beta=2500.0) -> Objective:
 
 
 def tp(**kw) -> TrainParams:
-    base = dict(steps=6, batch_size=4, lr=5e-3, warmup_steps=1, lora_rank=4, log_every=1,
-                checkpoint_every=3)
+    base = dict(
+        steps=6, batch_size=4, lr=5e-3, warmup_steps=1, lora_rank=4, log_every=1, checkpoint_every=3
+    )
     return TrainParams(**{**base, **kw})
 
 
@@ -112,8 +116,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(obj.module, "loss", real_loss)
     state = tmp_path / "b" / "state"
     # accelerate's save_state of the trainable state only: no model weights in the checkpoint
-    assert {"optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl",
-            "params_hash.txt"} <= {f.name for f in state.iterdir()}
+    assert {"optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", "params_hash.txt"} <= {
+        f.name for f in state.iterdir()
+    }
     assert not [f for f in state.iterdir() if f.name.startswith("model")]
     # a crash between the two renames of a checkpoint swap leaves only the previous folder
     state.rename(tmp_path / "b" / "state.old")
@@ -140,8 +145,9 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
 def test_saved_lora_loads_into_a_fresh_unet(tiny_backbone, tmp_path):
     from tests.conftest import TinyBackbone
 
-    training.train(tiny_backbone, toy_data(tiny_backbone), dpo(), tp(steps=3), 0, tmp_path / "k",
-                   "h")
+    training.train(
+        tiny_backbone, toy_data(tiny_backbone), dpo(), tp(steps=3), 0, tmp_path / "k", "h"
+    )
     adapters.save_lora(tiny_backbone.unet, tmp_path / "lora", 4, None)
     fresh = TinyBackbone()
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])

@@ -28,17 +28,34 @@ def data_for(backbone, labels: str, n_prompts: int = 6, k: int = 3) -> training.
     elif labels == "pointwise":
         groups = torch.arange(n_prompts * k).view(-1, 1)
         extras["desirable"] = torch.arange(n_prompts * k) % 2 == 0
-        return training.TrainData(latents, text, backbone.encode_text([""]), groups,
-                                  torch.arange(n_prompts * k) // k, extras)
+        return training.TrainData(
+            latents,
+            text,
+            backbone.encode_text([""]),
+            groups,
+            torch.arange(n_prompts * k) // k,
+            extras,
+        )
     else:  # winners / captions: one image per prompt
         groups = (torch.arange(n_prompts) * k).view(-1, 1)
-    return training.TrainData(latents, text, backbone.encode_text([""]), groups,
-                              torch.arange(n_prompts), extras)
+    return training.TrainData(
+        latents, text, backbone.encode_text([""]), groups, torch.arange(n_prompts), extras
+    )
 
 
 def tp(**kw) -> TrainParams:
-    return TrainParams(**{"steps": 4, "batch_size": 3, "lr": 1e-2, "warmup_steps": 1,
-                          "lora_rank": 4, "log_every": 1, "checkpoint_every": 2, **kw})
+    return TrainParams(
+        **{
+            "steps": 4,
+            "batch_size": 3,
+            "lr": 1e-2,
+            "warmup_steps": 1,
+            "lora_rank": 4,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,8 +76,9 @@ def test_group_objectives_train_and_move_the_adapter(entry, tmp_path):
     bb = TinyBackbone()
     obj = _objective("x", entry)
     res = training.train(bb, data_for(bb, obj.labels), obj, tp(), 0, tmp_path, "h")
-    assert len(res.history) == 4 and all(torch.isfinite(torch.tensor(r["loss"]))
-                                         for r in res.history)
+    assert len(res.history) == 4 and all(
+        torch.isfinite(torch.tensor(r["loss"])) for r in res.history
+    )
     lora_b = [p for n, p in bb.unet.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # the adapter left its zero init
 
@@ -83,16 +101,27 @@ def test_smpo_renoise_uses_inverted_inputs(tmp_path, monkeypatch):
     assert torch.allclose(inp.x_t[2:], x0)  # t at or below the first grid point: x̃_t = x0
     a = bb.noise_scheduler.alphas_cumprod[999]
     x0w = method.data.latents[method.data.groups[0]]
-    assert torch.allclose(inp.x_t[:2], a.sqrt() * x0w + (1 - a).sqrt() * inp.target[:2],
-                          atol=1e-4)  # self-consistent (input, target) at the sampled t
+    assert torch.allclose(
+        inp.x_t[:2], a.sqrt() * x0w + (1 - a).sqrt() * inp.target[:2], atol=1e-4
+    )  # self-consistent (input, target) at the sampled t
 
 
 def test_rethinking_reference_copies_the_policy_every_tau_steps(tmp_path):
     bb = TinyBackbone()
-    obj = _objective("r", {"loss": "dpo", "beta": 2500, "rethinking": {
-        "reference_every": 2, "delta": 1e6, "timestep_bins": 10, "timestep_gamma": 0.5}})
-    res = training.train(bb, data_for(bb, "pairwise"), obj, tp(steps=6, lr=5e-2), 0, tmp_path,
-                         "h")
+    obj = _objective(
+        "r",
+        {
+            "loss": "dpo",
+            "beta": 2500,
+            "rethinking": {
+                "reference_every": 2,
+                "delta": 1e6,
+                "timestep_bins": 10,
+                "timestep_gamma": 0.5,
+            },
+        },
+    )
+    res = training.train(bb, data_for(bb, "pairwise"), obj, tp(steps=6, lr=5e-2), 0, tmp_path, "h")
     sched = res.method.schedule
     assert [s for s, _ in sched.history] == [2, 4, 6] and not sched.frozen
     assert sched.history[0][1] == pytest.approx(0.0, abs=1e-6)  # ref is still the base at step 2
@@ -154,8 +183,9 @@ def test_soft_tokens_train_with_a_frozen_backbone(loss, tmp_path):
 def test_soft_token_training_resumes_exactly(tmp_path, monkeypatch):
     full = TinyBackbone()
     obj = _objective("a", {"loss": "agsm", "n_tokens": 2})
-    want = training.train(full, data_for(full, "captions"), obj, tp(), 0, tmp_path / "a",
-                          "h").method.state()
+    want = training.train(
+        full, data_for(full, "captions"), obj, tp(), 0, tmp_path / "a", "h"
+    ).method.state()
     crashed = TinyBackbone()
     calls = {"n": 0}
     real = obj.module.caption_loss
@@ -171,7 +201,8 @@ def test_soft_token_training_resumes_exactly(tmp_path, monkeypatch):
         training.train(crashed, data_for(crashed, "captions"), obj, tp(), 0, tmp_path / "b", "h")
     monkeypatch.setattr(obj.module, "caption_loss", real)
     again = TinyBackbone()
-    got = training.train(again, data_for(again, "captions"), obj, tp(), 0, tmp_path / "b",
-                         "h").method.state()
+    got = training.train(
+        again, data_for(again, "captions"), obj, tp(), 0, tmp_path / "b", "h"
+    ).method.state()
     for a, b in zip(want["tokens"] + want["ema"], got["tokens"] + got["ema"]):
         assert torch.allclose(a, b, atol=1e-6)

@@ -16,13 +16,17 @@ from diffpref import config
 def snakemake_jobs() -> dict[str, tuple[set[str], set[str]]]:
     out = subprocess.run(
         ["snakemake", "-n", "--forceall", "--cores", "1"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     jobs = {}
     for block in re.split(r"\n(?=\[.*\]\nrule )", out):
         m = re.search(r"^rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
+
         def field(k: str, block: str = block) -> re.Match | None:
             return re.search(rf"^\s+{k}: (.*)$", block, re.M)
 
@@ -65,7 +69,7 @@ def expand_dvc_deps(deps: set[str], all_outs: set[str]) -> set[str]:
 def test_both_tools_have_the_same_stages_deps_and_outs():
     smk = snakemake_jobs()
     dvc = dvc_stages()
-    assert set(smk) == set(dvc), (set(smk) ^ set(dvc))
+    assert set(smk) == set(dvc), set(smk) ^ set(dvc)
     all_outs = {o for _, outs, _ in dvc.values() for o in outs}
     for name, (deps, outs, _) in dvc.items():
         s_in, s_out = smk[name]
@@ -84,7 +88,11 @@ def test_dvc_params_are_exactly_the_keys_each_stage_reads():
 def test_every_objective_and_training_seed_gets_train_and_evaluate_jobs():
     cfg, _ = config.load(REPO / "params.yaml")
     assert len(cfg.train_seeds) >= 3  # the default profile replicates every training
-    want = {f"{st}@{o}-{s}" for st in ("train", "evaluate") for o in cfg.objectives
-            for s in cfg.train_seeds}
+    want = {
+        f"{st}@{o}-{s}"
+        for st in ("train", "evaluate")
+        for o in cfg.objectives
+        for s in cfg.train_seeds
+    }
     assert {n for n in dvc_stages() if n.startswith(("train@", "evaluate@"))} == want
     assert {n for n in snakemake_jobs() if n.startswith(("train@", "evaluate@"))} == want

