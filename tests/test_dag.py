@@ -8,7 +8,9 @@ profile. MLflow's SQLite store is the witness of what ran: every executed stage 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -18,8 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 from tests.browser import dump_dom, inspect, screenshot
+from tests.conftest import REPO
 from tests.mlflow_server import api, serve
 from tests.project import edit_params, make_project, runs, sh, stage_runs
+
+from diffpref import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -65,22 +70,55 @@ def check_outputs(root: Path) -> None:
     poi = pd.read_csv(report / "probability_of_improvement.csv")
     assert set(zip(poi.model, poi.versus)) == {("base", "dpo"), ("dpo", "base")}
     assert (report / "poi.png").stat().st_size > 0
+    check_report_links(root)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     for r in stage_runs(root):
         assert {"stage", "objective", "train_seed", "git_commit", "params_hash"} <= set(r.data.tags)
         assert "mlflow.parentRunId" in r.data.tags  # nested under its pipeline execution
+        parent = client.get_run(r.data.tags["mlflow.parentRunId"]).data.tags
+        assert {"git_commit", "params_hash", "diffpref.pipeline"} <= set(parent)
         if r.data.tags["stage"] in ("train", "evaluate") and r.data.tags["objective"] != "base":
             assert r.info.run_name.endswith(f"/seed{r.data.tags['train_seed']}")
         files = {a.path for a in client.list_artifacts(r.info.run_id)}
         want = {
-            "train": {"adapter"},
-            "evaluate": {"scores.parquet", "metrics.json"},
+            "train": {"adapter", "loss_curve.png"},
+            "evaluate": {"scores.parquet", "metrics.json", "samples.png"},
             "report": {"report.html", "comparison.csv", "win_vs_base.png"},
         }
         assert want.get(r.data.tags["stage"], set()) <= files, r.info.run_name
+        # the data it read, as MLflow datasets whose digests are those of the data on disk
+        used = {d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs}
+        assert set(used) == set(INPUTS.get(r.data.tags["stage"], ())), r.info.run_name
+        for name, digest in used.items():
+            if name != "eval":  # the evaluations change with each rerun; the data does not
+                assert digest == tracking.digest(root / "results" / name), (r.info.run_name, name)
         assert r.info.status == "FINISHED"
         assert r.data.params, r.data.tags["stage"]
         assert "wall_time_s" in r.data.metrics
+
+
+INPUTS = {
+    "candidates": ["prompts"],
+    "rewards": ["candidates"],
+    "labels": ["rewards"],
+    "train": ["candidates", "labels"],
+    "evaluate": ["prompts"],
+    "report": ["eval"],
+}
+
+
+def check_report_links(root: Path) -> None:
+    """The report links every model's newest train and evaluate runs (their ids and artifacts
+    folders) in the project's MLflow store."""
+    md = (root / "results" / "report" / "report.md").read_text()
+    latest = {}
+    for r in sorted(stage_runs(root), key=lambda r: r.info.start_time):
+        if r.data.tags["stage"] in ("train", "evaluate") and r.info.status == "FINISHED":
+            latest[r.info.run_name] = r.info
+    for name in ["evaluate@base", *replicas(*train_seeds(root))]:
+        info = latest[name]
+        assert f"[{info.run_id[:8]}](http://127.0.0.1:5000/#/experiments/" in md, name
+        assert f"[files]({info.artifact_uri})" in md, name
 
 
 def train_seeds(root: Path) -> list[int]:
@@ -130,6 +168,8 @@ def check_in_browser(report: Path, tmp: Path) -> None:
     assert page["first_table_overflow_px"] == 0
     screenshot(report / "report.html", report / "screenshot.png")
     assert (report / "screenshot.png").stat().st_size > 10_000
+    if os.environ.get("DIFFPREF_UPDATE_DOCS"):  # the README's picture, from this real run
+        shutil.copyfile(report / "screenshot.png", REPO / "docs" / "report-top.png")
 
 
 def check_mlflow_server(root: Path) -> None:
@@ -158,12 +198,26 @@ def check_mlflow_server(root: Path) -> None:
 
 
 def check_mlflow_ui(root: Path) -> None:
-    """The real MLflow UI in Chromium: the experiment's runs page lists the pipeline runs."""
+    """The real MLflow UI in Chromium: the experiment's runs page lists the pipeline runs; a
+    stage run's page shows its real duration, its parent and the datasets it read."""
+    train = max(
+        (r for r in stage_runs(root) if r.info.run_name == "train@dpo/seed0"),
+        key=lambda r: r.info.start_time,
+    )
     with serve(root / "mlflow.db") as url:
         exp = api(url, "experiments/get-by-name?experiment_name=diffpref")["experiment"]
         dom = dump_dom(f"{url}/#/experiments/{exp['experiment_id']}/runs")
+        run_page = dump_dom(f"{url}/#/experiments/{exp['experiment_id']}/runs/{train.info.run_id}")
     assert "Training runs" in dom
     assert dom.count(">pipeline<") == len(executions(root)) == 3  # a parent per invocation
+    shown = re.search(r">Duration<.*?>([0-9.]+)(ms|s|min)<", run_page, re.S)
+    assert shown, "no duration on the run page"
+    seconds = float(shown.group(1)) * {"ms": 1e-3, "s": 1, "min": 60}[shown.group(2)]
+    real = (train.info.end_time - train.info.start_time) / 1000
+    assert seconds >= 1 and seconds == pytest.approx(real, abs=0.1), (shown.group(0), real)
+    assert re.search(r">Parent run<.*?>pipeline<", run_page, re.S)
+    shown = {f"{d.dataset.name} ({d.dataset.digest})" for d in train.inputs.dataset_inputs}
+    assert any(f">{d}<" in run_page for d in shown), shown  # the data it read, by digest
 
 
 def test_snakemake_smoke_dag_and_reruns(tmp_path):

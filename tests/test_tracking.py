@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -141,3 +143,88 @@ def test_a_stage_under_dvc_finds_its_dvc_process(tmp_path):
     ).stdout.strip()
     one, two = run(), run()
     assert one.startswith("dvc-") and two.startswith("dvc-") and one != two
+
+
+def _only_run(uri: str):
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (r,) = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    return client, r
+
+
+def test_inputs_are_datasets_with_content_digests(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "pairs.parquet").write_bytes(b"pairs v1")
+    copy = tmp_path / "elsewhere" / "labels"
+    copy.mkdir(parents=True)
+    (copy / "pairs.parquet").write_bytes(b"pairs v1")
+    assert tracking.digest(labels) == tracking.digest(copy)  # content, not place
+    (copy / "pairs.parquet").write_bytes(b"pairs v2")
+    assert tracking.digest(labels) != tracking.digest(copy)
+    with tracking.stage_run("train", "dpo", {}, "h", 0, inputs={"labels": labels}):
+        pass
+    _, r = _only_run(uri)
+    (ds,) = r.inputs.dataset_inputs
+    assert ds.dataset.name == "labels" and ds.dataset.digest == tracking.digest(labels)
+    assert labels.as_uri() in ds.dataset.source
+    assert {t.key: t.value for t in ds.tags} == {"mlflow.data.context": "training"}
+
+
+def test_figures_are_logged_and_their_scratch_folder_removed(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    drawn = []
+    with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
+        run.log_figure("samples.png", lambda f: (f.write_bytes(b"png"), drawn.append(f)))
+    client, r = _only_run(uri)
+    assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["samples.png"]
+    assert not drawn[0].parent.exists()
+
+
+def test_large_artifacts_can_be_logged_by_reference(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "weights.safetensors").write_bytes(b"w" * 3 * (1 << 20))
+    (tmp_path / "metrics.json").write_text("{}")
+    opts = {"tracking": {"log_large_artifacts": False, "large_artifact_mb": 1}}
+    with tracking.stage_run("train", "dpo", {}, "h", 0, options=opts) as run:
+        run.log_artifact(adapter, "adapter")
+        run.log_artifact(tmp_path / "metrics.json")  # small: copied as usual
+    client, r = _only_run(uri)
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} == {
+        "adapter.ref.json",
+        "metrics.json",
+    }
+    ref = json.loads(Path(client.download_artifacts(r.info.run_id, "adapter.ref.json")).read_text())
+    assert ref == {
+        "path": str(adapter.resolve()),
+        "bytes": 3 * (1 << 20),
+        "digest": tracking.digest(adapter),
+    }
+
+
+def test_latest_runs_match_stage_objective_seed_and_params(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for phash in ("old", "new", "other"):
+        with tracking.stage_run("train", "dpo", {}, phash, 1):
+            pass
+    with pytest.raises(RuntimeError), tracking.stage_run("train", "dpo", {}, "new", 1):
+        raise RuntimeError("a failed rerun is not the one that made the adapter")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    by_hash = {
+        r.data.tags["params_hash"]: r.info.run_id
+        for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    }
+    key = ("train", "dpo", 1, "new")
+    found = tracking.latest_runs([key, ("train", "dpo", 2, "new")])
+    assert list(found) == [key] and found[key]["run_id"] == by_hash["new"]
+    assert found[key]["url"] == (
+        f"{tracking.UI_DEFAULT}/#/experiments/{exp.experiment_id}/runs/{by_hash['new']}"
+    )
+    assert found[key]["artifacts"].startswith((tmp_path / "mlartifacts").as_uri())

@@ -137,7 +137,12 @@ def run_stage(
     params = config_mod.stage_params(raw, stage, key_obj)
     phash = config_mod.params_hash(raw, stage, key_obj)
     module = importlib.import_module(f"diffpref.stages.{stage}")
-    with tracking.stage_run(stage, objective, params, phash, seed) as run:
+    inputs = {name: cfg.path(name) for name in getattr(module, "INPUTS", ())}
+    options = {
+        "tracking": cfg.tracking.model_dump(),
+        "pipeline_params_hash": config_mod.file_hash(raw),
+    }
+    with tracking.stage_run(stage, objective, params, phash, seed, inputs, options) as run:
         start = time.perf_counter()
         run.log_metric("start_s", start - _T0)  # imports: what every stage pays before work
         module.run(Ctx(cfg, raw, objective, run, threads, seed))

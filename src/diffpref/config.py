@@ -189,6 +189,16 @@ class ReportParams(_Strict):
     grid_prompts: int = Field(8, ge=1)
 
 
+class TrackingParams(_Strict):
+    """What the MLflow record keeps; read by every stage's record, by no stage's work (so it is
+    in no stage's params hash: changing it reruns nothing)."""
+
+    log_large_artifacts: bool = Field(
+        True, description="false: artifacts over large_artifact_mb are logged by reference"
+    )
+    large_artifact_mb: float = Field(100.0, gt=0)
+
+
 class Objective(BaseModel):
     """One entry of ``objectives:``: a loss from the registry plus its hyper-parameters."""
 
@@ -233,6 +243,7 @@ class Config(_Strict):
     objectives: dict[str, Objective] = Field(default_factory=dict)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> Config:
@@ -324,6 +335,12 @@ def stage_params(raw: dict[str, Any], stage: str, objective: str | None = None) 
 
 def params_hash(raw: dict[str, Any], stage: str, objective: str | None = None) -> str:
     blob = json.dumps(stage_params(raw, stage, objective), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_hash(raw: dict[str, Any]) -> str:
+    """The whole resolved params file's hash: which configuration a pipeline execution ran."""
+    blob = json.dumps(raw, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

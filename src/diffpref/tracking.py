@@ -13,12 +13,16 @@ run, so no run stays RUNNING forever.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,16 +119,21 @@ def run_name(stage: str, objective: str | None, seed: int | None = None) -> str:
 
 @dataclass
 class StageRun:
-    """Collects what a stage reports; written to MLflow when the stage ends."""
+    """Collects what a stage reports; written to MLflow when the stage ends. ``inputs``: the
+    data folders the stage reads (name, path), recorded as MLflow datasets with their content
+    digests so a result can be traced to the data it came from."""
 
     stage: str
     objective: str | None
     params: dict[str, Any]
     params_hash: str
     seed: int | None = None
+    inputs: list[tuple[str, str]] = field(default_factory=list)
+    enabled: bool = True
     metrics: list[tuple[str, float, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)
+    _scratch: str | None = None
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         self.metrics.append((key, float(value), int(step)))
@@ -138,6 +147,17 @@ class StageRun:
         """Copy a file (or a folder, as ``name``) into the run's artifacts when it ends."""
         self.artifacts.append((str(path), name or Path(path).name))
 
+    def log_figure(self, name: str, draw: Callable[[Path], None]) -> None:
+        """A figure for the record only (not a stage output, so its plotting code is no stage
+        dependency): ``draw(path)`` writes it to a scratch folder kept until the record is
+        written. Skipped when nothing is recorded."""
+        if not self.enabled:
+            return
+        self._scratch = self._scratch or tempfile.mkdtemp(prefix="diffpref-run-")
+        path = Path(self._scratch, name)
+        draw(path)
+        self.log_artifact(path)
+
 
 @contextmanager
 def stage_run(
@@ -146,10 +166,16 @@ def stage_run(
     params: dict[str, Any],
     params_hash: str,
     seed: int | None = None,
+    inputs: dict[str, Path] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Iterator[StageRun]:
-    run = StageRun(stage, objective, params, params_hash, seed)
+    """``options``: the ``tracking:`` params and ``pipeline_params_hash`` (the whole resolved
+    params file's hash, tagged on the execution's parent run)."""
+    enabled = os.environ.get("DIFFPREF_MLFLOW", "1") != "0"
+    items = [(k, str(v)) for k, v in (inputs or {}).items()]
+    run = StageRun(stage, objective, params, params_hash, seed, items, enabled)
     start, start_ms = time.perf_counter(), _now_ms()
-    writer = _start_writer(run, start_ms)
+    writer = _start_writer(run, start_ms, options or {}) if enabled else None
     status = "FINISHED"
     try:
         yield run
@@ -158,17 +184,19 @@ def stage_run(
         raise
     finally:
         run.log_metric("wall_time_s", time.perf_counter() - start)
-        if writer is not None:
-            _finish_writer(writer, run, status)
+        try:
+            if writer is not None:
+                _finish_writer(writer, run, status)
+        finally:
+            if run._scratch:
+                shutil.rmtree(run._scratch, ignore_errors=True)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _start_writer(run: StageRun, start_ms: int) -> subprocess.Popen | None:
-    if os.environ.get("DIFFPREF_MLFLOW", "1") == "0":
-        return None
+def _start_writer(run: StageRun, start_ms: int, options: dict[str, Any]) -> subprocess.Popen:
     writer = subprocess.Popen(
         [sys.executable, "-m", "diffpref.tracking"], stdin=subprocess.PIPE, text=True
     )
@@ -180,6 +208,8 @@ def _start_writer(run: StageRun, start_ms: int) -> subprocess.Popen | None:
         "params_hash": run.params_hash,
         "start_ms": start_ms,
         "pipeline": pipeline_id(),
+        "inputs": run.inputs,
+        "options": options,
     }
     assert writer.stdin is not None
     writer.stdin.write(json.dumps(head) + "\n")
@@ -221,6 +251,10 @@ class _Writer:
             if exp is None or KIND_TAG not in exp.tags:  # open the UI on runs, not GenAI traces
                 self.client.set_experiment_tag(self.exp_id, KIND_TAG, "custom_model_development")
         self.commit = git_commit()
+        # the inputs do not change while the stage runs: hash them now, on the other core
+        self.datasets = [
+            (name, path, digest(Path(path))) for name, path in head["inputs"] if Path(path).exists()
+        ]
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -267,11 +301,10 @@ class _Writer:
             for i in range(0, len(metrics), 1000):
                 client.log_batch(rid, metrics=metrics[i : i + 1000])
             client.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()])
+            if self.datasets:
+                client.log_inputs(rid, datasets=self._dataset_inputs())
             for path, name in tail["artifacts"]:
-                if Path(path).is_dir():
-                    client.log_artifacts(rid, path, artifact_path=name)
-                elif Path(path).is_file():
-                    client.log_artifact(rid, path)
+                self._log_artifact(rid, Path(path), name)
             client.set_terminated(rid, status=tail["status"], end_time=end)
             if parent:  # the execution ends with its last stage; any failure marks it FAILED
                 info = client.get_run(parent).info
@@ -279,6 +312,42 @@ class _Writer:
                 client.set_terminated(
                     parent, "FAILED" if failed else "FINISHED", max(end, info.end_time or 0)
                 )
+
+    def _dataset_inputs(self) -> list:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        context = {"train": "training", "evaluate": "evaluation"}.get(self.head["stage"], "input")
+        out = []
+        for name, path, dig in self.datasets:
+            with warnings.catch_warnings():  # a file URI matches its source class, registered twice
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(Path(path).resolve().as_uri())
+            entity = MetaDataset(source, name, dig)._to_mlflow_entity()
+            out.append(DatasetInput(entity, [InputTag("mlflow.data.context", context)]))
+        return out
+
+    def _log_artifact(self, rid: str, path: Path, name: str) -> None:
+        """Copy it into the run's artifacts, or, when ``tracking.log_large_artifacts`` is off
+        and it is large, log a reference (``<name>.ref.json``: where it is, its size and
+        digest) so a store of many SDXL adapters does not hold a second copy of each."""
+        if not path.exists():
+            return
+        opts = self.head.get("options", {}).get("tracking", {})
+        size = _size(path)
+        if not opts.get("log_large_artifacts", True) and size > opts.get(
+            "large_artifact_mb", 100
+        ) * (1 << 20):
+            ref = {"path": str(path.resolve()), "bytes": size, "digest": digest(path)}
+            with tempfile.TemporaryDirectory() as tmp:
+                f = Path(tmp, f"{name}.ref.json")
+                f.write_text(json.dumps(ref, indent=1))
+                self.client.log_artifact(rid, str(f))
+        elif path.is_dir():
+            self.client.log_artifacts(rid, str(path), artifact_path=name)
+        else:
+            self.client.log_artifact(rid, str(path))
 
     def _parent(self, key: str | None, start_ms: int) -> str | None:
         """The run of pipeline execution ``key``, created by its first stage (under the lock)."""
@@ -292,11 +361,74 @@ class _Writer:
         if found:
             return found[0].info.run_id
         tags = {PIPELINE_TAG: key, "git_commit": self.commit}
+        if phash := self.head.get("options", {}).get("pipeline_params_hash"):
+            tags["params_hash"] = phash
         tags |= {k: os.environ[k] for k in ("DVC_EXP_NAME",) if k in os.environ}
         run = self.client.create_run(
             self.exp_id, start_time=start_ms, run_name="pipeline", tags=tags
         )
         return run.info.run_id
+
+
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def latest_runs(keys: list[tuple[str, str, int | None, str]]) -> dict[tuple, dict[str, str]]:
+    """For each (stage, objective, train seed, params hash), the newest FINISHED run that
+    produced it: its id, its page in the MLflow UI and its artifacts folder. Runs whose params
+    differ from the current ones (another ``dvc exp``, an older setting) never match."""
+    import mlflow
+
+    uri = tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return {}
+    ui = uri if uri.startswith(("http://", "https://")) else UI_DEFAULT
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50_000,
+    )
+    out: dict[tuple, dict[str, str]] = {}
+    wanted = set(keys)
+    for r in found:
+        t = r.data.tags
+        key = (
+            t.get("stage"),
+            t.get("objective"),
+            int(t["train_seed"]) if t.get("train_seed") else None,
+            t.get("params_hash"),
+        )
+        if key in wanted and key not in out:
+            out[key] = {
+                "run_id": r.info.run_id,
+                "url": f"{ui.rstrip('/')}/#/experiments/{exp.experiment_id}/runs/{r.info.run_id}",
+                "artifacts": r.info.artifact_uri,
+            }
+    return out
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in _files(path))
+
+
+def digest(path: Path) -> str:
+    """Content digest of a file or folder (relative names and bytes), 16 hex characters: equal
+    digests, equal data, whichever machine or checkout produced it."""
+    h = hashlib.sha256()
+    for f in _files(path):
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def _lock_path(uri: str) -> Path:

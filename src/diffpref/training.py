@@ -389,8 +389,13 @@ class TrainResult:
 
 
 def train(
-    backbone: Backbone, data: TrainData, objective: Objective, tp: TrainParams, seed: int,
-    checkpoint: Path, params_hash: str,
+    backbone: Backbone,
+    data: TrainData,
+    objective: Objective,
+    tp: TrainParams,
+    seed: int,
+    checkpoint: Path,
+    params_hash: str,
 ) -> TrainResult:
     device = backbone.device
     torch.manual_seed(seed)
@@ -409,8 +414,9 @@ def train(
     resume(acc, checkpoint, params_hash)
     gen, start_step = loop.gen, loop.step
     # the batch order has its own generator: replaying it on resume reproduces the same batches
-    batches = batch_iterator(len(data.groups), tp.batch_size,
-                             torch.Generator().manual_seed(seed + 1))
+    batches = batch_iterator(
+        len(data.groups), tp.batch_size, torch.Generator().manual_seed(seed + 1)
+    )
     for _ in range(start_step):
         next(batches)
     if device.type == "cuda":
@@ -472,8 +478,12 @@ class LoopState:
         self.history: list[dict[str, float]] = []
 
     def state_dict(self) -> dict:
-        return {"method": copy.deepcopy(self.method.state()), "gen": self.gen.get_state(),
-                "step": self.step, "history": list(self.history)}
+        return {
+            "method": copy.deepcopy(self.method.state()),
+            "gen": self.gen.get_state(),
+            "step": self.step,
+            "history": list(self.history),
+        }
 
     def load_state_dict(self, s: dict) -> None:
         self.method.load_state(s["method"])

@@ -140,6 +140,7 @@ rule report:
     input:
         f"{SRC}/stages/report.py",
         f"{SRC}/report.py",
+        f"{SRC}/plots.py",
         f"{SRC}/comparison.py",
         f"{SRC}/statistics.py",
         f"{SRC}/evaluation.py",

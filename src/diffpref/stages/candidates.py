@@ -113,6 +113,9 @@ def imported(cfg, backbone) -> Candidates:
     return Candidates(prefs.prompts, prefs.candidates, images, latents, cond, prefs.pairs)
 
 
+INPUTS = ("prompts",)  # recorded in MLflow as datasets with their digests
+
+
 def run(ctx) -> None:
     cfg = ctx.cfg
     backbone = load_backbone(cfg, resolve_device(cfg))

@@ -9,6 +9,8 @@ samples in GenEval's folder layout, for its (separately installed) object-detect
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -19,6 +21,8 @@ from diffpref.datasources import export_geneval
 from diffpref.io import atomic_dir, read_table, write_json
 from diffpref.rewards import load_reward, score_table
 from diffpref.stages.candidates import generate
+
+INPUTS = ("prompts",)  # recorded in MLflow as datasets with their digests
 
 
 def run(ctx) -> None:
@@ -68,7 +72,14 @@ def run(ctx) -> None:
     out = cfg.model_dir("eval", name, ctx.seed)
     ctx.run.log_artifact(out / "scores.parquet")
     ctx.run.log_artifact(out / "metrics.json")
+    ctx.run.log_figure("samples.png", lambda f: _plot_samples(cfg, name, out, f))
     ctx.run.log_metrics(flat_numbers(metrics))
+
+
+def _plot_samples(cfg, name: str, folder: Path, out: Path) -> None:
+    from diffpref.plots import image_grid
+
+    image_grid(cfg.path(), {name: folder}, cfg.report.grid_prompts, out)
 
 
 def summarize(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from diffpref import datasources, labels
 from diffpref.io import atomic_dir, read_table
 
+INPUTS = ("rewards",)  # recorded in MLflow as datasets with their digests
+
 
 def run(ctx) -> None:
     cfg = ctx.cfg.labels

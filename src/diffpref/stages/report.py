@@ -7,9 +7,11 @@ import shutil
 
 import pandas as pd
 
-from diffpref import comparison, report
+from diffpref import comparison, plots, report
 from diffpref.io import atomic_dir, read_json, write_json
 from diffpref.report import Section
+
+INPUTS = ("eval",)  # recorded in MLflow as datasets with their digests
 
 
 def run(ctx) -> None:
@@ -31,17 +33,20 @@ def run(ctx) -> None:
         splits.to_csv(tmp / "splits.csv", index=False)
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
         fig = {n: tmp / f"{n}.png" for n in report.FIGURE_CAPTIONS}
-        report.plot_forest(table, ev.win_reward, fig["win_vs_base"])
-        report.plot_rewards(table, rewards, fig["rewards"])
-        report.plot_categories(table, fig["category_accuracy"])
-        report.plot_poi(poi, fig["poi"])
-        report.plot_training(data.train_metrics, fig["training_loss"])
-        report.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
+        plots.plot_forest(table, ev.win_reward, fig["win_vs_base"])
+        plots.plot_rewards(table, rewards, fig["rewards"])
+        plots.plot_categories(table, fig["category_accuracy"])
+        plots.plot_poi(poi, fig["poi"])
+        plots.plot_training(data.train_metrics, fig["training_loss"])
+        plots.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
+        if ctx.run.enabled:
+            sections.append(_run_links(cfg, ctx.raw))
         title = "diffpref report"
         subtitle = (
-            f"profile {cfg.profile} · {len(cfg.objectives)} objectives × {len(seeds)} training "
-            f"seeds · {len(cmp.prompt_ids)} held-out prompts × {len(ev.seeds)} sampling seeds · "
+            f"profile {cfg.profile} · {_n(len(cfg.objectives), 'objective')} × "
+            f"{_n(len(seeds), 'training seed')} · {_n(len(cmp.prompt_ids), 'held-out prompt')} × "
+            f"{_n(len(ev.seeds), 'sampling seed')} · "
             f"win rates on {ev.win_reward}"
         )
         (tmp / "report.md").write_text(report.to_markdown_report(title, sections))
@@ -53,11 +58,11 @@ def run(ctx) -> None:
     with atomic_dir(res / "metrics") as tmp:
         for model, numbers in _dvc_metrics(table).items():
             write_json(tmp / f"{model}.json", numbers)
-    plots = res / "plots"  # images, so `dvc plots show` needs no Vega from a network
-    plots.mkdir(exist_ok=True)
+    plot_dir = res / "plots"  # images, so `dvc plots show` needs no Vega from a network
+    plot_dir.mkdir(exist_ok=True)
     for name in DVC_PLOTS:
-        shutil.copyfile(final / name, plots / f"{name}.tmp")
-        (plots / f"{name}.tmp").replace(plots / name)
+        shutil.copyfile(final / name, plot_dir / f"{name}.tmp")
+        (plot_dir / f"{name}.tmp").replace(plot_dir / name)
     ctx.run.log_metrics(
         {
             f"{r['model']}.{k}": v
@@ -150,6 +155,56 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
         Section("World reward models (held-out)", report.to_markdown(_world_rows(world))),
     ]
     return sections
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}{'' if k == 1 else 's'}"
+
+
+def _run_links(cfg, raw: dict) -> Section:
+    """Each model's train and evaluate runs in MLflow (page and artifacts folder), found by
+    the stage, objective, training seed and the current params' hash."""
+    from diffpref import tracking
+    from diffpref.config import params_hash
+
+    rows = [("base", None)] + [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
+    keys = {}
+    for obj, seed in rows:
+        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, params_hash(raw, "evaluate"))
+        if seed is not None:
+            keys[obj, seed, "train"] = ("train", obj, seed, params_hash(raw, "train", obj))
+    uri = tracking.tracking_uri()
+    try:
+        found = tracking.latest_runs(list(keys.values()))
+    except Exception as e:  # the report stands without its links
+        return Section("MLflow runs", f"The MLflow store {uri} could not be read: {e}")
+
+    def cell(k) -> str:
+        r = found.get(keys.get(k))
+        return f"[{r['run_id'][:8]}]({r['url']}) · [files]({r['artifacts']})" if r else "not found"
+
+    table = pd.DataFrame(
+        [
+            {
+                "model": obj,
+                "train_seed": "" if seed is None else seed,
+                "train run": "" if seed is None else cell((obj, seed, "train")),
+                "evaluate run": cell((obj, seed, "evaluate")),
+            }
+            for obj, seed in rows
+        ]
+    )
+    where = (
+        "the tracking server"
+        if uri.startswith("http")
+        else f"`mlflow ui --backend-store-uri {uri}` (run links assume its default address)"
+    )
+    return Section(
+        "MLflow runs",
+        f"Each model's newest finished runs with the current params in {where}; *files* is "
+        "the run's artifacts folder (train: the adapter and its loss curve; evaluate: "
+        "scores and a sample grid).\n\n" + report.to_markdown(table),
+    )
 
 
 def _poi_table(poi: pd.DataFrame) -> pd.DataFrame:

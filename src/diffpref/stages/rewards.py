@@ -8,6 +8,8 @@ from diffpref.backbones import resolve_device
 from diffpref.io import atomic_dir, read_table
 from diffpref.rewards import load_reward, score_table
 
+INPUTS = ("candidates",)  # recorded in MLflow as datasets with their digests
+
 
 def run(ctx) -> None:
     cfg = ctx.cfg

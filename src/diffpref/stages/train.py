@@ -9,11 +9,14 @@ seeds is the training algorithm's own variance.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from diffpref import training
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.config import params_hash
 from diffpref.io import atomic_dir, write_json
+
+INPUTS = ("candidates", "labels")  # recorded in MLflow as datasets with their digests
 
 
 def run(ctx) -> None:
@@ -41,6 +44,13 @@ def run(ctx) -> None:
         )
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     ctx.run.log_artifact(cfg.model_dir("adapters", name, ctx.seed), "adapter")
+    ctx.run.log_figure("loss_curve.png", lambda f: _plot_loss(name, result.history, f))
     for row in result.history:
         ctx.run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
     ctx.run.log_metrics(result.summary)
+
+
+def _plot_loss(name: str, history: list[dict], out: Path) -> None:
+    from diffpref.plots import plot_training
+
+    plot_training({name: [{"history": history}]}, out)
