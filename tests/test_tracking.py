@@ -141,3 +141,57 @@ def test_a_stage_under_dvc_finds_its_dvc_process(tmp_path):
     ).stdout.strip()
     one, two = run(), run()
     assert one.startswith("dvc-") and two.startswith("dvc-") and one != two
+
+
+def test_many_stages_starting_at_once_on_a_brand_new_store_all_record(tmp_path):
+    """Parallel jobs creating the SQLite store together (concurrent schema migrations break a
+    new store for good without the writers' lock): every run lands, under one parent."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    go = tmp_path / "go"
+    code = (
+        "import pathlib, sys, time\n"
+        "from diffpref import tracking\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        "with tracking.stage_run('train', 'dpo', {'train': {'lr': 0.1}}, 'h', int(sys.argv[1])):\n"
+        "    pass\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DIFFPREF_PIPELINE_ID": "at-once"}
+    n = 6
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stderr=subprocess.PIPE)
+        for i in range(n)
+    ]
+    time.sleep(1)  # all imported, waiting
+    go.touch()
+    errors = [err for p in procs if (err := p.communicate()[1].decode()) and p.returncode]
+    assert not errors, errors
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    names = Counter(r.info.run_name for r in runs)
+    assert names == {"pipeline": 1, **{f"train@dpo/seed{i}": 1 for i in range(n)}}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_tracking_init_creates_the_store_and_experiment_once(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    init = [sys.executable, "-m", "diffpref.cli", "tracking-init"]
+    for _ in range(2):  # a second call finds what the first made
+        p = subprocess.run(init, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert "experiment diffpref (id 1)" in p.stdout
+    exp = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("diffpref")
+    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
+
+
+def test_tracking_init_fails_cleanly_when_the_server_is_down():
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the test need not wait for the retries
+    p = subprocess.run(
+        [sys.executable, "-m", "diffpref.cli", "tracking-init"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: MLflow store http://127.0.0.1:9: ")
+    assert "Traceback" not in p.stderr
