@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -172,26 +173,30 @@ def test_many_stages_starting_at_once_on_a_brand_new_store_all_record(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_tracking_init_creates_the_store_and_experiment_once(tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    init = [sys.executable, "-m", "diffpref.cli", "tracking-init"]
-    for _ in range(2):  # a second call finds what the first made
-        p = subprocess.run(init, env=env, capture_output=True, text=True)
-        assert p.returncode == 0, p.stderr
-        assert "experiment diffpref (id 1)" in p.stdout
-    exp = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("diffpref")
-    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
-
-
-def test_tracking_init_fails_cleanly_when_the_server_is_down():
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens
-    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the test need not wait for the retries
-    p = subprocess.run(
+def tracking_init(uri: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "diffpref.cli", "tracking-init"],
-        env=env,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, **env},
         capture_output=True,
         text=True,
     )
+
+
+def test_tracking_init_creates_the_store_and_stops_on_an_outdated_one(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = tracking_init(uri)
+    assert p.returncode == 0 and "experiment diffpref (id 1)" in p.stdout, p.stderr
+    exp = mlflow.MlflowClient(uri).get_experiment_by_name("diffpref")
+    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # as if made by an older MLflow
+        db.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+    p = tracking_init(uri)
+    assert p.returncode == 1 and "mlflow db upgrade" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_tracking_init_fails_cleanly_when_the_server_is_down():
+    # nothing listens on port 9; the test need not wait for the retries
+    p = tracking_init("http://127.0.0.1:9", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     assert p.returncode == 1
     assert p.stderr.startswith("error: MLflow store http://127.0.0.1:9: ")
     assert "Traceback" not in p.stderr
