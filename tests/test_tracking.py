@@ -152,6 +152,7 @@ def test_many_stages_starting_at_once_on_a_brand_new_store_all_record(tmp_path):
     code = (
         "import pathlib, sys, time\n"
         "from diffpref import tracking\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'ready' + sys.argv[1]).touch()\n"
         f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
         "with tracking.stage_run('train', 'dpo', {'train': {'lr': 0.1}}, 'h', int(sys.argv[1])):\n"
         "    pass\n"
@@ -162,7 +163,9 @@ def test_many_stages_starting_at_once_on_a_brand_new_store_all_record(tmp_path):
         subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stderr=subprocess.PIPE)
         for i in range(n)
     ]
-    time.sleep(1)  # all imported, waiting
+    # all started (or one failed: reported below), then all at once
+    while len(list(tmp_path.glob("ready*"))) < n and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
     go.touch()
     errors = [err for p in procs if (err := p.communicate()[1].decode()) and p.returncode]
     assert not errors, errors
