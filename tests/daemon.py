@@ -40,7 +40,7 @@ def daemon(
             while not _answers(ready_url):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
-                    raise RuntimeError(f"{cmd[0]} ... did not start:\n{log.read()}")
+                    raise RuntimeError(f"{' '.join(cmd)} did not start:\n{log.read()}")
                 time.sleep(0.3)
             yield
         finally:
