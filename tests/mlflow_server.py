@@ -1,67 +1,36 @@
-"""A real ``mlflow server`` on 127.0.0.1 over a project's store, for tests that read what a
-person would browse (REST API). Bounded: it is stopped when the ``with`` block ends."""
+"""A real ``mlflow server`` on 127.0.0.1 (over a project's SQLite store, or a PostgreSQL one
+with its own artifact store), for tests that read what a person would browse (REST API).
+Bounded: it is stopped when the ``with`` block ends."""
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.daemon import daemon, free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def serve(store: Path, timeout: float = 90):
+    """``mlflow server`` over the SQLite file ``store``; yields its base URL."""
+    return server(f"sqlite:///{store}", timeout=timeout)
 
 
 @contextmanager
-def serve(store: Path, timeout: float = 90) -> Iterator[str]:
-    """``mlflow server`` over the SQLite file ``store``; yields its base URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{store}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def server(backend: str, artifacts: Path | None = None, timeout: float = 90) -> Iterator[str]:
+    """``mlflow server`` over the backend store URI ``backend``, serving the artifacts it
+    stores under ``artifacts`` (when given); yields its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
+    cmd += ["--artifacts-destination", str(artifacts)] if artifacts else []
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read() if proc.poll() is not None else "timed out"
-                    raise RuntimeError(f"mlflow server did not start: {err}") from None
-                time.sleep(0.5)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: starts faster
+    with daemon(cmd, f"{url}/health", env, timeout):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def api(url: str, path: str, body: dict | None = None) -> dict:

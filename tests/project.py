@@ -54,6 +54,17 @@ def one_objective_two_seeds(raw: dict) -> None:
     del raw["profiles"]["smoke"]["train_seeds"]
 
 
+def replicas(*seeds: int) -> set[str]:
+    """The MLflow run names of dpo's train and evaluate jobs on ``seeds``."""
+    return {f"{st}@dpo/seed{s}" for st in ("train", "evaluate") for s in seeds}
+
+
+def expected_runs(*seeds: int) -> set[str]:
+    """The stage runs of one whole execution of the project's DAG on training ``seeds``."""
+    shared = {"world", "prompts", "candidates", "rewards", "labels", "evaluate@base", "report"}
+    return shared | replicas(*seeds)
+
+
 def edit_params(root: Path, fn) -> None:
     raw = yaml.safe_load((root / "params.yaml").read_text())
     fn(raw)

@@ -22,7 +22,15 @@ import yaml
 from tests.browser import dump_dom, inspect, screenshot
 from tests.conftest import REPO
 from tests.mlflow_server import api, serve
-from tests.project import edit_params, make_project, runs, sh, stage_runs
+from tests.project import (
+    edit_params,
+    expected_runs,
+    make_project,
+    replicas,
+    runs,
+    sh,
+    stage_runs,
+)
 
 from diffpref import tracking
 
@@ -125,20 +133,7 @@ def train_seeds(root: Path) -> list[int]:
     return yaml.safe_load((root / "params.yaml").read_text())["train_seeds"]
 
 
-def replicas(*seeds: int) -> set[str]:
-    return {f"{st}@dpo/seed{s}" for st in ("train", "evaluate") for s in seeds}
-
-
-EXPECTED = {
-    "world",
-    "prompts",
-    "candidates",
-    "rewards",
-    "labels",
-    "evaluate@base",
-    "report",
-    *replicas(0, 1),
-}
+EXPECTED = expected_runs(0, 1)
 AFTER_BETA = {*replicas(0, 1), "report"}
 NEW_SEED = {*replicas(2), "report"}
 

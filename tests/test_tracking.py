@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -228,3 +229,64 @@ def test_latest_runs_match_stage_objective_seed_and_params(tmp_path, monkeypatch
         f"{tracking.UI_DEFAULT}/#/experiments/{exp.experiment_id}/runs/{by_hash['new']}"
     )
     assert found[key]["artifacts"].startswith((tmp_path / "mlartifacts").as_uri())
+
+
+def test_many_stages_starting_at_once_on_a_brand_new_store_all_record(tmp_path):
+    """Parallel jobs creating the SQLite store together (concurrent schema migrations break a
+    new store for good without the writers' lock): every run lands, under one parent."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    go = tmp_path / "go"
+    code = (
+        "import pathlib, sys, time\n"
+        "from diffpref import tracking\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'ready' + sys.argv[1]).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        "with tracking.stage_run('train', 'dpo', {'train': {'lr': 0.1}}, 'h', int(sys.argv[1])):\n"
+        "    pass\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DIFFPREF_PIPELINE_ID": "at-once"}
+    n = 6
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stderr=subprocess.PIPE)
+        for i in range(n)
+    ]
+    # all started (or one failed: reported below), then all at once
+    while len(list(tmp_path.glob("ready*"))) < n and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+    errors = [err for p in procs if (err := p.communicate()[1].decode()) and p.returncode]
+    assert not errors, errors
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    names = Counter(r.info.run_name for r in runs)
+    assert names == {"pipeline": 1, **{f"train@dpo/seed{i}": 1 for i in range(n)}}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def tracking_init(uri: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "diffpref.cli", "tracking-init"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_tracking_init_creates_the_store_and_stops_on_an_outdated_one(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = tracking_init(uri)
+    assert p.returncode == 0 and "experiment diffpref (id 1)" in p.stdout, p.stderr
+    exp = mlflow.MlflowClient(uri).get_experiment_by_name("diffpref")
+    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # as if made by an older MLflow
+        db.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+    p = tracking_init(uri)
+    assert p.returncode == 1 and "mlflow db upgrade" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_tracking_init_fails_cleanly_when_the_server_is_down():
+    # nothing listens on port 9; the test need not wait for the retries
+    p = tracking_init("http://127.0.0.1:9", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: MLflow store http://127.0.0.1:9: ")
+    assert "Traceback" not in p.stderr

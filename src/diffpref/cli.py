@@ -62,12 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate params.yaml and exit")
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--profile", default=None)
+    sub.add_parser(
+        "tracking-init",
+        help="create (or check) the MLflow store and experiment before parallel jobs start",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.stage == "tracking-init":
+        return tracking_init()
     try:
         cfg, raw = config_mod.load(args.params, args.profile)
     except config_mod.ConfigError as e:
@@ -96,6 +102,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     return run_stage(args.stage, cfg, raw, objective, args.threads, seed)
+
+
+def tracking_init() -> int:
+    """Open the store once, before any job: creates a new one without racing parallel jobs, and
+    a store that cannot be used (out-of-date schema, server down) stops the workflow before any
+    work rather than failing each stage at its end."""
+    if os.environ.get("DIFFPREF_MLFLOW", "1") == "0":
+        return 0
+    # a server that is down: fail in seconds, not after MLflow's default ~4 min of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    from mlflow.exceptions import MlflowException
+
+    from diffpref import tracking
+
+    uri = tracking.tracking_uri()
+    try:
+        _, exp_id = tracking.open_experiment(uri)
+    except MlflowException as e:
+        print(f"error: MLflow store {uri}: {e.message}", file=sys.stderr)
+        return 1
+    print(f"MLflow store {uri}: experiment {tracking.EXPERIMENT} (id {exp_id})")
+    return 0
 
 
 def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int | None) -> str:

@@ -235,32 +235,13 @@ class _Writer:
     import, store, experiment, git commit) is done while the stage works."""
 
     def __init__(self, head: dict):
-        import mlflow
-
         self.head, self.uri = head, tracking_uri()
-        with self._locked():  # creating or migrating the store must not race other jobs
-            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-            exp = self.client.get_experiment_by_name(EXPERIMENT)
-            self.exp_id = (
-                exp.experiment_id
-                if exp
-                else self.client.create_experiment(
-                    EXPERIMENT, artifact_location=artifact_location(self.uri)
-                )
-            )
-            if exp is None or KIND_TAG not in exp.tags:  # open the UI on runs, not GenAI traces
-                self.client.set_experiment_tag(self.exp_id, KIND_TAG, "custom_model_development")
+        self.client, self.exp_id = open_experiment(self.uri)
         self.commit = git_commit()
         # the inputs do not change while the stage runs: hash them now, on the other core
         self.datasets = [
             (name, path, digest(Path(path))) for name, path in head["inputs"] if Path(path).exists()
         ]
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(_lock_path(self.uri), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     def write(self, tail: dict | None) -> None:
         """Write the run; ``tail`` None: the stage died before reporting (KILLED)."""
@@ -288,7 +269,7 @@ class _Writer:
         params = [Param(k, v) for k, v in head["params"].items()]
         end = tail["end_ms"]
         metrics = [Metric(k, v, end, s) for k, v, s in tail["metrics"]]
-        with self._locked():
+        with store_lock(self.uri):
             parent = self._parent(head.get("pipeline"), head["start_ms"])
             if parent:
                 tags |= {"mlflow.parentRunId": parent, PIPELINE_TAG: head["pipeline"]}
@@ -429,6 +410,38 @@ def digest(path: Path) -> str:
                 h.update(chunk)
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def open_experiment(uri: str) -> tuple[Any, str]:
+    """An ``MlflowClient`` on ``uri`` and the id of the ``diffpref`` experiment, creating the
+    store and the experiment if they are new.
+
+    Under :func:`store_lock`: a brand-new SQLite store created by several jobs at once gets
+    concurrent schema migrations and breaks for good. A store from an older MLflow fails here
+    with MLflow's own advice (``mlflow db upgrade``), which is why the Snakefile calls this once
+    (``diffpref tracking-init``) before any job runs.
+    """
+    import mlflow
+
+    with store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else client.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
+        )
+        if exp is None or KIND_TAG not in exp.tags:  # open the UI on runs, not GenAI traces
+            client.set_experiment_tag(exp_id, KIND_TAG, "custom_model_development")
+    return client, exp_id
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialises this machine's writers of one store (schema creation, pipeline parent runs)."""
+    with open(_lock_path(uri), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _lock_path(uri: str) -> Path:

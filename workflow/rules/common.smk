@@ -35,3 +35,8 @@ def py(path):
     """A source folder as its .py files: Snakemake sees file edits, not just folder mtimes."""
     p = Path(path)
     return sorted(str(f) for f in p.rglob("*.py")) if p.is_dir() else [str(p)]
+
+
+onstart:
+    # the MLflow store, created once before parallel jobs (or the run stops if it is unusable)
+    shell("diffpref tracking-init")

@@ -2,7 +2,8 @@
 # One command for a fresh Debian/Ubuntu machine: Fashion-MNIST (apt) + the Python environment.
 #   bash workflow/scripts/install.sh           # to run the pipeline
 #   bash workflow/scripts/install.sh --tests   # also the system packages only the tests need
-#                                              # (Chromium, for the report's browser test)
+#                                              # (Chromium, for the report's browser test;
+#                                              # PostgreSQL, for the team MLflow server test)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TESTS=0
@@ -16,6 +17,10 @@ SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 APT=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || APT+=(dataset-fashion-mnist)
 [ "$TESTS" = 1 ] && ! command -v chromium >/dev/null && APT+=(chromium)
+if [ "$TESTS" = 1 ] && ! command -v initdb >/dev/null \
+    && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  APT+=(postgresql)  # Debian puts initdb and pg_ctl in /usr/lib/postgresql/<version>/bin
+fi
 if [ ${#APT[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}"
