@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,7 +20,14 @@ from tests.project import sh
 
 from diffpref.adapters import LORA_FILE, TOKENS_FILE, Adapted
 from diffpref.cli import main
-from diffpref.io import InputError, read_table, stage_output
+from diffpref.io import (
+    InputError,
+    load_array,
+    load_tensors,
+    read_json,
+    read_table,
+    stage_output,
+)
 
 REWARDS = pd.DataFrame(
     {
@@ -68,6 +76,55 @@ def test_a_damaged_artifact_exits_2_naming_it_and_how_to_restore_it(
     assert f"Rerun the stage that writes {out}: `dvc checkout --force {out}`" in err
     assert f"`snakemake --force {out}`" in err
     assert not (tmp_path / "results" / "labels").exists()
+
+
+READERS = {  # artifact: (writer, reader, what the error calls it)
+    "candidates/latents.safetensors": (
+        lambda p: save_file({"latents": torch.ones(4, 4)}, p),
+        load_tensors,
+        "safetensors",
+    ),
+    "candidates/images.npy": (lambda p: np.save(p, np.ones((4, 3, 8, 8))), load_array, "npy"),
+    "eval/dpo/seed0/metrics.json": (lambda p: p.write_text('{"a": 1}'), read_json, "JSON"),
+}
+
+
+@pytest.mark.parametrize("artifact", READERS)
+def test_every_artifact_reader_names_a_truncated_file_and_how_to_restore_it(tmp_path, artifact):
+    write, read, kind = READERS[artifact]
+    path = tmp_path / "results" / artifact
+    path.parent.mkdir(parents=True)
+    write(path)
+    read(path)
+    truncate(path)
+    with pytest.raises(InputError) as e:
+        read(path)
+    out = stage_output(path)
+    assert str(e.value).startswith(f"{path}: unreadable: truncated, or not a {kind} file (")
+    assert f"`dvc checkout --force {out}`" in str(e.value)
+
+
+def test_a_truncated_image_array_stops_the_rewards_stage_before_any_model(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("DIFFPREF_MLFLOW", "0")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["results"] = str(tmp_path / "results")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    cands = tmp_path / "results" / "candidates"
+    cands.mkdir(parents=True)
+    REWARDS[["prompt_id", "cand_idx"]].to_parquet(cands / "candidates.parquet")
+    pd.DataFrame({"prompt_id": ["a", "b"], "prompt": ["x", "y"]}).to_parquet(
+        cands / "prompts.parquet"
+    )
+    np.save(cands / "images.npy", np.zeros((4, 3, 8, 8), np.uint8))
+    truncate(cands / "images.npy")
+    # no world: loading the world's reward models would fail differently
+    assert main(["rewards", "--params", str(tmp_path / "params.yaml"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cands / 'images.npy'}: unreadable: truncated, or not a npy")
+    assert f"`dvc checkout --force {cands}`" in err
+    assert not (tmp_path / "results" / "rewards").exists()
 
 
 @pytest.mark.parametrize("name", [LORA_FILE, TOKENS_FILE])

@@ -2,9 +2,10 @@
 input is named, with the command that restores it, before any work starts.
 
 Every stage writes into a temporary sibling directory and renames it over the final path only
-when everything is written, so downstream stages (and DVC/Snakemake) see all or nothing. Every
-read of an earlier stage's artifact goes through :func:`read_table` / :func:`load_tensors`, and
-every pickled model file through :func:`load_weights` (``weights_only``: no code runs).
+when everything is written, so downstream stages (and DVC/Snakemake) see all or nothing.
+Earlier stages' artifacts are read with :func:`read_table`, :func:`load_tensors`,
+:func:`load_array` and :func:`read_json`, which name a damaged file and how to restore it;
+pickled model files with :func:`load_weights` (``weights_only``: no code runs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
 
 
@@ -61,7 +63,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    with decoding(Path(path), "JSON"):
+        return json.loads(Path(path).read_text())
 
 
 def _jsonable(x: Any) -> Any:
@@ -103,7 +106,7 @@ def artifact_error(path: Path, problem: str) -> InputError:
 
 @contextmanager
 def decoding(path: Path, kind: str, key: str | None = None) -> Iterator[None]:
-    """Errors of a reader of ``path`` (parquet, safetensors) become one :class:`InputError`
+    """Errors of a reader of ``path`` (parquet, safetensors, ...) become one :class:`InputError`
     naming the file: with the params ``key`` of a user's file, or how to restore an artifact."""
     from safetensors import SafetensorError
 
@@ -138,6 +141,15 @@ def load_tensors(path: Path, key: str | None = None) -> dict[str, Tensor]:
     path = Path(path)
     with decoding(path, "safetensors", key):
         return load_file(path)
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A ``.npy`` artifact, memory-mapped (images are read as they are used); no pickles."""
+    import numpy as np
+
+    path = Path(path)
+    with decoding(path, "npy"):
+        return np.load(path, mmap_mode="r")
 
 
 def load_weights(
