@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -453,3 +455,30 @@ def test_training_checkpoint_state_loads_weights_only(tmp_path):
     with pytest.raises(InputError, match="refused"):
         load_weights(custom, "checkpoint", allow=[ReferenceSchedule])
     assert not marker.exists()
+
+
+# --- the workflow's objective wildcard --------------------------------------------------------
+
+
+def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path):
+    """The same rule as config.py, for a target asked of Snakemake directly: no rule makes
+    ``results/adapters/<name>/seed0`` unless ``<name>`` is a valid objective name."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "src").symlink_to(REPO / "src")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    dry_run = ["snakemake", "-s", str(REPO / "Snakefile"), "-n", "-c1"]
+    runs = {
+        name: subprocess.Popen(
+            [*dry_run, f"results/adapters/{name}/seed0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("baseline", "base", "a.b")
+    }
+    out = {name: p.communicate()[0] for name, p in runs.items()}
+    assert runs["baseline"].returncode == 0 and "rule train:" in out["baseline"], out["baseline"]
+    for name in ("base", "a.b"):
+        assert f"No rule to produce results/adapters/{name}/seed0" in out[name], out[name]
