@@ -1,8 +1,7 @@
 """``diffpref <stage> --params params.yaml``: one entry point, one sub-command per stage.
 
 The CLI validates params before importing anything heavy, opens the stage's MLflow record,
-and runs the stage module's ``run(ctx)``. Bad params exit with code 2 and nothing computed;
-so does bad input a stage finds before its work (:class:`diffpref.io.InputError`).
+and runs the stage module's ``run(ctx)``. Bad params exit with code 2 and nothing computed.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffpref import config as config_mod
-from diffpref.io import InputError
 from diffpref.stages import STAGES
 
 log = logging.getLogger("diffpref")
@@ -70,12 +68,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bad_input_exits_2(main: Callable[..., int]) -> Callable[..., int]:
-    """Bad input found by a stage or by ``check`` (a prompt file, a shard, a damaged artifact)
-    ends like bad params: the message, no traceback, exit code 2; outputs are atomic, so the
-    previous ones are untouched. The stage's MLflow run, if one was opened, is FAILED."""
+    """Bad input found by a stage or by ``check`` (:class:`diffpref.io.InputError`: a prompt
+    file, a shard, a damaged artifact) ends like bad params: the message, no traceback, exit
+    code 2; outputs are atomic, so the previous ones are untouched. The stage's MLflow run,
+    if one was opened, is FAILED."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
+        from diffpref.io import InputError
+
         try:
             return main(argv)
         except InputError as e:
