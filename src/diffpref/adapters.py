@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from diffpref.backbones.base import Cond
+from diffpref.io import decoding, load_tensors
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -146,9 +147,10 @@ class Adapted:
         if adapter_dir is None:
             return
         if (adapter_dir / LORA_FILE).is_file():
-            backbone.unet.load_lora_adapter(str(adapter_dir / LORA_FILE), prefix="unet")
+            with decoding(adapter_dir / LORA_FILE, "LoRA safetensors"):
+                backbone.unet.load_lora_adapter(str(adapter_dir / LORA_FILE), prefix="unet")
         elif (adapter_dir / TOKENS_FILE).is_file():
-            tok = load_file(adapter_dir / TOKENS_FILE)["tokens"]  # ψ+ for AGSM
+            tok = load_tensors(adapter_dir / TOKENS_FILE)["tokens"]  # ψ+ for AGSM
             self.tokens = SoftTokens(tok.shape[0], tok.shape[1])
             self.tokens.tokens.data = tok.to(backbone.device)
         else:

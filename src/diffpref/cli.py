@@ -16,9 +16,11 @@ _T0 = time.perf_counter()  # the process start, as far as a stage's start-up cos
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bad_input_exits_2(main: Callable[..., int]) -> Callable[..., int]:
+    """Bad input found by a stage or by ``check`` (:class:`diffpref.io.InputError`: a prompt
+    file, a shard, a damaged artifact) ends like bad params: the message, no traceback, exit
+    code 2; outputs are atomic, so the previous ones are untouched. The stage's MLflow run,
+    if one was opened, is FAILED."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        from diffpref.io import InputError
+
+        try:
+            return main(argv)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_bad_input_exits_2
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -96,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.params}: train_seeds: {error}", file=sys.stderr)
         return 2
     if args.stage == "check":
+        from diffpref.datasources import check_inputs
+
+        check_inputs(cfg)
+        for name in sorted(set(raw.get("profiles") or {}) - {cfg.profile}):
+            try:  # a typo in another profile, found before the run that uses it
+                config_mod.load(args.params, name)
+            except config_mod.ConfigError as e:
+                print(f"error: profile {name}: {e}", file=sys.stderr)
+                return 2
         print(
             f"{args.params}: ok (profile {cfg.profile}, {len(cfg.objectives)} objectives, "
             f"train seeds {cfg.train_seeds})"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from diffpref import evaluation
 from diffpref import statistics as st
-from diffpref.io import read_json
+from diffpref.io import read_json, read_table
 
 if TYPE_CHECKING:
     from diffpref.config import Config
@@ -50,18 +50,19 @@ class Results:
 def load(cfg: Config) -> Results:
     """Every model's per-sample scores and metrics, for the objectives and seeds of ``cfg``."""
     base = cfg.path("eval", "base")
-    scores = {"base": pd.read_parquet(base / "scores.parquet").assign(train_seed=-1)}
+    cols = ["prompt_id", "seed", "reward", "score"]
+    scores = {"base": read_table(base / "scores.parquet", cols).assign(train_seed=-1)}
     evm = {"base": [read_json(base / "metrics.json")]}
     trm: dict[str, list[dict]] = {}
     for o in cfg.objectives:
         frames, evm[o], trm[o] = [], [], []
         for s in cfg.train_seeds:
             d = cfg.model_dir("eval", o, s)
-            frames.append(pd.read_parquet(d / "scores.parquet").assign(train_seed=s))
+            frames.append(read_table(d / "scores.parquet", cols).assign(train_seed=s))
             evm[o].append(read_json(d / "metrics.json"))
             trm[o].append(read_json(cfg.model_dir("adapters", o, s) / "train_metrics.json"))
         scores[o] = pd.concat(frames, ignore_index=True)
-    prompts = pd.read_parquet(cfg.path("prompts", "eval.parquet"))
+    prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
     return Results(scores, prompts, evm, trm, list(cfg.train_seeds))
 
 

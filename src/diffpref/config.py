@@ -108,6 +108,11 @@ class RewardSource(_Strict):
     model: str | None = Field(None, description="None: the reward's official hub id")
     processor: str | None = Field(None, description="tokenizer + image processor; None: model")
     head: str | None = Field(None, description="aesthetic: MLP head weights (.pth/.safetensors)")
+    trust_pickle: bool = Field(
+        False,
+        description="hpsv2: unpickle the checkpoint in full (runs any code in it); default: "
+        "tensors only (torch.load weights_only), anything else refused",
+    )
 
 
 class RewardParams(_Strict):

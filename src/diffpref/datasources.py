@@ -13,9 +13,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from diffpref.io import InputError
+
+if TYPE_CHECKING:
+    from diffpref.config import Config, PromptParams
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,12 @@ EVAL_ALIASES = {
     "validation": "eval",
 }
 PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0"]
+# Longer prompt-file entries are refused, not truncated: text encoders read at most 77 tokens
+# (CLIP; the embedded world's MiniLM: 16), about 300 characters, and drop the rest as the
+# diffusers pipelines do, so an entry several times longer is nearly always a broken file (a
+# lost line break, a pasted document). The prompts stage cannot cut to the encoder's limit
+# itself: that limit is in tokens of a backbone it does not load.
+MAX_PROMPT_CHARS = 2_000
 HUMAN = "human"  # labels.reward naming the imported human preferences
 
 
@@ -47,33 +59,64 @@ def hash_split(prompts: pd.Series, eval_fraction: float) -> pd.Series:
     return pd.Series(np.where(u < eval_fraction, "eval", "train"), index=prompts.index)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """The file as a frame; binary columns of parquet files (images) are never read."""
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is fine); else the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
+    """The file as a frame indexed by where each row is (1-based ``line`` of .txt/.jsonl
+    files, 0-based ``row`` of tables, as ``iloc`` counts); binary columns of parquet files
+    (images) are never read."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        return pd.DataFrame({"prompt": [ln for ln in lines if ln]})
+        lines = {i: ln.strip() for i, ln in enumerate(_text(path).split("\n"), 1)}
+        return pd.DataFrame({"prompt": {i: ln for i, ln in lines.items() if ln}}), "line"
     if suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        rows = {}
+        for i, line in enumerate(_text(path).split("\n"), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows[i] = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {i} is not valid JSON: {e}") from None
-        return pd.DataFrame(rows)
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+                    raise InputError(f"{path}: line {i}: not valid JSON: {e}") from None
+                if not isinstance(rows[i], dict):
+                    raise InputError(f"{path}: line {i}: not a JSON object")
+        return pd.DataFrame.from_dict(rows, orient="index"), "line"
+    try:
+        if suffix in (".csv", ".tsv"):
+            sep = "\t" if suffix == ".tsv" else ","
+            return pd.read_csv(io.StringIO(_text(path)), sep=sep), "row"
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
-    cols = [
-        f.name
-        for f in schema
-        if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)
-    ]
-    return pd.read_parquet(path, columns=cols)
+        schema = pq.read_schema(path)
+        cols = [
+            f.name
+            for f in schema
+            if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)
+        ]
+        return pd.read_parquet(path, columns=cols), "row"
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(), "row"
+    except (ValueError, OSError) as e:  # pandas' ParserError, pyarrow's ArrowInvalid
+        raise InputError(f"{path}: not a readable {suffix[1:]} file: {e}") from None
+
+
+def _at(unit: str, where: pd.Index) -> str:
+    """``line 3`` / ``rows [0, 7, ...] (12 in all)``: where a problem is, the first few."""
+    first = [int(i) for i in where[:5]]
+    if len(where) == 1:
+        return f"{unit} {first[0]}"
+    more = f" ({len(where)} in all)" if len(where) > len(first) else ""
+    return f"{unit}s {first}{more}"
 
 
 def read_prompt_file(
@@ -89,26 +132,37 @@ def read_prompt_file(
     The split is the file's ``split`` column if it has one, else :func:`hash_split`. The
     category is ``category_column``, else ``category``, else GenEval's ``tag``. ``metadata``
     keeps each source row as JSON (GenEval's evaluator needs its include/exclude specs).
-    Duplicate prompts are dropped; at most ``n_train`` / ``n_eval`` are kept, in file order.
+    Repeated prompts are dropped with a warning (caption files repeat them); one listed in
+    both splits is refused. At most ``n_train`` / ``n_eval`` are kept, in file order. Any
+    other problem is an :class:`InputError` naming the file and the lines or rows at fault.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompts.file: {path} not found")
+        raise InputError(f"prompts.file: {path}: no such file")
     if path.suffix.lower() not in PROMPT_FORMATS:
-        raise ValueError(
+        raise InputError(
             f"prompts.file: {path}: unsupported format (use one of {', '.join(PROMPT_FORMATS)})"
         )
-    raw = _read_table(path)
+    raw, unit = _read_table(path)
+    if raw.empty:
+        raise InputError(f"{path}: no prompts in the file")
     if path.suffix.lower() == ".txt":
         column = "prompt"
     if column not in raw:
-        raise ValueError(f"{path}: no column {column!r} (prompts.column); has {list(raw.columns)}")
+        raise InputError(f"{path}: no column {column!r} (prompts.column); has {list(raw.columns)}")
     text = raw[column]
     bad = text.isna() | (text.astype(str).str.strip() == "")
     if bad.any():
-        rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
-        raise ValueError(f"{path}: column {column!r} is empty in data rows {rows}")
+        raise InputError(f"{path}: {_at(unit, raw.index[bad])}: empty prompt (column {column!r})")
     df = pd.DataFrame({"prompt": text.astype(str).str.strip()})
+    long = df.prompt.str.len() > MAX_PROMPT_CHARS
+    if long.any():
+        raise InputError(
+            f"{path}: {_at(unit, df.index[long])}: prompt of "
+            f"{df.prompt[long].str.len().iloc[0]:,} characters; the limit is "
+            f"{MAX_PROMPT_CHARS:,} (text encoders read at most 77 tokens, about 300 "
+            "characters, so a longer entry is usually a broken file)"
+        )
     df["metadata"] = [
         json.dumps({k: v for k, v in r.items() if _plain(v)}, default=str)
         for r in raw.to_dict("records")
@@ -116,33 +170,73 @@ def read_prompt_file(
     cat = category_column or next((c for c in ("category", "tag") if c in raw), None)
     if cat is not None:
         if cat not in raw:
-            raise ValueError(f"{path}: no column {cat!r} (prompts.category_column)")
+            raise InputError(f"{path}: no column {cat!r} (prompts.category_column)")
+        empty = raw[cat].isna() | (raw[cat].astype(str).str.strip() == "")
+        if empty.any():
+            raise InputError(
+                f"{path}: {_at(unit, raw.index[empty])}: no category (column {cat!r}); fill "
+                "it in, or name another column in prompts.category_column"
+            )
         df["category"] = raw[cat].astype(str)
     if "split" in raw:
         split = raw["split"].astype(str).str.lower()
-        unknown = sorted(set(split) - set(EVAL_ALIASES))
-        if unknown:
-            raise ValueError(
-                f"{path}: column 'split' has values {unknown} (allowed: {sorted(EVAL_ALIASES)})"
+        unknown = ~split.isin(list(EVAL_ALIASES))
+        if unknown.any():
+            raise InputError(
+                f"{path}: {_at(unit, raw.index[unknown])}: column 'split' has values "
+                f"{sorted(set(split[unknown]))} (allowed: {sorted(EVAL_ALIASES)})"
             )
         df["split"] = split.map(EVAL_ALIASES)
     else:
         df["split"] = hash_split(df.prompt, eval_fraction)
-    n_dup = int(df.prompt.duplicated().sum())
-    if n_dup:
-        log.info("%s: dropped %d duplicate prompts", path, n_dup)
-        df = df.drop_duplicates("prompt")
+    df = _drop_repeats(df, path, unit)
     caps = {"train": n_train, "eval": n_eval}
     df = pd.concat([g.head(caps[s]) if caps[s] else g for s, g in df.groupby("split", sort=True)])
     for s in ("train", "eval"):
         if not (df.split == s).any():
-            raise ValueError(
+            raise InputError(
                 f"{path}: no {s} prompts (add a 'split' column or change "
                 f"prompts.eval_fraction={eval_fraction})"
             )
     df.insert(0, "prompt_id", df.prompt.map(prompt_id))
     first = ["prompt_id", "prompt", "split"]
     return df[first + [c for c in df if c not in first]].sort_index().reset_index(drop=True)
+
+
+def _drop_repeats(df: pd.DataFrame, path: Path, unit: str) -> pd.DataFrame:
+    """The first of each repeated prompt; a prompt in both splits would leak into evaluation."""
+    both = df.groupby("prompt").split.transform("nunique") > 1
+    if both.any():
+        text = df.prompt[both].iloc[0]
+        where = df.index[both & (df.prompt == text)]
+        raise InputError(
+            f"{path}: {_at(unit, where)}: prompt {text[:80]!r} is in both splits; an eval "
+            "prompt must not be trained on"
+        )
+    repeated = df.prompt.duplicated()
+    if repeated.any():
+        log.warning(
+            "%s: %s: repeated prompts dropped (the first is kept)",
+            path,
+            _at(unit, df.index[repeated]),
+        )
+    return df[~repeated]
+
+
+def read_prompts(p: PromptParams) -> pd.DataFrame:
+    """The prompt file of ``prompts.source: file``, read as the params describe it."""
+    return read_prompt_file(
+        p.file, p.column, p.category_column, p.eval_fraction, p.n_train, p.n_eval
+    )
+
+
+def check_inputs(cfg: Config) -> None:
+    """The files the params point to, read the way their stages read them (shard images are
+    decoded by the candidates stage): what ``diffpref check`` adds to validating the params."""
+    if cfg.prompts.source == "file":
+        read_prompts(cfg.prompts)
+    if cfg.candidates.source == "pickapic":
+        check_pickapic(cfg.candidates.preference_file)
 
 
 def _plain(v) -> bool:
@@ -178,6 +272,41 @@ def load_image(data: bytes, size: int, channels: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def check_pickapic(path: str | Path) -> None:
+    """A Pick-a-Pic shard's columns, labels and captions, its images not decoded: cheap enough
+    for ``diffpref check`` and for the candidates stage before it loads any model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"candidates.preference_file: {path}: no such file")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable parquet file: {e}") from None
+    missing = [c for c in PICKAPIC_COLUMNS if c not in schema.names]
+    if missing:
+        raise InputError(
+            f"{path}: missing columns {missing} (has {schema.names}; a Pick-a-Pic shard has "
+            f"{PICKAPIC_COLUMNS})"
+        )
+    for col in ("jpg_0", "jpg_1"):
+        kind = schema.field(col).type
+        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            raise InputError(f"{path}: column {col!r} holds {kind}, not image bytes")
+    df = pd.read_parquet(path, columns=["caption", "label_0"])
+    bad = ~df.label_0.isin([0, 0.5, 1])
+    if bad.any():
+        raise InputError(
+            f"{path}: {_at('row', df.index[bad])}: label_0 must be 0, 0.5 or 1, got "
+            f"{df.label_0[bad].head(5).tolist()}"
+        )
+    empty = ~df.caption.map(lambda c: isinstance(c, str) and bool(c.strip()))
+    if empty.any():
+        raise InputError(f"{path}: {_at('row', df.index[empty])}: column 'caption' is empty")
+
+
 def read_pickapic(
     path: str | Path,
     size: int,
@@ -196,12 +325,8 @@ def read_pickapic(
     import pyarrow.parquet as pq
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"candidates.preference_file: {path} not found")
+    check_pickapic(path)
     pf = pq.ParquetFile(path)
-    missing = [c for c in PICKAPIC_COLUMNS if c not in pf.schema_arrow.names]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing} (has {pf.schema_arrow.names})")
     exclude = exclude or set()
     prompt_rows: dict[str, int] = {}
     cand_of: dict[tuple[int, str], int] = {}  # (prompt row, image hash) -> row
@@ -212,13 +337,15 @@ def read_pickapic(
     n_ties = n_excluded = 0
     row0 = 0
 
-    def candidate(prow: int, data: bytes, where: str) -> int:
+    def candidate(prow: int, data: bytes | None, where: str) -> int:
+        if not data:
+            raise InputError(f"{path}: {where} holds no image")
         key = (prow, hashlib.sha1(data).hexdigest())
         if key not in cand_of:
             try:
                 images.append(load_image(data, size, channels))
             except Exception as e:
-                raise ValueError(f"{path}: {where} is not a readable image: {e}") from None
+                raise InputError(f"{path}: {where} is not a readable image: {e}") from None
             cand_of[key] = len(cands)
             cands.append((prow, per_prompt.get(prow, 0)))
             per_prompt[prow] = cands[-1][1] + 1
@@ -231,15 +358,10 @@ def read_pickapic(
             n = row0 + i
             if max_pairs is not None and len(pairs) >= max_pairs:
                 break
-            label, caption = r["label_0"], r["caption"]
-            if label not in (0, 1, 0.5, 0.0, 1.0):
-                raise ValueError(f"{path}: row {n}: label_0 must be 0, 0.5 or 1, got {label!r}")
-            if not isinstance(caption, str) or not caption.strip():
-                raise ValueError(f"{path}: row {n}: column 'caption' is empty")
-            if label == 0.5:
+            if r["label_0"] == 0.5:
                 n_ties += 1
                 continue
-            caption = caption.strip()
+            caption = r["caption"].strip()
             if caption in exclude:
                 n_excluded += 1
                 continue
@@ -248,10 +370,10 @@ def read_pickapic(
             b = candidate(prow, r["jpg_1"], f"row {n} column 'jpg_1'")
             if a == b:
                 continue  # the same picture twice: no preference to learn
-            pairs.append((prow, *((a, b) if label == 1 else (b, a))))
+            pairs.append((prow, *((a, b) if r["label_0"] == 1 else (b, a))))
         row0 += batch.num_rows
     if not pairs:
-        raise ValueError(f"{path}: no usable pairs ({n_ties} ties, {n_excluded} eval prompts)")
+        raise InputError(f"{path}: no usable pairs ({n_ties} ties, {n_excluded} eval prompts)")
     log.info(
         "%s: %d pairs, %d ties dropped, %d rows of eval prompts skipped",
         path,

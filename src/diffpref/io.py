@@ -1,21 +1,35 @@
-"""Atomic artifact writing: an interrupted stage never leaves a half-written output.
+"""Artifacts in and out: an interrupted stage never leaves a half-written output, and a damaged
+input is named, with the command that restores it, before any work starts.
 
 Every stage writes into a temporary sibling directory and renames it over the final path only
 when everything is written, so downstream stages (and DVC/Snakemake) see all or nothing.
+Earlier stages' artifacts are read with :func:`read_table`, :func:`load_tensors`,
+:func:`load_array` and :func:`read_json`, which name a damaged file and how to restore it;
+pickled model files with :func:`load_weights` (``weights_only``: no code runs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
+
+
+class InputError(ValueError):
+    """Bad input, found before any work: a file the params point to, or an artifact that is
+    missing, truncated or foreign. The CLI prints it and exits with code 2, like bad params."""
 
 
 @contextmanager
@@ -49,7 +63,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    with decoding(Path(path), "JSON"):
+        return json.loads(Path(path).read_text())
 
 
 def _jsonable(x: Any) -> Any:
@@ -60,13 +75,104 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def read_table(path: Path, required: list[str]) -> pd.DataFrame:
-    """Read a parquet artifact and fail early, naming the file, if columns are missing."""
+# The folders DVC and Snakemake track as one stage output each (dvc.yaml ``outs``).
+_STAGE_DIRS = {"world", "prompts", "candidates", "rewards", "labels", "report"}
+_SEED_DIR = re.compile(r"seed\d+")
+
+
+def stage_output(path: Path) -> Path:
+    """The stage output folder holding ``path``: ``results/<stage>``, or one model's folder
+    ``results/{adapters,eval}/<objective>/seed<N>`` / ``results/eval/base``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing input artifact (run the upstream stage first)")
-    df = pd.read_parquet(path)
+    for folder in path.parents:
+        if folder.parent.parent.name in ("adapters", "eval") and _SEED_DIR.fullmatch(folder.name):
+            return folder
+        if folder.name == "base" and folder.parent.name == "eval":
+            return folder
+        if folder.name in _STAGE_DIRS and folder.parent.name != "world":  # world/rewards/...
+            return folder
+    return path.parent
+
+
+def artifact_error(path: Path, problem: str) -> InputError:
+    """An error naming the artifact, what is wrong with it and how to get a good copy back."""
+    out = stage_output(path)
+    return InputError(
+        f"{path}: {problem}. Rerun the stage that writes {out}: `dvc checkout --force {out}` "
+        f"restores DVC's cached copy, `dvc repro` recomputes it; with Snakemake, "
+        f"`snakemake --force {out}` (Snakemake does not notice a damaged output)"
+    )
+
+
+@contextmanager
+def decoding(path: Path, kind: str, key: str | None = None) -> Iterator[None]:
+    """Errors of a reader of ``path`` (parquet, safetensors, ...) become one :class:`InputError`
+    naming the file: with the params ``key`` of a user's file, or how to restore an artifact."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as e:  # pyarrow's errors are both kinds
+        problem = (
+            "missing"
+            if isinstance(e, FileNotFoundError)
+            else f"unreadable: truncated, or not a {kind} file ({type(e).__name__}: {e})"
+        )
+        error = InputError(f"{key}: {path}: {problem}") if key else artifact_error(path, problem)
+        raise error from None
+
+
+def read_table(path: Path, required: list[str]) -> pd.DataFrame:
+    """A parquet artifact, with the columns its reader needs; else an error naming the file."""
+    path = Path(path)
+    with decoding(path, "parquet"):
+        df = pd.read_parquet(path)
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing} (has {list(df.columns)})")
+        raise artifact_error(path, f"missing columns {missing} (has {list(df.columns)})")
     return df
+
+
+def load_tensors(path: Path, key: str | None = None) -> dict[str, Tensor]:
+    """A safetensors file as CPU tensors: a stage's artifact, or the user's file that the
+    params ``key`` names; else an error naming the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    with decoding(path, "safetensors", key):
+        return load_file(path)
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A ``.npy`` artifact, memory-mapped (images are read as they are used); no pickles."""
+    import numpy as np
+
+    path = Path(path)
+    with decoding(path, "npy"):
+        return np.load(path, mmap_mode="r")
+
+
+def load_weights(
+    path: Path, key: str, allow: Sequence[type] = (), fix: str = "convert it to .safetensors"
+) -> Any:
+    """A pickled torch file (``.pt``/``.pth``/``.bin``) loaded with ``weights_only=True``:
+    tensors, plain containers and the ``allow``-ed classes only, so a pickle carrying code is
+    refused before any of it runs. ``key`` is the params key or role that names the file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{key}: {path}: no such file") from None
+    except pickle.UnpicklingError as e:
+        why = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not|\n|$)", str(e))
+        raise InputError(
+            f"{key}: {path}: refused: it holds pickled objects besides tensors, which could run "
+            f"code when loaded ({why.group(1) if why else e}); {fix}"
+        ) from None
+    except (RuntimeError, OSError, EOFError) as e:
+        raise InputError(f"{key}: {path}: not a readable torch file ({e})") from None

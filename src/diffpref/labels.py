@@ -6,21 +6,37 @@ same preference signal, not in what signal they see.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import torch
 
+from diffpref.io import InputError
 from diffpref.objectives.lair import advantages
 from diffpref.objectives.smpo import preference_probability
 
+log = logging.getLogger(__name__)
+
 
 def score_matrix(rewards: pd.DataFrame, reward: str) -> pd.DataFrame:
-    """Scores of one reward model as a prompt x candidate frame."""
+    """Scores of one reward model as a prompt x candidate frame. Labels compare candidates of
+    one prompt, so a prompt with a single score (a missing or NaN one) is left out, with a
+    warning: else it would be a lone "undesirable" pointwise label with nothing to compare."""
     sub = rewards[rewards.reward == reward]
     if sub.empty:
         known = sorted(rewards.reward.unique())
-        raise ValueError(f"labels.reward: no scores for reward {reward!r} (have {known})")
-    return sub.pivot(index="prompt_id", columns="cand_idx", values="score")
+        raise InputError(f"labels.reward: no scores for reward {reward!r} (have {known})")
+    scores = sub.pivot(index="prompt_id", columns="cand_idx", values="score")
+    alone = scores.notna().sum(axis=1) < 2
+    if alone.any():
+        log.warning(
+            "labels: %d prompts with a single %r score left out (nothing to compare): %s",
+            int(alone.sum()),
+            reward,
+            scores.index[alone][:5].tolist(),
+        )
+    return scores[~alone]
 
 
 def pairwise(scores: pd.DataFrame, tie_threshold: float, mode: str = "all") -> pd.DataFrame:

@@ -12,7 +12,13 @@ from diffpref.cli import main
 
 
 @pytest.mark.parametrize("profile", ["sd15", "sdxl", "sd15-bench"])
-def test_real_model_profiles_pass_check(profile, capsys):
+def test_real_model_profiles_pass_check(profile, capsys, tmp_path, monkeypatch):
+    # check reads the prompt file the profiles name (PartiPrompts, downloaded by the user)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "PartiPrompts.tsv").write_text(
+        "Prompt\tCategory\n" + "".join(f"a red cube number {i}\tArtifacts\n" for i in range(20))
+    )
     assert main(["check", "--params", str(REPO / "params.yaml"), "--profile", profile]) == 0
     cfg, _ = config.load(REPO / "params.yaml", profile)
     assert cfg.backbone.kind in ("sd15", "sdxl") and cfg.backbone.pretrained

@@ -82,7 +82,7 @@ def test_geneval_metadata_tag_becomes_the_category_and_metadata_is_kept(tmp_path
     ("df", "kw", "needle"),
     [
         (pd.DataFrame({"text": ["a"]}), {}, "no column 'prompt'"),
-        (pd.DataFrame({"prompt": ["a", " ", "b"]}), {}, "empty in data rows [2]"),
+        (pd.DataFrame({"prompt": ["a", " ", "b"]}), {}, "line 2: empty prompt"),
         (pd.DataFrame({"prompt": ["a", "b"], "split": ["train", "dev"]}), {}, "'dev'"),
         (pd.DataFrame({"prompt": ["a", "b"]}), {"eval_fraction": 0.0}, "no eval prompts"),
     ],

@@ -27,7 +27,7 @@ def params_of(stage, objective=None):
 
 
 wildcard_constraints:
-    objective="(?!base$)[A-Za-z0-9][A-Za-z0-9_-]*",
+    objective="(?!base(?![A-Za-z0-9_-]))[A-Za-z0-9][A-Za-z0-9_-]*",
     seed=r"\d+",
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from diffpref.config import RewardSource
+from diffpref.io import InputError, load_tensors, load_weights
 from diffpref.rewards.clipbase import ClipEncoder
 
 HEAD_URL = (
@@ -45,19 +46,15 @@ class AestheticHead(nn.Module):
 
 
 def load_head(path: str | Path) -> AestheticHead:
+    """The head from ``.safetensors``, or from a ``.pth`` state dict unpickled with
+    ``weights_only`` (a file carrying anything but tensors is refused, not run)."""
     path = Path(path)
+    key = "rewards.sources.aesthetic.head"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"rewards.sources.aesthetic.head: {path} not found (download {HEAD_URL})"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if "layers.0.weight" not in state:
-        raise ValueError(f"{path}: not an aesthetic MLP head (no 'layers.0.weight' key)")
+        raise InputError(f"{key}: {path}: no such file (download {HEAD_URL})")
+    state = load_tensors(path, key) if path.suffix == ".safetensors" else load_weights(path, key)
+    if not isinstance(state, dict) or "layers.0.weight" not in state:
+        raise InputError(f"{key}: {path}: not an aesthetic MLP head (no 'layers.0.weight' key)")
     head = AestheticHead(state["layers.0.weight"].shape[1])
     head.load_state_dict(state)
     return head.eval()

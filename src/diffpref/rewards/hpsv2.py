@@ -4,7 +4,9 @@ score = cos(image, prompt) (no logit scale), as ``hpsv2.score``. The ``hpsv2`` p
 vendored open_clip builds the model) is an optional extra: it pins pytest 7 and protobuf<4,
 so install it in a separate environment. Unlike ``hpsv2.score``, which reloads the checkpoint
 on every call and scores one image at a time, the checkpoint is loaded once and batches are
-preprocessed on the device.
+preprocessed on the device. The released checkpoint is a pickle: it is unpickled with
+``weights_only`` (tensors only; a file carrying code is refused) unless
+``rewards.sources.hpsv2.trust_pickle: true`` says the file is trusted.
 """
 
 from __future__ import annotations
@@ -15,8 +17,20 @@ import torch
 from torch import Tensor
 
 from diffpref.config import RewardSource
+from diffpref.io import load_weights
 from diffpref.rewards.base import require
 from diffpref.rewards.clipbase import Preprocess
+
+
+def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict:
+    """The checkpoint's state (``{'state_dict': ...}`` or the state dict itself)."""
+    if trust_pickle:  # the user vouches for the file: any objects in it are rebuilt
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return load_weights(
+        path,
+        "rewards.sources.hpsv2.model",
+        fix="if you trust its source, set rewards.sources.hpsv2.trust_pickle: true",
+    )
 
 
 class HPSv2:
@@ -55,8 +69,7 @@ class HPSv2:
             with_score_predictor=False,
             with_region_predictor=False,
         )
-        # the released checkpoint is a pickled training state: load only a file you trust
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path, source.trust_pickle)
         model.load_state_dict(state.get("state_dict", state))
         return cls(model.to(device, dtype).eval(), oc.get_tokenizer("ViT-H-14"), device, dtype)
 

@@ -1,10 +1,14 @@
 """labels: pairwise, smoothed, listwise and pointwise label files from the rewards, or from
-imported human preferences (``labels.reward: human``)."""
+imported human preferences (``labels.reward: human``).
+
+Rewards that leave no pair at all (every candidate tied) stop here, naming the threshold to
+change, instead of as an empty batch in every training job.
+"""
 
 from __future__ import annotations
 
 from diffpref import datasources, labels
-from diffpref.io import atomic_dir, read_table
+from diffpref.io import InputError, atomic_dir, read_table
 
 INPUTS = ("rewards",)  # recorded in MLflow as datasets with their digests
 
@@ -24,9 +28,10 @@ def run(ctx) -> None:
         scores = labels.score_matrix(rewards, cfg.reward)
         pairs = labels.pairwise(scores, cfg.tie_threshold, cfg.pairs)
     if pairs.empty:
-        raise ValueError(
-            f"labels: no pair of candidates differs by more than labels.tie_threshold="
-            f"{cfg.tie_threshold} on reward {cfg.reward!r}; lower the threshold or add candidates"
+        raise InputError(
+            f"labels: every candidate is tied: no pair differs by more than "
+            f"labels.tie_threshold={cfg.tie_threshold} on reward {cfg.reward!r}; lower the "
+            "threshold or add candidates"
         )
     tables = {
         "pairwise": pairs,

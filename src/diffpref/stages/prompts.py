@@ -21,11 +21,9 @@ def run(ctx) -> None:
 
         df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed)
     else:
-        from diffpref.datasources import read_prompt_file
+        from diffpref.datasources import read_prompts
 
-        df = read_prompt_file(
-            p.file, p.column, p.category_column, p.eval_fraction, p.n_train, p.n_eval
-        )
+        df = read_prompts(p)
     check_prompts(df)
     with atomic_dir(cfg.path("prompts")) as tmp:
         for split in ("train", "eval"):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from diffpref.backbones import resolve_device
-from diffpref.io import atomic_dir, read_table
+from diffpref.io import atomic_dir, load_array, read_table
 from diffpref.rewards import load_reward, score_table
 
 INPUTS = ("candidates",)  # recorded in MLflow as datasets with their digests
@@ -17,7 +15,7 @@ def run(ctx) -> None:
     cands = read_table(cfg.path("candidates", "candidates.parquet"), ["prompt_id", "cand_idx"])
     prompts = read_table(cfg.path("candidates", "prompts.parquet"), ["prompt_id", "prompt"])
     text = cands.merge(prompts[["prompt_id", "prompt"]], on="prompt_id", how="left").prompt
-    images = np.load(cfg.path("candidates", "images.npy"), mmap_mode="r")
+    images = load_array(cfg.path("candidates", "images.npy"))
     models = {name: load_reward(name, cfg, device) for name in cfg.rewards.models}
     table = score_table(
         models,

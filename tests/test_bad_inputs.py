@@ -1,0 +1,484 @@
+"""Bad input: one clear error naming the file and the key, line or row, exit code 2, and
+nothing computed or written (the previous output stays as it was). The rows of
+docs/reliability.md; every case runs the real CLI in-process."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tests.conftest import REPO
+
+from diffpref import datasources as ds
+from diffpref.cli import main
+from diffpref.config import deep_merge
+from diffpref.io import InputError, load_weights
+from diffpref.objectives.rethinking import ReferenceSchedule
+from diffpref.rewards import aesthetic, hpsv2
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow(monkeypatch):
+    """Stages run without their MLflow record: the store is not what these tests are about."""
+    monkeypatch.setenv("DIFFPREF_MLFLOW", "0")
+
+
+def params(tmp_path: Path, over: dict | None = None, mutate=None) -> Path:
+    """The repo's params.yaml with results under ``tmp_path``, ``over`` merged in."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = deep_merge(raw, {"results": str(tmp_path / "results"), **(over or {})})
+    if mutate:
+        mutate(raw)
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def run(stage: str, p: Path, *args: str) -> int:
+    return main([stage, "--params", str(p), *args])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+
+# --- params: every section --------------------------------------------------------------------
+
+
+def _set(section: str, **kv):
+    return lambda r: r.setdefault(section, {}).update(kv)
+
+
+def _objective(name: str, entry: dict | None = None):
+    return lambda r: r["objectives"].update({name: entry or {"loss": "dpo"}})
+
+
+def _smoke_with(raw: dict, **train) -> None:
+    """The smoke profile, active, overriding ``train`` keys."""
+    raw["profile"] = "smoke"
+    raw["profiles"]["smoke"]["train"].update(train)
+
+
+PARAMS_CASES = {
+    # objective names become folders, DVC stage names and params keys
+    "objective_dotdot": (_objective(".."), "'..' is not a valid objective name"),
+    "objective_slash": (_objective("a/b"), "'a/b' is not a valid objective name"),
+    "objective_space": (_objective("a b"), "'a b' is not a valid objective name"),
+    "objective_empty": (_objective(""), "'' is not a valid objective name"),
+    "objective_leading_dot": (_objective(".dpo"), "'.dpo' is not a valid objective name"),
+    "objective_base": (_objective("base"), "'base' is reserved"),
+    "objective_case_clash": (_objective("DPO"), "objectives.dpo: same folder as objectives.DPO"),
+    "objective_no_loss": (_objective("x", {"beta": 1}), "objectives.x: needs a 'loss' key"),
+    "objective_unknown_loss": (_objective("x", {"loss": "nope"}), "objectives.x: loss:"),
+    "objective_wrong_type": (_set("objectives", dpo={"loss": "dpo", "beta": "big"}), "dpo.beta"),
+    "objective_range": (_set("objectives", dpo={"loss": "dpo", "beta": 0}), "dpo.beta"),
+    "objective_unknown_key": (_set("objectives", dpo={"loss": "dpo", "betta": 1}), "dpo.betta"),
+    "objective_train_range": (
+        _set("objectives", dpo={"loss": "dpo", "train": {"steps": 0}}),
+        "objectives.dpo.train.steps",
+    ),
+    # the top level and every section: wrong type, out of range, unknown key
+    "top_wrong_type": (lambda r: r.update(seed="zero"), ": seed:"),
+    "top_range": (lambda r: r.update(train_seeds=[]), ": train_seeds:"),
+    "top_unknown_key": (lambda r: r.update(sed=1), ": sed:"),
+    "world_wrong_type": (_set("world", item_size="big"), "world.item_size"),
+    "world_unknown_key": (_set("world", itemsize=14), "world.itemsize"),
+    "backbone_wrong_type": (_set("backbone", kind="sd3"), "backbone.kind"),
+    "backbone_range": (_set("backbone", resolution=4), "backbone.resolution"),
+    "backbone_unknown_key": (_set("backbone", weights="x"), "backbone.weights"),
+    "sampling_wrong_type": (_set("sampling", steps="many"), "sampling.steps"),
+    "sampling_range": (_set("sampling", steps=0), "sampling.steps"),
+    "sampling_unknown_key": (_set("sampling", step=8), "sampling.step"),
+    "prompts_wrong_type": (_set("prompts", n_train="all"), "prompts.n_train"),
+    "prompts_range": (_set("prompts", eval_fraction=1.0), "prompts.eval_fraction"),
+    "prompts_unknown_key": (_set("prompts", path="p.txt"), "prompts.path"),
+    "candidates_wrong_type": (_set("candidates", k="four"), "candidates.k"),
+    "candidates_range": (_set("candidates", k=1), "candidates.k"),
+    "candidates_unknown_key": (_set("candidates", K=4), "candidates.K"),
+    "rewards_wrong_type": (_set("rewards", batch_size="big"), "rewards.batch_size"),
+    "rewards_range": (_set("rewards", models=[]), "rewards.models"),
+    "rewards_unknown_key": (_set("rewards", model=["x"]), "rewards.model"),
+    "rewards_source_wrong_type": (
+        _set("rewards", sources={"hpsv2": {"trust_pickle": "maybe"}}),
+        "rewards.sources.hpsv2",
+    ),
+    "labels_wrong_type": (_set("labels", tie_threshold="small"), "labels.tie_threshold"),
+    "labels_range": (_set("labels", tie_threshold=-1), "labels.tie_threshold"),
+    "labels_unknown_key": (_set("labels", tie=0.1), "labels.tie"),
+    "train_wrong_type": (_set("train", lr="fast"), "train.lr"),
+    "train_range": (_set("train", lr=0), "train.lr"),
+    "train_unknown_key": (_set("train", learning_rate=1e-3), "train.learning_rate"),
+    "evaluate_wrong_type": (_set("evaluate", seeds="0,1"), "evaluate.seeds"),
+    "evaluate_range": (_set("evaluate", bootstrap=5), "evaluate.bootstrap"),
+    "evaluate_unknown_key": (_set("evaluate", seed=[0]), "evaluate.seed"),
+    "report_wrong_type": (_set("report", grid_prompts="all"), "report.grid_prompts"),
+    "report_range": (_set("report", grid_prompts=0), "report.grid_prompts"),
+    "report_unknown_key": (_set("report", grid=4), "report.grid"),
+    # profiles
+    "unknown_profile": (lambda r: r.update(profile="huge"), "profile: unknown profile 'huge'"),
+    "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), "train.lr_x"),
+}
+
+
+@pytest.mark.parametrize("case", PARAMS_CASES)
+def test_bad_params_exit_2_naming_file_and_key_before_any_work(tmp_path, capsys, case):
+    mutate, needle = PARAMS_CASES[case]
+    p = params(tmp_path, mutate=mutate)
+    assert run("check", p) == 2
+    checked = capsys.readouterr().err
+    assert checked.startswith(f"error: {p}: ") and needle in checked, checked
+    assert run("prompts", p) == 2
+    assert capsys.readouterr().err == checked
+    assert not (tmp_path / "results").exists()
+
+
+def test_check_finds_an_unknown_key_in_a_profile_that_is_not_active(tmp_path, capsys):
+    p = params(tmp_path, mutate=lambda r: r["profiles"]["smoke"]["train"].update(lr_x=1))
+    assert run("check", p) == 2
+    assert f"error: profile smoke: {p}: train.lr_x: Extra inputs" in capsys.readouterr().err
+
+
+# --- prompt files ---------------------------------------------------------------------------
+
+GOOD = pd.DataFrame(
+    {"prompt": [f"a photo of item {i}" for i in range(30)], "category": ["objects"] * 30}
+)
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+PROMPT_CASES = {
+    # name: (file name, content or None for no file, params.prompts overrides, message)
+    "missing": ("nope.txt", None, {}, "prompts.file: {path}: no such file"),
+    "unsupported_format": ("p.xlsx", b"x", {}, "prompts.file: {path}: unsupported format"),
+    "empty": ("p.txt", b"\n  \n\n", {}, "{path}: no prompts in the file"),
+    "wrong_column": (
+        "p.csv",
+        _csv(GOOD.rename(columns={"prompt": "text"})),
+        {},
+        "{path}: no column 'prompt' (prompts.column); has ['text', 'category']",
+    ),
+    "empty_prompt": (
+        "p.jsonl",
+        b'{"prompt": "a cat"}\n\n{"prompt": ""}\n',
+        {},
+        "{path}: line 3: empty prompt (column 'prompt')",
+    ),
+    "whitespace_prompt": (
+        "p.csv",
+        b'prompt\na cat\n"   "\na dog\n',
+        {},
+        "{path}: row 1: empty prompt (column 'prompt')",
+    ),
+    "in_both_splits": (
+        "p.csv",
+        b"prompt,split\na cat,train\na dog,eval\na cat,test\n",
+        {},
+        "{path}: rows [0, 2]: prompt 'a cat' is in both splits",
+    ),
+    "not_utf8": (
+        "p.txt",
+        b"a cat\na dog\ncaf\xe9 au lait\n",
+        {},
+        "{path}: line 3: not UTF-8 (byte 0xe9); save the file as UTF-8",
+    ),
+    "long_prompt": (
+        "p.txt",
+        b"a cat\n" + b"x" * 100_000 + b"\n",
+        {},
+        "{path}: line 2: prompt of 100,000 characters; the limit is 2,000",
+    ),
+    "category_nan": (
+        "p.csv",
+        b"prompt,category\na cat,animals\na car,\n",
+        {},
+        "{path}: row 1: no category (column 'category')",
+    ),
+    "broken_csv": ("p.csv", b'prompt\n"a cat\na dog\n', {}, "{path}: not a readable csv file"),
+    "not_json": ("p.jsonl", b'{"prompt": "a cat"}\n{prompt: x}\n', {}, "{path}: line 2: not"),
+}
+
+
+@pytest.fixture
+def prompts_done(tmp_path) -> Path:
+    """A finished prompts stage on a good file: bad files must leave its output as it is."""
+    good = tmp_path / "good.csv"
+    good.write_bytes(_csv(GOOD))
+    p = params(tmp_path, {"prompts": {"source": "file", "file": str(good), "eval_fraction": 0.3}})
+    assert run("prompts", p, "--threads", "1") == 0
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize("case", PROMPT_CASES)
+def test_bad_prompt_files_exit_2_naming_file_and_line(tmp_path, capsys, prompts_done, case):
+    name, content, over, message = PROMPT_CASES[case]
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    before = snapshot(prompts_done)
+    p = params(tmp_path, {"prompts": {"source": "file", "file": str(path), **over}})
+    capsys.readouterr()
+    assert run("check", p) == 2
+    assert run("prompts", p, "--threads", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("error: " + message.format(path=path)) == 2, err
+    assert snapshot(prompts_done) == before
+    assert sorted(f.name for f in prompts_done.iterdir()) == ["prompts"]  # no temp folders
+
+
+def test_repeated_prompts_are_dropped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "p.txt"
+    path.write_text("\n".join(["a cat", "a dog", "a cat", *GOOD.prompt]) + "\n")
+    p = params(tmp_path, {"prompts": {"source": "file", "file": str(path), "eval_fraction": 0.3}})
+    with caplog.at_level(logging.WARNING):
+        assert run("prompts", p, "--threads", "1") == 0
+    assert f"{path}: line 3: repeated prompts dropped" in caplog.text
+    out = pd.concat(pd.read_parquet(f) for f in (tmp_path / "results" / "prompts").iterdir())
+    assert out.prompt.is_unique and len(out) == 32
+
+
+# --- Pick-a-Pic shards ----------------------------------------------------------------------
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 10), (seed * 40 % 256, 80, 120)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shard(path: Path, rows: list[tuple], columns=ds.PICKAPIC_COLUMNS) -> Path:
+    pd.DataFrame(rows, columns=columns).to_parquet(path)
+    return path
+
+
+SHARD_CASES = {
+    "missing": (None, "candidates.preference_file: {path}: no such file"),
+    "not_parquet": (b"caption,jpg_0\n", "{path}: not a readable parquet file"),
+    "missing_columns": (
+        [("a cat", png(0), png(1))],
+        "{path}: missing columns ['label_0'] (has ['caption', 'jpg_0', 'jpg_1']",
+    ),
+    "image_not_bytes": (
+        [("a cat", "0.jpg", png(1), 1.0)],
+        "{path}: column 'jpg_0' holds ",
+    ),
+    "label_out_of_set": (
+        [("a cat", png(0), png(1), 1.0), ("a dog", png(0), png(1), 2.0)],
+        "{path}: row 1: label_0 must be 0, 0.5 or 1, got [2.0]",
+    ),
+    "label_nan": (
+        [("a cat", png(0), png(1), None), ("a dog", png(0), png(1), 0.0)],
+        "{path}: row 0: label_0 must be 0, 0.5 or 1, got [nan]",
+    ),
+    "empty_caption": ([(" ", png(0), png(1), 1.0)], "{path}: row 0: column 'caption' is empty"),
+}
+
+
+@pytest.mark.parametrize("case", SHARD_CASES)
+def test_bad_pickapic_shards_exit_2_before_a_model_is_loaded(tmp_path, capsys, case):
+    rows, message = SHARD_CASES[case]
+    path = tmp_path / "shard.parquet"
+    if isinstance(rows, bytes):
+        path.write_bytes(rows)
+    elif rows is not None:
+        cols = ds.PICKAPIC_COLUMNS[: len(rows[0])]
+        shard(path, rows, cols)
+    p = params(
+        tmp_path,
+        {"candidates": {"source": "pickapic", "preference_file": str(path)}},
+    )
+    # no world and no prompts exist: the candidates stage stops at the shard, before both
+    assert run("check", p) == 2
+    assert run("candidates", p, "--threads", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("error: " + message.format(path=path)) == 2, err
+    assert not (tmp_path / "results" / "candidates").exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [("a cat", png(0), b"\xff\xd8 not a jpeg", 1.0)],
+            "row 0 column 'jpg_1' is not a readable",
+        ),
+        (
+            [("a cat", png(0), png(1), 1.0), ("a dog", png(0), None, 0.0)],
+            "row 1 column 'jpg_1' holds no image",
+        ),
+        ([("a cat", png(0), png(1), 0.5)], "no usable pairs (1 ties, 0 eval prompts)"),
+    ],
+)
+def test_shard_images_and_all_ties_fail_the_import_naming_row_and_column(tmp_path, rows, message):
+    """Images are decoded by the candidates stage's import, before any is encoded."""
+    path = shard(tmp_path / "shard.parquet", rows)
+    with pytest.raises(InputError) as e:
+        ds.read_pickapic(path, size=8)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+
+def rewards(folder: Path, scores: dict[str, list[float]]) -> None:
+    rows = [(p, i, "fidelity", s) for p, ss in scores.items() for i, s in enumerate(ss)]
+    folder.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows, columns=["prompt_id", "cand_idx", "reward", "score"])
+    df.to_parquet(folder / "rewards.parquet")
+
+
+def test_every_candidate_tied_stops_at_the_labels_stage(tmp_path, capsys):
+    p = params(tmp_path)
+    results = tmp_path / "results"
+    rewards(results / "rewards", {"p1": [0.9, 0.1, 0.5], "p2": [0.2, 0.8, 0.5]})
+    assert run("labels", p, "--threads", "1") == 0
+    before = snapshot(results / "labels")
+    rewards(results / "rewards", {"p1": [0.5, 0.52, 0.5], "p2": [0.3, 0.3, 0.3]})
+    assert run("labels", p, "--threads", "1") == 2
+    err = capsys.readouterr().err
+    assert "error: labels: every candidate is tied: no pair differs by more than " in err
+    assert "labels.tie_threshold=0.05 on reward 'fidelity'" in err
+    assert snapshot(results / "labels") == before
+
+
+def test_a_prompt_with_a_single_candidate_is_left_out_of_every_label_file(tmp_path, caplog):
+    p = params(tmp_path)
+    results = tmp_path / "results"
+    rewards(results / "rewards", {"p1": [0.9, 0.1, 0.5], "solo": [0.7]})
+    with caplog.at_level(logging.WARNING):
+        assert run("labels", p, "--threads", "1") == 0
+    assert "1 prompts with a single 'fidelity' score left out" in caplog.text
+    for f in (results / "labels").iterdir():
+        assert set(pd.read_parquet(f).prompt_id) == {"p1"}, f.name
+
+
+def test_unknown_label_reward_exits_2(tmp_path, capsys):
+    p = params(tmp_path, {"labels": {"reward": "pickscore"}})
+    rewards(tmp_path / "results" / "rewards", {"p1": [0.9, 0.1]})
+    assert run("labels", p, "--threads", "1") == 2
+    assert "labels.reward: no scores for reward 'pickscore' (have ['fidelity'])" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "results" / "labels").exists()
+
+
+# --- model files: only tensors are unpickled -------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs code: it writes ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def payload_file(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / name
+    torch.save({"layers.0.weight": Payload(marker)}, path)
+    return path, marker
+
+
+def test_a_reward_head_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
+    path, marker = payload_file(tmp_path, "head.pth")
+    with pytest.raises(InputError) as e:
+        aesthetic.load_head(path)
+    assert str(e.value).startswith(f"rewards.sources.aesthetic.head: {path}: refused: ")
+    assert "exec); convert it to .safetensors" in str(e.value)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: a plain load runs it
+    assert marker.read_text() == "ran"
+
+
+def test_hpsv2_checkpoint_is_tensors_only_unless_trusted(tmp_path):
+    path, marker = payload_file(tmp_path, "hps.pt")
+    with pytest.raises(InputError, match=r"set rewards\.sources\.hpsv2\.trust_pickle: true"):
+        hpsv2.load_checkpoint(path)
+    assert not marker.exists()
+    # a training state with a non-tensor object: refused by default, loaded when trusted
+    state = {"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1)}
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(InputError, match=r"GLOBAL argparse\.Namespace"):
+        hpsv2.load_checkpoint(tmp_path / "state.pt")
+    assert hpsv2.load_checkpoint(tmp_path / "state.pt", trust_pickle=True)["args"].lr == 1
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "plain.pt")
+    assert torch.equal(
+        hpsv2.load_checkpoint(tmp_path / "plain.pt")["state_dict"]["w"], state["state_dict"]["w"]
+    )
+
+
+def test_training_checkpoint_state_loads_weights_only(tmp_path):
+    """The custom state an accelerate checkpoint holds (LoRA, moving reference, Rethinking
+    schedule, generator, history) loads with ``weights_only``; the same file with code in it
+    is refused. accelerate itself unpickles this file in full (see docs/reliability.md)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    schedule = ReferenceSchedule(2, 0.5)
+    schedule.history.append((2, 0.1))
+    state = {
+        "method": {"lora": {"a": torch.ones(2)}, "ref": [torch.zeros(2)], "schedule": schedule},
+        "gen": torch.Generator().manual_seed(0).get_state(),
+        "step": 3,
+        "history": [{"loss": 1.0, "step": 2}],
+    }
+
+    class Loop:
+        def state_dict(self) -> dict:
+            return state
+
+        def load_state_dict(self, s: dict) -> None: ...
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as training does
+    acc = Accelerator(cpu=True)
+    acc.register_for_checkpointing(Loop())
+    acc.save_state(str(tmp_path / "state"))
+    custom = tmp_path / "state" / "custom_checkpoint_0.pkl"
+    got = load_weights(custom, "checkpoint", allow=[ReferenceSchedule])
+    assert got["method"]["schedule"].history == [(2, 0.1)] and got["step"] == 3
+    marker = tmp_path / "payload-ran"
+    torch.save({"method": Payload(marker)}, custom)
+    with pytest.raises(InputError, match="refused"):
+        load_weights(custom, "checkpoint", allow=[ReferenceSchedule])
+    assert not marker.exists()
+
+
+# --- the workflow's objective wildcard --------------------------------------------------------
+
+
+def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path):
+    """The same rule as config.py, for a target asked of Snakemake directly: no rule makes
+    ``results/adapters/<name>/seed0`` unless ``<name>`` is a valid objective name."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "src").symlink_to(REPO / "src")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    dry_run = ["snakemake", "-s", str(REPO / "Snakefile"), "-n", "-c1"]
+    runs = {
+        name: subprocess.Popen(
+            [*dry_run, f"results/adapters/{name}/seed0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("baseline", "base", "a.b")
+    }
+    out = {name: p.communicate()[0] for name, p in runs.items()}
+    assert runs["baseline"].returncode == 0 and "rule train:" in out["baseline"], out["baseline"]
+    for name in ("base", "a.b"):
+        assert f"No rule to produce results/adapters/{name}/seed0" in out[name], out[name]
