@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffpref import launch
+
 EXPERIMENT = "diffpref"
 KIND_TAG = "mlflow.experimentKind"
 PIPELINE_TAG = "diffpref.pipeline"
@@ -167,7 +169,9 @@ def _now_ms() -> int:
 
 
 def _start_writer(run: StageRun, start_ms: int) -> subprocess.Popen | None:
-    if os.environ.get("DIFFPREF_MLFLOW", "1") == "0":
+    """The record's helper process; none with ``DIFFPREF_MLFLOW=0``, and none but rank 0's
+    when a stage runs as several processes (one run per stage, whatever N)."""
+    if os.environ.get("DIFFPREF_MLFLOW", "1") == "0" or not launch.is_main():
         return None
     writer = subprocess.Popen(
         [sys.executable, "-m", "diffpref.tracking"], stdin=subprocess.PIPE, text=True
