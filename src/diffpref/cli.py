@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launch.die_with_launcher()
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     level = logging.INFO if launch.is_main() else logging.WARNING

@@ -36,9 +36,15 @@ def _device() -> torch.device:
 def process_device(device: torch.device) -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` under a multi-process launch (one GPU
     per process), else ``device``."""
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
+    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local, visible = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+    if local >= visible:
+        raise RuntimeError(
+            f"train.num_processes: process {local} has no GPU of its own ({visible} visible); "
+            "use at most one process per GPU"
+        )
+    return torch.device("cuda", local)
 
 
 def global_mean(x: Tensor) -> Tensor:

@@ -10,9 +10,13 @@ heavy, and the MLflow writer process imports this too.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 from typing import NoReturn
+
+LAUNCHER = "DIFFPREF_LAUNCHER_PID"  # set by relaunch: the pid the launcher keeps across exec
 
 
 def rank() -> int:
@@ -44,6 +48,19 @@ def relaunch(argv: list[str], num_processes: int) -> NoReturn:
         "--main_process_port", "0",
         "-m", "diffpref.cli", *argv,
     ]  # fmt: skip
+    os.environ[LAUNCHER] = str(os.getpid())
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
+
+
+def die_with_launcher() -> None:
+    """In a worker of :func:`relaunch`: be killed when the launcher dies. PyTorch's launcher
+    starts each worker in its own session, so a launcher killed outright (SIGKILL, the OOM
+    killer) would leave workers that go on training and write results behind its back."""
+    if LAUNCHER not in os.environ or not is_launched() or sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != int(os.environ[LAUNCHER]):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
