@@ -104,21 +104,21 @@ def one_thread():
 
 
 def launch(params: Path, objective: str, mlflow: bool = False) -> subprocess.Popen:
-    """``diffpref train`` as the pipeline runs it, in its own session (so a test can kill the
-    launcher and its workers together)."""
+    """``diffpref train`` as the pipeline runs it, in a session of its own: a kill of that
+    session reaches the launcher alone (PyTorch starts each worker in its own session)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env |= {
         "DIFFPREF_MLFLOW": "1" if mlflow else "0",
         "MLFLOW_TRACKING_URI": f"sqlite:///{params.parent / 'mlflow.db'}",
     }
-    log = open(params.parent / "train.log", "w")  # noqa: SIM115 (the child holds it)
-    return subprocess.Popen(
-        ["diffpref", *train_args(params, objective), "--threads", "1"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    with open(params.parent / "train.log", "w") as log:
+        return subprocess.Popen(
+            ["diffpref", *train_args(params, objective), "--threads", "1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def finish(proc: subprocess.Popen, params: Path) -> str:
@@ -227,8 +227,8 @@ def test_batch_size_must_split_evenly_over_the_processes(tmp_path, capsys):
     assert "train: batch_size 4 is not a multiple of num_processes 3" in err
     assert "train.batch_size" in err and "train.num_processes" in err
 
-    raw = {"train": {"num_processes": 2}, "objectives": {"s": {"loss": "softrepa", "train": {}}}}
-    raw["objectives"]["s"]["train"]["batch_size"] = 3
+    entry = {"loss": "softrepa", "train": {"batch_size": 3}}  # the override is named
+    raw = {"train": {"num_processes": 2}, "objectives": {"s": entry}}
     params.write_text(yaml.safe_dump(raw))
     assert cli.main(["check", "--params", str(params)]) == 2
     assert "objectives.s.train: batch_size 3 is not a multiple of num_processes 2" in (

@@ -39,7 +39,8 @@ def relaunch(argv: list[str], num_processes: int) -> NoReturn:
     ``exec``, not a child: a signal to the job (Snakemake, SLURM) reaches the launcher, which
     passes it to the workers. ``--multi_gpu`` picks the launcher that spawns the N processes;
     on CPU each worker's ``Accelerator(cpu=True)`` joins over gloo. Port 0: a free port, so
-    parallel jobs on one machine never collide.
+    parallel jobs on one machine never collide. Precision is the workers' own
+    (``train.mixed_precision``); ``no`` here only keeps the launcher from guessing.
     """
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
