@@ -34,6 +34,8 @@ from diffpref.training.data import TrainData
 if TYPE_CHECKING:
     from diffpref.config import Objective, TrainParams
 
+WHOLE = slice(0, None)  # the whole global batch: the share of a single process
+
 
 def drop_captions(cond: Cond, uncond: Cond, p: float, gen: torch.Generator) -> Cond:
     """Replace a fraction ``p`` of the captions by the empty prompt (official DPO: 20%)."""
@@ -100,7 +102,7 @@ class GroupMethod:
         prompt_rows: Tensor,
         t: Tensor,
         gen: torch.Generator,
-        share: slice = slice(None),
+        share: slice = WHOLE,
     ) -> StepInputs:
         """Noised inputs and targets of the units ``rows[share]``; caption dropout and noise
         are drawn for all of ``rows`` first, so a share sees the draws of the whole batch."""
@@ -139,7 +141,7 @@ class GroupMethod:
             return self.errors(inp)
 
     def step(
-        self, idx: Tensor, gen: torch.Generator, share: slice
+        self, idx: Tensor, gen: torch.Generator, share: slice = WHOLE
     ) -> tuple[Tensor, dict[str, Any]]:
         t = self.sample_t(len(idx), gen)
         inp = self.inputs(self.data.groups[idx], self.data.prompt_rows[idx], t, gen, share)
@@ -232,7 +234,7 @@ class CaptionMethod:
         return torch.where(matched.view(-1, 1, 1), pos, tokens[1].expand_as(pos))
 
     def step(
-        self, idx: Tensor, gen: torch.Generator, share: slice
+        self, idx: Tensor, gen: torch.Generator, share: slice = WHOLE
     ) -> tuple[Tensor, dict[str, Any]]:
         """This process's images (``idx[share]``) against every caption of the global batch,
         so that the negatives span the global batch as in a single process."""
