@@ -3,7 +3,9 @@
 An interrupted run resumes from the last checkpoint (same params hash) and ends with the same
 weights as an uninterrupted run. With several processes rank 0 writes it (the trainable
 state, optimizer and generators are identical on every process) and every process loads it:
-nothing in it depends on the number of processes.
+nothing in it depends on the number of processes. (accelerate's global RNG states in it are
+rank 0's alone: the global RNG only seeds the adapter's init; the steps draw from their own
+generators.)
 """
 
 from __future__ import annotations
