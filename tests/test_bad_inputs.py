@@ -482,3 +482,23 @@ def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path
     assert runs["baseline"].returncode == 0 and "rule train:" in out["baseline"], out["baseline"]
     for name in ("base", "a.b"):
         assert f"No rule to produce results/adapters/{name}/seed0" in out[name], out[name]
+
+
+def test_resume_refuses_a_checkpoint_carrying_code(tmp_path):
+    """``training.resume`` checks accelerate's custom state before accelerate unpickles it: a
+    checkpoint with a payload stops training with the refusal, and the payload never runs."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from diffpref.training.checkpoint import HASH_FILE, STATE_DIR, resume
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(cpu=True)
+    state = tmp_path / "ckpt" / STATE_DIR
+    state.mkdir(parents=True)
+    marker = tmp_path / "payload-ran"
+    torch.save({"method": Payload(marker)}, state / "custom_checkpoint_0.pkl")
+    (state / HASH_FILE).write_text("h")
+    with pytest.raises(InputError, match="refused"):
+        resume(acc, tmp_path / "ckpt", "h")
+    assert not marker.exists()

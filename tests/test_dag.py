@@ -7,6 +7,7 @@ profile. MLflow's SQLite store is the witness of what ran: every executed stage 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -282,6 +283,12 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     shown = sh(["dvc", "metrics", "show"], root).splitlines()  # a row per model, terminal-wide
     assert any(line.startswith("results/metrics/dpo.json") for line in shown)
     assert max(map(len, shown)) <= 100, shown
+    # `dvc exp show` has each model's headline numbers as columns (win and its CI are dpo's)
+    exp = pd.read_csv(io.StringIO(sh(["dvc", "exp", "show", "--csv", "--no-pager"], root)))
+    workspace = exp[exp.rev == "workspace"].iloc[0]
+    dpo = json.loads((root / "results/metrics/dpo.json").read_text())
+    for key in ("win", "win_low", "win_high"):
+        assert workspace[key] == pytest.approx(dpo[key]), key
 
     # a new training seed adds only its own stages and the report; dropping it reruns the report
     assert executions(root) == [EXPECTED, AFTER_BETA]  # one parent run per dvc execution

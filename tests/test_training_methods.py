@@ -84,7 +84,7 @@ def test_group_objectives_train_and_move_the_adapter(entry, tmp_path):
 
 
 def test_smpo_renoise_uses_inverted_inputs(tmp_path, monkeypatch):
-    import diffpref.training as tr
+    import diffpref.training.methods as tr
 
     calls = []
     real = tr.renoise_invert

@@ -2,6 +2,8 @@
 
 The CLI validates params before importing anything heavy, opens the stage's MLflow record,
 and runs the stage module's ``run(ctx)``. Bad params exit with code 2 and nothing computed.
+``train`` with ``train.num_processes > 1`` re-executes itself under ``accelerate launch``
+(:mod:`diffpref.launch`); rank 0 alone then logs and keeps the MLflow record.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffpref import config as config_mod
+from diffpref import launch
 from diffpref.stages import STAGES
 
 log = logging.getLogger("diffpref")
@@ -92,8 +95,11 @@ def _bad_input_exits_2(main: Callable[..., int]) -> Callable[..., int]:
 
 @_bad_input_exits_2
 def main(argv: list[str] | None = None) -> int:
+    launch.die_with_launcher()
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    level = logging.INFO if launch.is_main() else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     if args.stage == "tracking-init":
         return tracking_init()
     try:
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             f"train seeds {cfg.train_seeds})"
         )
         return 0
+    n = cfg.train_for(objective).num_processes if args.stage == "train" else 1
+    if n > 1 and not launch.is_launched():
+        launch.relaunch(argv, n)
     return run_stage(args.stage, cfg, raw, objective, args.threads, seed)
 
 

@@ -166,6 +166,12 @@ class TrainParams(_Strict):
     )
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="data-parallel processes (one GPU each, or CPU processes); batch_size is "
+        "the global batch, split evenly over them",
+    )
 
 
 class TrainOverrides(_Strict):
@@ -175,6 +181,7 @@ class TrainOverrides(_Strict):
     warmup_steps: int | None = Field(None, ge=0)
     lora_rank: int | None = Field(None, ge=1)
     caption_dropout: float | None = Field(None, ge=0, le=1)
+    num_processes: int | None = Field(None, ge=1)
 
 
 class EvaluateParams(_Strict):
@@ -429,8 +436,27 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[
             errors += _errors(path, f"objectives.{name}", e)
         except ConfigError as e:
             errors.append(f"{path}: objectives.{name}: {e}")
+    if cfg is not None:
+        cfg.objectives = parsed
+        errors += _share_errors(cfg, path)
     if errors:
         raise ConfigError("\n".join(errors))
     assert cfg is not None
-    cfg.objectives = parsed
     return cfg, raw
+
+
+def _share_errors(cfg: Config, path: Path) -> list[str]:
+    """Every training process takes an equal share of each global batch: ``batch_size`` must
+    be a multiple of ``num_processes`` (reported where the objective's values come from)."""
+    found = {}
+    for name, objective in cfg.objectives.items():
+        tp = cfg.train_for(name)
+        if tp.batch_size % tp.num_processes:
+            over = objective.train.batch_size or objective.train.num_processes
+            where = f"objectives.{name}.train" if over else "train"
+            found[where] = (
+                f"{path}: {where}: batch_size {tp.batch_size} is not a multiple of "
+                f"num_processes {tp.num_processes} (train.batch_size is the global batch, "
+                "split evenly over the train.num_processes processes)"
+            )
+    return list(found.values())

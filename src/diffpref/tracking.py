@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffpref import launch
+
 EXPERIMENT = "diffpref"
 KIND_TAG = "mlflow.experimentKind"
 PIPELINE_TAG = "diffpref.pipeline"
@@ -171,7 +173,9 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """``options``: the ``tracking:`` params and ``pipeline_params_hash`` (the whole resolved
     params file's hash, tagged on the execution's parent run)."""
-    enabled = os.environ.get("DIFFPREF_MLFLOW", "1") != "0"
+    # none with DIFFPREF_MLFLOW=0, and none but rank 0's when a stage runs as several
+    # processes (one run per stage, whatever N)
+    enabled = os.environ.get("DIFFPREF_MLFLOW", "1") != "0" and launch.is_main()
     items = [(k, str(v)) for k, v in (inputs or {}).items()]
     run = StageRun(stage, objective, params, params_hash, seed, items, enabled)
     start, start_ms = time.perf_counter(), _now_ms()

@@ -79,7 +79,8 @@ rule labels:
 rule train:
     input:
         f"{SRC}/stages/train.py",
-        f"{SRC}/training.py",
+        py(f"{SRC}/training"),
+        f"{SRC}/distributed.py",
         py(f"{SRC}/objectives"),
         py(f"{SRC}/backbones"),
         "results/world",

@@ -21,9 +21,16 @@ per-element **mean** ``err`` the equivalent temperature is ``T_pl = 1/(C·H·W)`
 reduction is a mean over pairs and elements instead of the paper's sum (only rescales the lr).
 EMA decay is not stated in the paper; 0.99 follows a third-party reimplementation.
 
-Signature: ``loss(pred, ema_pred, noise, p) -> (loss, metrics)`` with ``pred`` and
-``ema_pred`` ``[B_img, B_txt, C, H, W]`` (ψ+ on the diagonal, ψ− elsewhere; ``pred`` with grad,
-``ema_pred`` without) and ``noise`` ``[C, H, W]`` or anything broadcastable to ``pred``.
+Signature: ``loss(pred, ema_pred, noise, p, first=0) -> (loss, metrics)`` with ``pred`` and
+``ema_pred`` ``[B_img, B_txt, C, H, W]`` (ψ+ on the matched pairs, caption ``first + i`` for
+image row ``i``, ψ− elsewhere; ``pred`` with grad, ``ema_pred`` without) and ``noise``
+``[C, H, W]`` or anything broadcastable to ``pred``.
+
+Multi-process batch: each process holds a block of image rows (images ``first, first+1, ...``
+of the global batch) against **every** caption of the global batch, so the Plackett–Luce
+softmax runs over all the batch's captions. Weights, Δ and targets are per image row and the
+loss is a mean over equal-size rows of pairs, so the loop's gradient average over equal
+blocks makes it the single-process loss of the whole batch.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffpref.objectives.base import Metrics, ParamsBase, denoising_error, detached
+from diffpref.objectives.base import (
+    Metrics,
+    ParamsBase,
+    denoising_error,
+    detached,
+    matched_mask,
+)
 
 NEEDS_REFERENCE = False
 TOKEN_SETS = 2  # ψ+ on matched pairs, ψ− on mismatched ones, each with an EMA copy
@@ -52,17 +65,17 @@ class Params(ParamsBase):
     )
 
 
-def matched_mask(b_img: int, b_txt: int, device: torch.device | None = None) -> Tensor:
-    """``[B_img, B_txt]`` bool, True on matched pairs (caption ``i`` belongs to image ``i``)."""
-    return torch.eye(b_img, b_txt, dtype=torch.bool, device=device)
-
-
 def loss(
-    pred: Tensor, ema_pred: Tensor, noise: Tensor, p: Params, a_tilde: float = 1.0
+    pred: Tensor,
+    ema_pred: Tensor,
+    noise: Tensor,
+    p: Params,
+    a_tilde: float = 1.0,
+    first: int = 0,
 ) -> tuple[Tensor, Metrics]:
-    if pred.ndim < 3 or pred.shape != ema_pred.shape or pred.shape[1] < pred.shape[0]:
+    if pred.ndim < 3 or pred.shape != ema_pred.shape or pred.shape[1] < first + pred.shape[0]:
         raise ValueError(
-            f"pred/ema_pred must be equal [B_img, B_txt >= B_img, ...], got "
+            f"pred/ema_pred must be equal [B_img, B_txt >= first + B_img, ...], got "
             f"{tuple(pred.shape)} / {tuple(ema_pred.shape)}"
         )
     b_img, b_txt = pred.shape[:2]
@@ -74,14 +87,14 @@ def loss(
         w = torch.softmax(-err / temp, dim=1)
         guided = (w.reshape(b_img, b_txt, *[1] * (ema.ndim - 2)) * ema).sum(dim=1, keepdim=True)
         delta = ema - guided
-        pos = matched_mask(b_img, b_txt, pred.device)
+        pos = matched_mask(b_img, b_txt, first, pred.device)
         sign = torch.where(pos, p.gamma_pos, -p.gamma_neg).to(ema.dtype)
         target = eps + (a_tilde * sign).reshape(b_img, b_txt, *[1] * (ema.ndim - 2)) * delta
     per_pair = denoising_error(pred, target, n_batch_dims=2)
     value = per_pair.mean()
     metrics = detached(
         pl_weight_matched=w[pos],
-        pl_acc=(w.argmax(dim=1) == torch.arange(b_img, device=w.device)).float(),
+        pl_acc=(w.argmax(dim=1) == torch.arange(b_img, device=w.device) + first).float(),
         delta_abs=delta.abs(),
         pos_err=per_pair[pos],
         neg_err=per_pair[~pos] if bool((~pos).any()) else per_pair.new_zeros(()),
@@ -100,9 +113,9 @@ def ema_update(ema_params: Iterable[Tensor], params: Iterable[Tensor], decay: fl
 
 
 def caption_loss(
-    pred: Tensor, ema_pred: Tensor | None, target: Tensor, p: Params
+    pred: Tensor, ema_pred: Tensor | None, target: Tensor, p: Params, first: int = 0
 ) -> tuple[Tensor, Metrics]:
     """The training loop's soft-token entry point; ``target`` is the (broadcast) noise."""
     if ema_pred is None:
         raise ValueError("AGSM needs the EMA tokens' predictions")
-    return loss(pred, ema_pred, target, p)
+    return loss(pred, ema_pred, target, p, first=first)

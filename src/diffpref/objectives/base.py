@@ -5,6 +5,11 @@ The training loop turns predictions into per-sample denoising errors once
 does) and hands them to a loss as an :class:`Errors`. Because the reduction is a mean and not
 the papers' squared norm (a sum), every β below is in "mean-over-elements" units: the official
 Diffusion-DPO code's β=5000 is meaningful only with this convention.
+
+With ``train.num_processes: N`` every process hands a loss its equal share of the global batch
+and the loop averages the gradients, so a loss that is a mean of per-unit terms (DPO, MaPO,
+SmPO, SFT) needs nothing more. A loss that reduces *across* the batch says in its docstring
+what a multi-process batch means for it (KTO, LAIR, SoftREPA, AGSM).
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class ParamsBase(BaseModel):
 
 
 Metrics = dict[str, Tensor]
+
+
+def matched_mask(
+    b_img: int, b_txt: int, first: int = 0, device: torch.device | None = None
+) -> Tensor:
+    """``[B_img, B_txt]`` bool, True where caption ``first + i`` meets image row ``i``: the
+    rows are images ``first, first+1, ...`` of a batch whose captions are the columns."""
+    rows = torch.arange(b_img, device=device).unsqueeze(1)
+    return torch.arange(b_txt, device=device) == rows + first
 
 
 def denoising_error(pred: Tensor, target: Tensor, n_batch_dims: int = 1) -> Tensor:

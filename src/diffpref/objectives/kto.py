@@ -10,9 +10,13 @@ over latent elements) of the model and the frozen reference on the same ``(t, ε
     L = mean(w_y · (1 − h)),   w_y = λ_D or λ_U
 
 ``z`` is a baseline, not a target: the official code detaches it (``bce_offset=none``) so the
-gradient only moves each image's own ``g``. ``[I]`` The official ``z`` is all-reduced over
-GPUs; here it is the mean over the batch handed in (the loop may pass a larger batch, or a
-running mean, if it wants the multi-GPU behaviour). ``Errors.beta_scale`` multiplies β.
+gradient only moves each image's own ``g``. ``Errors.beta_scale`` multiplies β.
+
+Multi-process batch: ``z`` is the mean of ``g`` over the **global** batch, every process's
+images (one all-reduce, :func:`~diffpref.distributed.global_mean`), as the official code
+all-reduces it over GPUs; the outer mean is over this process's images, and the loop's
+gradient average over equal shares makes it the global mean. So N processes compute the loss
+of one process over the whole batch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from diffpref.distributed import global_mean
 from diffpref.objectives.base import (
     Errors,
     Metrics,
@@ -48,7 +53,7 @@ def loss(e: Errors, p: Params) -> tuple[Tensor, Metrics]:
     r = check_groups(e.ref, 1, "ref")[:, 0].detach()
     good = per_sample(e.desirable, m.shape[0], "desirable").bool()
     g = r - m
-    z = g.mean().clamp(min=0).detach()
+    z = global_mean(g).clamp(min=0)
     sign = torch.where(good, 1.0, -1.0).to(g.dtype)
     h = torch.sigmoid(sign * effective_beta(p.beta, e, g) * (g - z))
     w = torch.where(good, p.lambda_d, p.lambda_u).to(g.dtype)

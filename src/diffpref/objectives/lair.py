@@ -18,6 +18,10 @@ before the softmax by default so τ is in units of the group's spread, whatever 
 model's scale; β defaults to 2500 = 0.5·5000, so ``β r̂`` is per image what Diffusion-DPO's
 ``inside`` is per pair at its official β; λ defaults to 1. ``Errors.beta_scale`` multiplies β
 per prompt.
+
+Multi-process batch: a training unit is a whole list (one prompt's K candidates), so every
+process holds whole prompts and the loss is a mean over prompts: nothing to gather, and the
+loop's gradient average over equal shares is the global mean.
 """
 
 from __future__ import annotations

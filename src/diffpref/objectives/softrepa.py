@@ -12,8 +12,13 @@ elements of ``(pred(x_t^i, c^j) − target)²``::
 The code declares ``scale``/``temp`` as ``nn.Parameter`` but never gives them to the optimiser,
 so they are constants here. The paper writes a timestep-dependent τ(t); the code uses 0.07.
 
-Signature: ``loss(err_matrix [B_img, B_txt], p) -> (loss, metrics)``; caption ``i`` belongs to
-image ``i`` (``B_txt ≥ B_img``; extra captions are negatives only).
+Signature: ``loss(err_matrix [B_img, B_txt], p, first=0) -> (loss, metrics)``; caption
+``first + i`` belongs to image row ``i`` (the other captions are negatives only).
+
+Multi-process batch: each process holds a block of image rows (images ``first, first+1, ...``
+of the global batch) against **every** caption of the global batch, so the negatives span the
+global batch. Both terms are per image row, and the loss is their mean over rows; the loop's
+gradient average over equal blocks makes it the single-process loss of the whole batch.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from diffpref.objectives.base import Metrics, ParamsBase, denoising_error, detached
+from diffpref.objectives.base import (
+    Metrics,
+    ParamsBase,
+    denoising_error,
+    detached,
+    matched_mask,
+)
 
 NEEDS_REFERENCE = False
 TOKEN_SETS = 1  # one soft-token set for every (image, caption) pair
@@ -45,27 +56,26 @@ def error_matrix(pred: Tensor, target: Tensor) -> Tensor:
     return denoising_error(pred, target, n_batch_dims=2)
 
 
-def loss(err_matrix: Tensor, p: Params) -> tuple[Tensor, Metrics]:
-    if err_matrix.ndim != 2 or err_matrix.shape[1] < err_matrix.shape[0]:
+def loss(err_matrix: Tensor, p: Params, first: int = 0) -> tuple[Tensor, Metrics]:
+    if err_matrix.ndim != 2 or first + err_matrix.shape[0] > err_matrix.shape[1]:
         shape = tuple(err_matrix.shape)
-        raise ValueError(f"err_matrix must be [B_img, B_txt >= B_img], got {shape}")
-    b = err_matrix.shape[0]
+        raise ValueError(f"err_matrix must be [B_img, B_txt >= first + B_img], got {shape}")
+    b, b_txt = err_matrix.shape
     logits = p.scale * torch.exp(-err_matrix / p.temp)
-    targets = torch.arange(b, device=err_matrix.device)
-    pos = err_matrix.diagonal()
+    targets = torch.arange(b, device=err_matrix.device) + first
+    matched = matched_mask(b, b_txt, first, err_matrix.device)
+    pos = err_matrix[matched]
     value = F.cross_entropy(logits, targets) + p.dweight * pos.mean()
-    neg_mask = torch.ones_like(err_matrix, dtype=torch.bool)
-    neg_mask[targets, targets] = False
     metrics = detached(
         contrastive_acc=(logits.argmax(dim=1) == targets).float(),
         pos_err=pos,
-        neg_err=err_matrix[neg_mask] if neg_mask.any() else pos.new_zeros(()),
+        neg_err=err_matrix[~matched] if b_txt > 1 else pos.new_zeros(()),
     )
     return value, metrics
 
 
 def caption_loss(
-    pred: Tensor, ema_pred: Tensor | None, target: Tensor, p: Params
+    pred: Tensor, ema_pred: Tensor | None, target: Tensor, p: Params, first: int = 0
 ) -> tuple[Tensor, Metrics]:
     """The training loop's soft-token entry point (SoftREPA keeps no EMA tokens)."""
-    return loss(error_matrix(pred, target), p)
+    return loss(error_matrix(pred, target), p, first)

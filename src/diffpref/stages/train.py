@@ -4,6 +4,9 @@ candidates and the objective's labels.
 The training seed drives everything random in training (adapter init, batch order, timesteps,
 noise); the data (prompts, candidates, labels) is shared by every seed, so the spread between
 seeds is the training algorithm's own variance.
+
+With ``train.num_processes: N`` this runs in each of N processes (``diffpref train`` launched
+them, :mod:`diffpref.launch`): all train, rank 0 alone writes the adapter and the record.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from diffpref import training
+from diffpref import launch, training
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.config import params_hash
+from diffpref.distributed import process_device
 from diffpref.io import atomic_dir, write_json
 
 INPUTS = ("candidates", "labels")  # recorded in MLflow as datasets with their digests
@@ -23,13 +27,15 @@ def run(ctx) -> None:
     cfg, name = ctx.cfg, ctx.objective
     objective = cfg.objectives[name]
     tp = cfg.train_for(name)
-    device = resolve_device(cfg)
+    device = process_device(resolve_device(cfg))
     backbone = load_backbone(cfg, device)
     data = training.load_train_data(cfg.path(), objective.labels)
     ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
     result = training.train(
         backbone, data, objective, tp, ctx.seed, ckpt, params_hash(ctx.raw, "train", name)
     )
+    if not launch.is_main():
+        return
     with atomic_dir(cfg.model_dir("adapters", name, ctx.seed)) as tmp:
         result.method.save(tmp)
         write_json(
