@@ -1,13 +1,16 @@
 """A real single-node SLURM cluster (munged, slurmctld, slurmd) for tests that submit jobs.
 
 Everything lives under one state folder: the munge key, ``slurm.conf`` (found through
-``SLURM_CONF``, so ``/etc/slurm`` is left alone), spool and logs; only
-munge's socket is in a short folder of its own under the temp dir, as munged wants every folder
-above its socket open to all (pytest's are not) and socket paths are short. Inside a
-job the executor plugin's jobstep calls ``srun`` with ``SLURM_CONF`` stripped from the
-environment, so ``bin/srun`` (first on the ``PATH`` that ``sbatch --export=ALL`` hands to the
-job) puts it back. The daemons run in the foreground as children of the test, on free ports,
-and are stopped when the ``with`` block ends, whatever happened inside it.
+``SLURM_CONF``, so ``/etc/slurm`` is left alone), spool and logs. Only munge's socket has a short
+folder of its own in the temp dir: munged wants every folder above its socket open to all
+(pytest's are not), and socket paths are short. Inside a job the executor plugin's jobstep calls
+``srun`` with ``SLURM_CONF`` stripped from the environment, so ``bin/srun`` (first on the
+``PATH`` that ``sbatch --export=ALL`` hands to the job) puts it back.
+
+The node has one fake GPU (a GRES backed by /dev/null): GPU requests are scheduled and counted
+for real (the job gets ``CUDA_VISIBLE_DEVICES``; torch finds no GPU and the stage runs on the
+CPU). The daemons run as root (as on the project's machines and in CI), in the foreground as
+children of the test, on free ports, and stop when the ``with`` block ends, whatever happened.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+BINARIES = (
+    "munged",
+    "mungekey",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "squeue",
+    "scontrol",
+    "sinfo",
+    "scancel",
+)
 
 CONF = """\
 ClusterName=diffpref-test
@@ -190,7 +203,7 @@ def cluster(state: Path, timeout: float = 30) -> Iterator[Cluster]:
 
 def _cancel_all(c: Cluster, timeout: float = 30) -> None:
     """Cancel whatever is still queued or running and wait for it to leave the node."""
-    subprocess.run(["scancel", f"--user={getpass.getuser()}"], env=os.environ | c.env, check=False)
+    c.run("scancel", f"--user={getpass.getuser()}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         active = c.run("squeue", "-h", "-t", "PD,R,CG,CF,S", "-o", "%i")

@@ -154,12 +154,12 @@ def test_a_failing_job_stops_snakemake_promptly(slurm, ran):
     failed = [j for j in slurm.jobs().values() if j["JobState"] == "FAILED"]
     assert len(failed) == 1 and submitted(run.out)[failed[0]["JobId"]].startswith("rule_train/")
     # from the failed job's end (to the second) to Snakemake's exit: the plugin sees the failure
-    # at its next status check and exits after the one after that (~2 x its back-off, 22-32 s
-    # for a job that fails in its first minute), not never (trap: polling with sacct where
-    # there is no accounting)
+    # at its next status check and exits after the one after that, two back-off intervals
+    # (< 80 s for a job failing in its first minute); not never, as where sacct polls a cluster
+    # without accounting
     end = time.mktime(time.strptime(failed[0]["EndTime"], "%Y-%m-%dT%H:%M:%S"))
     assert run.end - end < 90, (run.end - end, run.out[-4000:])
-    assert "rule_train" in run.out and "Error in rule train" in run.out
+    assert "Error in rule train" in run.out
     train = [r for r in stage_runs(root) if r.info.run_name == "train@dpo/seed0"]
     assert sorted(r.info.status for r in train) == ["FAILED", "FINISHED"]
 

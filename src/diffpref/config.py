@@ -283,8 +283,8 @@ class Config(_Strict):
     report: ReportParams = Field(default_factory=ReportParams)
     resources: Resources = Field(
         default_factory=dict,
-        description="per backbone kind, what each stage's job asks a scheduler for; not a "
-        "stage param: changing it reruns nothing",
+        description="per backbone kind, what each stage's job asks a scheduler for; in no "
+        "stage's params, so editing it (outside profiles:) reruns nothing",
     )
 
     @model_validator(mode="after")
