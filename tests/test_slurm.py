@@ -5,8 +5,9 @@ GPU on the test node takes the GPU request), the report and MLflow record are co
 job that fails makes Snakemake exit non-zero promptly.
 
 The test node has 2 CPUs, so the project's resources are edited to fit it, as a user fits them
-to a cluster; the profile gets the partition and GPU model a user would set. Only polling
-intervals are added on the command line (the plugin's defaults suit real queues, not a test).
+to a cluster; the profile gets the partition and GPU model a user would set. The command line
+adds only test knobs: short polling (the plugin's defaults suit real queues), no account (the
+test cluster has none) and kept job logs (to read).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TEST_POLLING = [
     "2",
     "--seconds-between-status-checks",
     "1",
-    "--slurm-no-account",  # the test cluster has no accounts to guess from
+    "--slurm-no-account",
     "--slurm-keep-successful-logs",
 ]
 
