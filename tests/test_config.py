@@ -55,6 +55,9 @@ def test_profile_is_deep_merged_over_base():
         (lambda r: r["objectives"].update({"": {"loss": "dpo"}}), "not a valid"),
         (lambda r: r["objectives"].update({"Base": {"loss": "dpo"}}), "reserved"),
         (lambda r: r["objectives"].update({"DPO": {"loss": "dpo"}}), "same folder as"),
+        (lambda r: r["resources"]["sdxl"]["train"].update(gpus=2), "resources.sdxl.train.gpus"),
+        (lambda r: r["resources"]["sd15"].update(evaluat={}), "resources.sd15.evaluat"),
+        (lambda r: r["resources"].update(sd3={}), "resources.sd3"),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, mutate, needle):
@@ -124,3 +127,26 @@ def test_params_hash_changes_only_for_stages_that_read_the_key():
     raw["train_seeds"] = [0, 1, 2, 3]  # a new replicate: only the report reads the list
     again = {s: config.params_hash(raw, s, "dpo") for s in config.STAGE_KEYS}
     assert [s for s in after if after[s] != again[s]] == ["report"]
+
+
+def test_job_resources_follow_the_backbone_and_default_under_each_stage():
+    raw = config.read_raw(REPO / "params.yaml")
+    smoke, sd15, sdxl = ({**raw, "profile": p} for p in ("smoke", "sd15", "sdxl"))
+    cpu = config.job_resources(smoke, "train")
+    assert cpu.gpu == 0  # the embedded world runs on any node
+    assert config.job_resources(smoke, "world").cpus > cpu.cpus  # world's entry over default
+    for stage in ("candidates", "rewards", "train", "evaluate"):
+        small, big = config.job_resources(sd15, stage), config.job_resources(sdxl, stage)
+        assert small.gpu == big.gpu == 1
+        assert big.mem_mb >= small.mem_mb and big.runtime >= small.runtime
+    assert config.job_resources(sdxl, "train").runtime > config.job_resources(sd15, "train").runtime
+    for stage in ("prompts", "labels", "report"):
+        assert config.job_resources(sdxl, stage).gpu == 0
+    # a stage entry per stage the pipeline has, no more
+    assert set(config.BackboneResources.model_fields) == {"default", *config.STAGE_KEYS}
+    assert config.job_resources({}, "train") == config.JobResources()  # no section: defaults
+
+
+def test_job_resources_name_a_bad_entry():
+    with pytest.raises(config.ConfigError, match=r"resources\.embedded\.train\.cpus"):
+        config.job_resources({"resources": {"embedded": {"train": {"cpus": 0}}}}, "train")

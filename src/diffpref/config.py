@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from diffpref.objectives import get as get_objective
 from diffpref.world.settings import WorldParams
 
 DEFAULT_TRAIN_SEEDS = (0, 1, 2)
@@ -31,8 +30,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+BackboneKind = Literal["embedded", "sd15", "sdxl"]
+
+
 class BackboneParams(_Strict):
-    kind: Literal["embedded", "sd15", "sdxl"] = "embedded"
+    kind: BackboneKind = "embedded"
     pretrained: str | None = Field(
         None, description="local diffusers directory or hub id (sd15/sdxl); embedded: world"
     )
@@ -211,6 +213,52 @@ class TrackingParams(_Strict):
     large_artifact_mb: float = Field(100.0, gt=0)
 
 
+class JobResources(_Strict):
+    """What one stage's job asks for: Snakemake threads, and from a scheduler (SLURM:
+    ``--cpus-per-task``, ``--mem``, ``--time``, ``--gpus``). Run locally, only ``cpus`` counts,
+    capped by ``--cores``."""
+
+    cpus: int = Field(1, ge=1, description="threads (torch CPU threads)")
+    mem_mb: int = Field(4000, ge=1, description="host memory, MB")
+    runtime: int = Field(60, ge=1, description="wall-time limit, minutes")
+    gpu: int = Field(0, ge=0, description="GPUs on one node")
+
+    @property
+    def scheduler(self) -> dict[str, int]:
+        """As Snakemake resources, named as its SLURM executor reads them."""
+        return {"mem_mb": self.mem_mb, "runtime": self.runtime, "gpu": self.gpu}
+
+
+class ResourceOverrides(_Strict):
+    cpus: int | None = Field(None, ge=1)
+    mem_mb: int | None = Field(None, ge=1)
+    runtime: int | None = Field(None, ge=1)
+    gpu: int | None = Field(None, ge=0)
+
+
+class BackboneResources(_Strict):
+    """One backbone kind's jobs: ``default`` for every stage, each stage's entry over it
+    (``evaluate`` covers the base model's evaluation too)."""
+
+    default: JobResources = Field(default_factory=JobResources)
+    world: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    prompts: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    candidates: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    rewards: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    labels: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    train: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    evaluate: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    report: ResourceOverrides = Field(default_factory=ResourceOverrides)
+
+    def of(self, stage: str) -> JobResources:
+        over: ResourceOverrides = getattr(self, stage)
+        return self.default.model_copy(update=over.model_dump(exclude_none=True))
+
+
+# resources: kind -> BackboneResources; a kind left out gets JobResources' defaults
+Resources = dict[BackboneKind, BackboneResources]
+
+
 class Objective(BaseModel):
     """One entry of ``objectives:``: a loss from the registry plus its hyper-parameters."""
 
@@ -223,7 +271,7 @@ class Objective(BaseModel):
 
     @property
     def module(self) -> Any:
-        return get_objective(self.loss)
+        return _loss_module(self.loss)
 
     @property
     def labels(self) -> str:
@@ -256,6 +304,11 @@ class Config(_Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    resources: Resources = Field(
+        default_factory=dict,
+        description="per backbone kind, what each stage's job asks a scheduler for; in no "
+        "stage's params, so editing it (outside profiles:) reruns nothing",
+    )
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> Config:
@@ -298,10 +351,18 @@ def _objective(name: str, entry: Any) -> Objective:
     loss = entry.pop("loss")
     train = entry.pop("train", {})
     try:
-        module = get_objective(loss)
+        module = _loss_module(loss)
     except KeyError as e:
         raise ConfigError(f"loss: {e.args[0]}") from None
     return Objective(name=name, loss=loss, params=module.Params(**entry), train=train)
+
+
+def _loss_module(name: str) -> Any:
+    """The registered loss ``name``, imported on first use: the objectives import torch, and
+    the Snakefile imports this module (every SLURM job parses the Snakefile twice)."""
+    from diffpref.objectives import get
+
+    return get(name)
 
 
 def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
@@ -354,6 +415,24 @@ def file_hash(raw: dict[str, Any]) -> str:
     """The whole resolved params file's hash: which configuration a pipeline execution ran."""
     blob = json.dumps(raw, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def job_resources(raw: dict[str, Any], stage: str) -> JobResources:
+    """A stage's job resources under ``raw``'s active profile: ``resources.<backbone kind>``,
+    validated here because the Snakefile asks for them before any stage checks its params."""
+    merged = with_profile(raw)
+    errors: list[str] = []
+    try:
+        kind = BackboneParams.model_validate(merged.get("backbone") or {}).kind
+    except ValidationError as e:
+        errors += _errors(Path("params.yaml"), "backbone", e)
+    try:
+        table = TypeAdapter(Resources).validate_python(merged.get("resources") or {})
+    except ValidationError as e:
+        errors += _errors(Path("params.yaml"), "resources", e)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return table.get(kind, BackboneResources()).of(stage)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

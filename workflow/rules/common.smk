@@ -1,10 +1,10 @@
-# Shared wiring: the objectives and training seeds to expand, the command prefix and each
-# rule's params sections.
+# Shared wiring: the objectives and training seeds to expand, the command prefix, each
+# rule's params sections and its job resources.
 import os
 import uuid
 from pathlib import Path
 
-from diffpref.config import DEFAULT_TRAIN_SEEDS, stage_params, with_profile
+from diffpref.config import DEFAULT_TRAIN_SEEDS, job_resources, stage_params, with_profile
 
 # one id per `snakemake` invocation: every stage's MLflow run nests under that execution's run
 os.environ.setdefault("DIFFPREF_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
@@ -24,6 +24,12 @@ def cmd(stage, objective=None, seed=None):
 def params_of(stage, objective=None):
     """The params sections a stage reads: Snakemake reruns a job when they change."""
     return stage_params(config, stage, objective)
+
+
+def res(stage):
+    """The stage's job resources from params.yaml, by backbone kind: ``.cpus`` for threads,
+    ``.scheduler`` for the rule's resources (what SLURM is asked for)."""
+    return job_resources(config, stage)
 
 
 wildcard_constraints:

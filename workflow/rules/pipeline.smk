@@ -1,5 +1,13 @@
 # One rule per stage; inputs are the stage's source files and upstream artifacts (as in dvc.yaml).
+# Threads and resources (memory, wall time, GPUs) come from params.yaml `resources:`.
 SRC = "src/diffpref"
+
+
+# small CPU stages run where Snakemake runs, not as cluster jobs (no effect on one machine)
+localrules:
+    prompts,
+    labels,
+    report,
 
 
 rule world:
@@ -10,7 +18,9 @@ rule world:
         directory("results/world"),
     params:
         p=params_of("world"),
-    threads: workflow.cores
+    threads: res("world").cpus
+    resources:
+        **res("world").scheduler,
     shell:
         cmd("world")
 
@@ -23,7 +33,9 @@ rule prompts:
         directory("results/prompts"),
     params:
         p=params_of("prompts"),
-    threads: 1
+    threads: res("prompts").cpus
+    resources:
+        **res("prompts").scheduler,
     shell:
         cmd("prompts")
 
@@ -38,9 +50,9 @@ rule candidates:
         directory("results/candidates"),
     params:
         p=params_of("candidates"),
-    threads: workflow.cores
+    threads: res("candidates").cpus
     resources:
-        gpu=1,
+        **res("candidates").scheduler,
     shell:
         cmd("candidates")
 
@@ -55,9 +67,9 @@ rule rewards:
         directory("results/rewards"),
     params:
         p=params_of("rewards"),
-    threads: workflow.cores
+    threads: res("rewards").cpus
     resources:
-        gpu=1,
+        **res("rewards").scheduler,
     shell:
         cmd("rewards")
 
@@ -71,7 +83,9 @@ rule labels:
         directory("results/labels"),
     params:
         p=params_of("labels"),
-    threads: 1
+    threads: res("labels").cpus
+    resources:
+        **res("labels").scheduler,
     shell:
         cmd("labels")
 
@@ -90,9 +104,9 @@ rule train:
         directory("results/adapters/{objective}/seed{seed}"),
     params:
         p=lambda w: params_of("train", w.objective),
-    threads: 1
+    threads: res("train").cpus
     resources:
-        gpu=1,
+        **res("train").scheduler,
     shell:
         cmd("train", "{wildcards.objective}", "{wildcards.seed}")
 
@@ -109,9 +123,9 @@ rule evaluate_base:
         directory("results/eval/base"),
     params:
         p=params_of("evaluate"),
-    threads: 1
+    threads: res("evaluate").cpus
     resources:
-        gpu=1,
+        **res("evaluate").scheduler,
     shell:
         cmd("evaluate", "base")
 
@@ -130,9 +144,9 @@ rule evaluate:
         directory("results/eval/{objective}/seed{seed}"),
     params:
         p=params_of("evaluate"),
-    threads: 1
+    threads: res("evaluate").cpus
     resources:
-        gpu=1,
+        **res("evaluate").scheduler,
     shell:
         cmd("evaluate", "{wildcards.objective}", "{wildcards.seed}")
 
@@ -156,6 +170,8 @@ rule report:
         "results/plots/training_loss.png",
     params:
         p=params_of("report"),
-    threads: 1
+    threads: res("report").cpus
+    resources:
+        **res("report").scheduler,
     shell:
         cmd("report")
