@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,24 @@ class TinyBackbone(Backbone):
             seed = int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)
             out.append(torch.randn(4, 16, generator=torch.Generator().manual_seed(seed)))
         return {"hidden": torch.stack(out)}
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema created once (the migrations take seconds)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store_uri(tmp_path, _empty_store) -> str:
+    """A fresh project's MLflow store at ``tmp_path/mlflow.db`` (schema only, no experiment:
+    the first stage creates it, artifacts beside this copy), without the migrations' cost."""
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 from diffpref import tracking
 
 
-def test_stage_run_writes_params_metrics_and_tags(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_stage_run_writes_params_metrics_and_tags(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with tracking.stage_run("train", "dpo", {"train": {"lr": 0.1}}, "abc123") as run:
         run.log_metric("loss", 0.5, step=1)
@@ -38,8 +38,8 @@ def test_stage_run_writes_params_metrics_and_tags(tmp_path, monkeypatch):
     assert exp.tags[tracking.KIND_TAG] == "custom_model_development"  # UI: runs table view
 
 
-def test_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(RuntimeError), tracking.stage_run("labels", None, {}, "h"):
         raise RuntimeError("boom")
@@ -49,8 +49,8 @@ def test_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
     assert r.info.status == "FAILED"
 
 
-def test_run_times_are_the_stages_own(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_run_times_are_the_stages_own(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with tracking.stage_run("rewards", None, {}, "h"):
         time.sleep(1.5)
@@ -59,8 +59,8 @@ def test_run_times_are_the_stages_own(tmp_path, monkeypatch):
     assert 1500 <= r.info.end_time - r.info.start_time < 10_000
 
 
-def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path, store_uri):
+    uri = store_uri
     code = (
         "import os, signal\n"
         "from diffpref import tracking\n"
@@ -82,8 +82,8 @@ def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path):
     assert r.data.params["train.lr"] == "0.1" and r.data.tags["train_seed"] == "1"
 
 
-def test_artifacts_land_beside_a_sqlite_store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_artifacts_land_beside_a_sqlite_store(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "weights.safetensors").write_bytes(b"w")
@@ -100,8 +100,10 @@ def test_artifacts_land_beside_a_sqlite_store(tmp_path, monkeypatch):
     assert r.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
-def test_stage_runs_nest_under_one_parent_run_per_pipeline_execution(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_stage_runs_nest_under_one_parent_run_per_pipeline_execution(
+    tmp_path, monkeypatch, store_uri
+):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("DIFFPREF_PIPELINE_ID", "run-a")
     for stage in ("prompts", "labels"):
@@ -152,8 +154,8 @@ def _only_run(uri: str):
     return client, r
 
 
-def test_inputs_are_datasets_with_content_digests(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_inputs_are_datasets_with_content_digests(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -173,8 +175,8 @@ def test_inputs_are_datasets_with_content_digests(tmp_path, monkeypatch):
     assert {t.key: t.value for t in ds.tags} == {"mlflow.data.context": "training"}
 
 
-def test_figures_are_logged_and_their_scratch_folder_removed(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_figures_are_logged_and_their_scratch_folder_removed(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     drawn = []
     with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
@@ -184,8 +186,8 @@ def test_figures_are_logged_and_their_scratch_folder_removed(tmp_path, monkeypat
     assert not drawn[0].parent.exists()
 
 
-def test_large_artifacts_can_be_logged_by_reference(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_large_artifacts_can_be_logged_by_reference(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -208,8 +210,8 @@ def test_large_artifacts_can_be_logged_by_reference(tmp_path, monkeypatch):
     }
 
 
-def test_latest_runs_match_stage_objective_seed_and_params(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_latest_runs_match_stage_objective_seed_and_params(tmp_path, monkeypatch, store_uri):
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for phash in ("old", "new", "other"):
         with tracking.stage_run("train", "dpo", {}, phash, 1):
