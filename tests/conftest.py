@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random backbone for loop tests, and paths into the repo."""
+"""Shared fixtures: a tiny random backbone for loop tests, paths into the repo, and clean smoke
+runs of the DAG that several test modules compare against."""
 
 from __future__ import annotations
 
@@ -62,3 +63,33 @@ class TinyBackbone(Backbone):
 @pytest.fixture
 def tiny_backbone() -> TinyBackbone:
     return TinyBackbone()
+
+
+# Bitwise equality needs the same torch thread count (summation order): Snakemake passes its
+# --cores 1 to every stage, DVC's stages get DIFFPREF_THREADS=1.
+ONE_THREAD = {"DIFFPREF_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory) -> Path:
+    """One clean smoke run (one objective, one training seed) by `snakemake --cores 1`, with
+    its MLflow records: what a run through faults must end equal to."""
+    from tests.project import sh, smoke_project
+
+    root = smoke_project(tmp_path_factory.mktemp("reference") / "project")
+    sh(["snakemake", "--cores", "1"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_dvc(tmp_path_factory) -> Path:
+    """The same DAG run once by `dvc repro` without MLflow records, committed with its
+    dvc.lock and the uncached metrics and plots: shared through DVC remotes
+    (test_dvc_remote.py), and the second clean run of the determinism test."""
+    from tests.project import sh, smoke_project
+
+    root = smoke_project(tmp_path_factory.mktemp("dvc") / "project")
+    sh(["dvc", "repro"], root, env={"DIFFPREF_MLFLOW": "0", **ONE_THREAD})
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "smoke run"], root)
+    return root

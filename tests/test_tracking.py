@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from tests.daemon import free_port
 
 from diffpref import tracking
 
@@ -290,3 +291,21 @@ def test_tracking_init_fails_cleanly_when_the_server_is_down():
     assert p.returncode == 1
     assert p.stderr.startswith("error: MLflow store http://127.0.0.1:9: ")
     assert "Traceback" not in p.stderr
+
+
+def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monkeypatch):
+    """Figures made for the record alone live in a scratch folder the stage deletes when it
+    ends: a record kept for later (the store down) keeps copies, and the replay logs them."""
+    monkeypatch.chdir(tmp_path)  # the project root: .mlflow-pending/ is made here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
+        run.log_figure("samples.png", lambda f: f.write_bytes(b"png"))
+    (record,) = (tmp_path / ".mlflow-pending").glob("*.json")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.replay() == ["evaluate@dpo/seed0"]
+    client, r = _only_run(uri)
+    assert r.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["samples.png"]
+    assert not record.exists() and not record.with_suffix("").exists()
