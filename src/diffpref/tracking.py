@@ -264,10 +264,11 @@ class _Writer:
     """The helper process's side: everything that does not need the stage's results (MLflow
     import, store, experiment, git commit) is done while the stage works. ``context``: the
     facts of the stage's time and place (commit, DVC tags, input digests), from a spooled
-    record when it is replayed."""
+    record when it is replayed. ``stage_pid``: the stage process, which waits for its record
+    (None on a replay)."""
 
-    def __init__(self, head: dict, context: dict | None = None):
-        self.head, self.uri = head, tracking_uri()
+    def __init__(self, head: dict, context: dict | None = None, stage_pid: int | None = None):
+        self.head, self.uri, self.stage_pid = head, tracking_uri(), stage_pid
         self.context = context or {
             "commit": git_commit(),
             "env_tags": {k: os.environ[k] for k in DVC_TAGS if k in os.environ},
@@ -318,10 +319,13 @@ class _Writer:
                 client.log_inputs(rid, datasets=self._dataset_inputs())
             for path, name in tail["artifacts"]:
                 self._log_artifact(rid, Path(path), name)
-            client.set_terminated(rid, status=tail["status"], end_time=end)
+            status = tail["status"]
+            if status == "FINISHED" and self.stage_pid and os.getppid() != self.stage_pid:
+                status = "KILLED"  # killed while it waited for its record: its tool saw it fail
+            client.set_terminated(rid, status=status, end_time=end)
             if parent:  # the execution ends with its last stage; any failure marks it FAILED
                 info = client.get_run(parent).info
-                failed = tail["status"] != "FINISHED" or info.status == "FAILED"
+                failed = status != "FINISHED" or info.status == "FAILED"
                 client.set_terminated(
                     parent, "FAILED" if failed else "FINISHED", max(end, info.end_time or 0)
                 )
@@ -405,9 +409,10 @@ class _Writer:
 
 def _record(head: dict, stdin: TextIO) -> None:
     """The helper process of :func:`stage_run`: connect while the stage works, then write the
-    run from the stage's final message, or as KILLED when its pipe closes without one. When
-    the store cannot be written the record is spooled and the stage gets a warning."""
-    writer = _Writer(head)
+    run from the stage's final message, or as KILLED when its pipe closes without one (or
+    the stage is gone by the time its record is written). When the store cannot be written
+    the record is spooled and the stage gets a warning."""
+    writer = _Writer(head, stage_pid=os.getppid())
     try:
         writer.connect()
         failure = None
