@@ -10,6 +10,7 @@ fault does is listed, row by row, in docs/reliability.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -137,10 +138,11 @@ def processes(root: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def stage_process(root: Path, stage: str) -> tuple[int, list[str]] | None:
-    """The `diffpref <stage>` process in ``root`` (not the shell that started it)."""
+    """The `diffpref <stage>` Python process in ``root``; not a shell on the way to it (the
+    tool's `sh -c`, a pyenv shim), which would die without the stage ever starting."""
     for pid, argv in processes(root):
-        if any(Path(a).name == "diffpref" and argv[i + 1 : i + 2] == [stage] for i, a in
-               enumerate(argv)):  # fmt: skip
+        python = len(argv) > 2 and Path(argv[0]).name.startswith("python")
+        if python and Path(argv[1]).name == "diffpref" and argv[2] == stage:
             return pid, argv
     return None
 
@@ -169,11 +171,10 @@ def wait_for(what: Callable, proc: subprocess.Popen, log, poll: float = 0.05):
 
 
 def run_name(argv: list[str]) -> str:
-    """The MLflow run name of a `diffpref <stage> [--objective X --seed N]` command."""
-    i = next(i for i, a in enumerate(argv) if Path(a).name == "diffpref")
-    opts = dict(zip(argv[i + 2 :], argv[i + 3 :]))
+    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N]` process."""
+    opts = dict(itertools.pairwise(argv[3:]))  # each option to the word after it
     seed = opts.get("--seed")
-    return tracking.run_name(argv[i + 1], opts.get("--objective"), seed and int(seed))
+    return tracking.run_name(argv[2], opts.get("--objective"), seed and int(seed))
 
 
 def kill_during(
