@@ -152,11 +152,15 @@ def writers(root: Path) -> list[int]:
     return [pid for pid, argv in processes(root) if argv[-2:] == ["-m", "diffpref.tracking"]]
 
 
-def children(pid: int) -> list[int]:
+def has_writer(pid: int) -> bool:
+    """Whether process ``pid`` has started its MLflow writer: its stage has begun (it may
+    have run other short-lived children while importing)."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return any(Path(f"/proc/{k}/cmdline").read_bytes().endswith(b"-m\0diffpref.tracking\0")
+                   for k in kids)  # fmt: skip
     except OSError:
-        return []
+        return False
 
 
 def wait_for(what: Callable, proc: subprocess.Popen, log, poll: float = 0.05):
@@ -188,9 +192,9 @@ def kill_during(
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
             pid, argv = wait_for(lambda: stage_process(root, stage), proc, log)
-            # its work starts with its MLflow writer (its only child): watched closely, as
-            # the work of some stages takes a tenth of a second
-            working = (root / CHECKPOINT).is_dir if stage == "train" else lambda: children(pid)
+            # its work starts with its MLflow writer: watched closely, as the work of some
+            # stages takes a few hundredths of a second
+            working = (root / CHECKPOINT).is_dir if stage == "train" else lambda: has_writer(pid)
             wait_for(working, proc, log, poll=0.002)
             time.sleep(delay)
             os.killpg(proc.pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
@@ -270,6 +274,7 @@ def test_an_unreachable_mlflow_store_warns_keeps_the_record_and_replays_it(
     assert f"; 1 records still kept in {root / '.mlflow-pending'}" in p.stderr
     assert record.is_file()
 
+    start_ms = json.loads(record.read_text())["head"]["start_ms"]
     up = f"sqlite:///{tmp_path / 'store.db'}"  # the store configured when replaying
     out = sh(["diffpref", "tracking-replay"], root, env={"MLFLOW_TRACKING_URI": up})
     assert f"MLflow store {up}: 1 kept records written: prompts" in out
@@ -277,7 +282,8 @@ def test_an_unreachable_mlflow_store_warns_keeps_the_record_and_replays_it(
     (r,) = stage_runs(root, up)
     assert r.info.run_name == "prompts" and r.info.status == "FINISHED"
     assert r.data.metrics["n_train"] == 16 and r.data.params["prompts.n_train"] == "16"
-    assert r.data.tags["git_commit"] and r.data.tags["params_hash"]
+    assert r.info.start_time == start_ms  # the stage's time, not the replay's
+    assert r.data.tags["git_commit"] == sh(["git", "rev-parse", "HEAD"], root).strip()
 
 
 # --- two pipelines at once -------------------------------------------------------------------

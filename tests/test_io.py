@@ -3,6 +3,7 @@ intact and no debris."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -62,11 +63,13 @@ def test_a_killed_writers_leftovers_are_removed_or_put_back_by_the_next_write(tm
     moved = tmp_path / f".stage.old-{pid}"
     moved.mkdir()
     (moved / "old.txt").write_text("old")
+    running = tmp_path / f".stage.tmp-{os.getpid()}-x"  # a writer that is still at work
+    running.mkdir()
     with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
         assert [f.name for f in out.iterdir()] == ["old.txt"]  # put back
-        assert sorted(tmp_path.iterdir()) == sorted([out, tmp])  # the temp folder gone
+        assert sorted(tmp_path.iterdir()) == sorted([out, running, tmp])  # the dead one's gone
         raise RuntimeError
-    assert [f.name for f in tmp_path.iterdir()] == ["stage"]
+    assert sorted(tmp_path.iterdir()) == [running, out]
 
 
 def test_a_full_disk_names_the_output_and_keeps_the_previous_one(tmp_path):
