@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -71,25 +72,37 @@ ONE_THREAD = {"DIFFPREF_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
-def smoke_reference(tmp_path_factory) -> Path:
-    """One clean smoke run (one objective, one training seed) by `snakemake --cores 1`, with
-    its MLflow records: what a run through faults must end equal to."""
+def clean_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two clean smoke runs (one objective, one training seed), each in a fresh copy of the
+    project, side by side (each pipeline keeps one core busy): `snakemake --cores 1` with its
+    MLflow records, and `dvc repro` without, committed with its dvc.lock and the uncached
+    metrics and plots."""
     from tests.project import sh, smoke_project
 
-    root = smoke_project(tmp_path_factory.mktemp("reference") / "project")
-    sh(["snakemake", "--cores", "1"], root)
-    return root
+    def snakemake(root: Path) -> Path:
+        sh(["snakemake", "--cores", "1"], smoke_project(root))
+        return root
+
+    def dvc(root: Path) -> Path:
+        sh(["dvc", "repro"], smoke_project(root), env={"DIFFPREF_MLFLOW": "0", **ONE_THREAD})
+        sh(["git", "add", "-A"], root)
+        sh(["git", "commit", "-qm", "smoke run"], root)
+        return root
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = {tool.__name__: pool.submit(tool, tmp_path_factory.mktemp(tool.__name__) / "p")
+                for tool in (snakemake, dvc)}  # fmt: skip
+    return {tool: run.result() for tool, run in runs.items()}
 
 
 @pytest.fixture(scope="session")
-def smoke_dvc(tmp_path_factory) -> Path:
-    """The same DAG run once by `dvc repro` without MLflow records, committed with its
-    dvc.lock and the uncached metrics and plots: shared through DVC remotes
-    (test_dvc_remote.py), and the second clean run of the determinism test."""
-    from tests.project import sh, smoke_project
+def smoke_reference(clean_runs) -> Path:
+    """The clean run by Snakemake: what a run through faults must end equal to."""
+    return clean_runs["snakemake"]
 
-    root = smoke_project(tmp_path_factory.mktemp("dvc") / "project")
-    sh(["dvc", "repro"], root, env={"DIFFPREF_MLFLOW": "0", **ONE_THREAD})
-    sh(["git", "add", "-A"], root)
-    sh(["git", "commit", "-qm", "smoke run"], root)
-    return root
+
+@pytest.fixture(scope="session")
+def smoke_dvc(clean_runs) -> Path:
+    """The clean run by DVC: shared through DVC remotes (test_dvc_remote.py), and the second
+    clean run of the determinism test."""
+    return clean_runs["dvc"]

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -209,17 +210,33 @@ def kill_during(
     return run_name(argv), out
 
 
+@pytest.fixture(scope="module")
+def kill_sequences(smoke_reference, tmp_path_factory) -> dict[str, BaseException | None]:
+    """Each tool's kill sequence (:func:`kill_each_stage`), both at once (each pipeline keeps
+    one core busy): what each raised, if anything."""
+    with ThreadPoolExecutor(len(TOOLS)) as pool:
+        jobs = {tool: pool.submit(kill_each_stage, tool, tmp_path_factory.mktemp(tool),
+                                  smoke_reference) for tool in TOOLS}  # fmt: skip
+    return {tool: job.exception() for tool, job in jobs.items()}
+
+
 @pytest.mark.parametrize("tool", TOOLS)
 def test_kill_9_of_each_stage_then_the_same_command_ends_as_an_uninterrupted_run(
-    tool, smoke_reference, tmp_path
+    tool, kill_sequences
 ):
+    """The tool's kill sequence (:func:`kill_each_stage`) passed."""
+    if error := kill_sequences[tool]:
+        raise error
+
+
+def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
     """For each stage in turn: start the pipeline, `kill -9` the stage at a random point of its
     work; the tool fails, and what exists is whole. Under DVC the labels kill takes `dvc`
     itself with it. Then the same command finishes: the reference's bytes, training resumed
     from its checkpoint, nothing left behind, and in MLflow each killed stage has one KILLED
     run and then one FINISHED run, no run RUNNING."""
     cmd, env = TOOLS[tool]
-    root = smoke_project(tmp_path / "project")
+    root = smoke_project(folder / "project")
     rng = random.Random(tool)
     killed, outputs = [], {}
     for stage, within in KILL_WITHIN.items():
