@@ -1,10 +1,12 @@
-"""Shared fixtures: a tiny random backbone for loop tests, and paths into the repo."""
+"""Shared fixtures: a tiny random backbone for loop tests, paths into the repo, and clean smoke
+runs of the DAG that several test modules compare against."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,45 @@ def store_uri(tmp_path, _empty_store) -> str:
 @pytest.fixture
 def tiny_backbone() -> TinyBackbone:
     return TinyBackbone()
+
+
+# Bitwise equality needs the same torch thread count (summation order): Snakemake passes its
+# --cores 1 to every stage, DVC's stages get DIFFPREF_THREADS=1.
+ONE_THREAD = {"DIFFPREF_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def clean_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two clean smoke runs (one objective, one training seed), each in a fresh copy of the
+    project, side by side (each pipeline keeps one core busy): `snakemake --cores 1` with its
+    MLflow records, and `dvc repro` without, committed with its dvc.lock and the uncached
+    metrics and plots."""
+    from tests.project import sh, smoke_project
+
+    def snakemake(root: Path) -> Path:
+        sh(["snakemake", "--cores", "1"], smoke_project(root))
+        return root
+
+    def dvc(root: Path) -> Path:
+        sh(["dvc", "repro"], smoke_project(root), env={"DIFFPREF_MLFLOW": "0", **ONE_THREAD})
+        sh(["git", "add", "-A"], root)
+        sh(["git", "commit", "-qm", "smoke run"], root)
+        return root
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = {tool.__name__: pool.submit(tool, tmp_path_factory.mktemp(tool.__name__) / "p")
+                for tool in (snakemake, dvc)}  # fmt: skip
+    return {tool: run.result() for tool, run in runs.items()}
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(clean_runs) -> Path:
+    """The clean run by Snakemake: what a run through faults must end equal to."""
+    return clean_runs["snakemake"]
+
+
+@pytest.fixture(scope="session")
+def smoke_dvc(clean_runs) -> Path:
+    """The clean run by DVC: shared through DVC remotes (test_dvc_remote.py), and the second
+    clean run of the determinism test."""
+    return clean_runs["dvc"]

@@ -16,13 +16,16 @@ from tests.conftest import REPO
 COPY = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
 
 
+def user_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a command run as a user would: no MLflow/DVC settings leak in from
+    the test process but those in ``env``."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return keep | (env or {})
+
+
 def sh(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> str:
-    """Run a command as a user would in ``cwd`` (no MLflow/DVC settings leak in from the test
-    process but those in ``env``); fail with its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | (
-        env or {}
-    )
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    """Run a command as a user would in ``cwd`` (:func:`user_env`); fail with its output."""
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=user_env(env))
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p.stdout + p.stderr
@@ -45,6 +48,15 @@ def make_project(root: Path) -> Path:
     sh(["dvc", "init", "-q"], root)
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+def smoke_project(root: Path) -> Path:
+    """:func:`make_project` on the smoke profile with one training seed, committed: the
+    cheapest whole DAG."""
+    make_project(root)
+    edit_params(root, lambda raw: raw.update(profile="smoke", train_seeds=[0]))
+    sh(["git", "commit", "-qam", "smoke profile, one training seed"], root)
     return root
 
 

@@ -1,7 +1,8 @@
 """Sharing results through a DVC remote, as a researcher and a colleague would: push the
 smoke run's cache to a remote (a local folder; an S3 bucket on a local S3-compatible server),
 `git clone` + `dvc pull` elsewhere, and the clone is complete: `dvc status` clean, `dvc repro`
-runs nothing, the outputs are the same bytes. One smoke run serves every test here."""
+runs nothing, the outputs are the same bytes. The session's clean smoke run by DVC
+(`smoke_dvc`, tests/conftest.py) serves every test here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.daemon import daemon, free_port
-from tests.project import edit_params, make_project, sh
+from tests.project import sh
 
 pytestmark = pytest.mark.slow
 
@@ -22,18 +23,6 @@ SHARED = [
     "results/metrics/dpo.json",
     "results/plots/win_vs_base.png",
 ]
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """The smoke DAG on one training seed, run once by `dvc repro` and committed with its
-    dvc.lock and the uncached metrics and plots."""
-    root = make_project(tmp_path_factory.mktemp("dvc-remote") / "project")
-    edit_params(root, lambda raw: raw.update(profile="smoke", train_seeds=[0]))
-    # no MLflow records: not what is shared here, and the CI's 2 cores are better spent
-    sh(["dvc", "repro"], root, env={"DIFFPREF_MLFLOW": "0"})
-    commit(root, "smoke run")
-    return root
 
 
 def commit(root: Path, message: str) -> None:
@@ -51,16 +40,16 @@ def check_clone(root: Path, dest: Path, env: dict[str, str] | None = None) -> No
         assert (dest / f).read_bytes() == (root / f).read_bytes(), f
 
 
-def test_local_remote_push_then_clone_and_pull(project, tmp_path):
+def test_local_remote_push_then_clone_and_pull(smoke_dvc, tmp_path):
     store = tmp_path / "store"
-    sh(["dvc", "remote", "add", "-d", "store", str(store)], project)
-    commit(project, "a local DVC remote")
-    sh(["dvc", "push"], project)
+    sh(["dvc", "remote", "add", "-d", "store", str(store)], smoke_dvc)
+    commit(smoke_dvc, "a local DVC remote")
+    sh(["dvc", "push"], smoke_dvc)
     assert any(store.rglob("*"))
-    check_clone(project, tmp_path / "clone")
+    check_clone(smoke_dvc, tmp_path / "clone")
 
 
-def test_s3_remote_push_then_clone_and_pull(project, tmp_path):
+def test_s3_remote_push_then_clone_and_pull(smoke_dvc, tmp_path):
     """The same through S3's API: dvc-s3 against moto's S3 server (in memory) on 127.0.0.1."""
     pytest.importorskip("dvc_s3", reason="pip install -e '.[dev]' installs dvc-s3")
     pytest.importorskip("moto.server", reason="pip install -e '.[dev]' installs moto[server]")
@@ -73,9 +62,9 @@ def test_s3_remote_push_then_clone_and_pull(project, tmp_path):
         s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
         s3.create_bucket(Bucket="lab")
-        sh(["dvc", "remote", "add", "-d", "s3store", "s3://lab/diffpref"], project)
-        sh(["dvc", "remote", "modify", "s3store", "endpointurl", url], project)
-        commit(project, "an S3 DVC remote")
-        sh(["dvc", "push"], project, env=env)
+        sh(["dvc", "remote", "add", "-d", "s3store", "s3://lab/diffpref"], smoke_dvc)
+        sh(["dvc", "remote", "modify", "s3store", "endpointurl", url], smoke_dvc)
+        commit(smoke_dvc, "an S3 DVC remote")
+        sh(["dvc", "push"], smoke_dvc, env=env)
         assert s3.list_objects_v2(Bucket="lab", Prefix="diffpref/")["KeyCount"] > 0
-        check_clone(project, tmp_path / "clone", env)
+        check_clone(smoke_dvc, tmp_path / "clone", env)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from tests.daemon import free_port
 
 from diffpref import tracking
 
@@ -292,3 +293,50 @@ def test_tracking_init_fails_cleanly_when_the_server_is_down():
     assert p.returncode == 1
     assert p.stderr.startswith("error: MLflow store http://127.0.0.1:9: ")
     assert "Traceback" not in p.stderr
+
+
+def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monkeypatch):
+    """Figures made for the record alone live in a scratch folder the stage deletes when it
+    ends: a record kept for later (the store down) keeps copies, and the replay logs them."""
+    monkeypatch.chdir(tmp_path)  # the project root: .mlflow-pending/ is made here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
+        run.log_figure("samples.png", lambda f: f.write_bytes(b"png"))
+    (record,) = (tmp_path / ".mlflow-pending").glob("*.json")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.replay() == ["evaluate@dpo/seed0"]
+    client, r = _only_run(uri)
+    assert r.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["samples.png"]
+    assert not record.exists() and not record.with_suffix("").exists()
+
+
+def test_a_stage_killed_while_its_record_is_written_is_killed_not_finished(tmp_path):
+    """Its work done and its final report sent, the stage waits for its writer; killed then,
+    its tool sees it fail, so its run must not say FINISHED. The store's lock, held here,
+    keeps the writer from writing until the stage is dead."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "from diffpref import tracking\n"
+        "with tracking.stage_run('labels', None, {}, 'h'):\n"
+        "    print('done', flush=True)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    client, exp_id = tracking.open_experiment(uri)  # made now, not while the writer makes it
+    with tracking.store_lock(uri):
+        stage = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                                 stdout=subprocess.PIPE)  # fmt: skip
+        assert stage.stdout.readline() == b"done\n"
+        time.sleep(0.5)  # its final report is in the writer's pipe; it waits for the writer
+        stage.kill()
+        assert stage.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 60  # the orphaned writer finishes on its own
+    runs = []
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.5)
+        runs = client.search_runs([exp_id])
+    (r,) = runs
+    assert r.info.run_name == "labels" and r.info.status == "KILLED"
+    assert "wall_time_s" in r.data.metrics  # the final report was received

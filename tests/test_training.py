@@ -95,8 +95,10 @@ def test_adapters_re_enabled_when_reference_forward_raises(tiny_backbone):
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from tests.conftest import TinyBackbone
 
+    # a checkpoint (step 3) between two history rows (every 2 steps): resume logs the same means
+    params = tp(log_every=2)
     full = TinyBackbone()
-    training.train(full, toy_data(full), dpo(), tp(), 0, tmp_path / "a", "h")
+    full_res = training.train(full, toy_data(full), dpo(), params, 0, tmp_path / "a", "h")
     want = lora_state(full.unet)
 
     crashed = TinyBackbone()
@@ -112,7 +114,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
 
     monkeypatch.setattr(obj.module, "loss", flaky)
     with pytest.raises(KeyboardInterrupt):
-        training.train(crashed, toy_data(crashed), obj, tp(), 0, tmp_path / "b", "h")
+        training.train(crashed, toy_data(crashed), obj, params, 0, tmp_path / "b", "h")
     monkeypatch.setattr(obj.module, "loss", real_loss)
     state = tmp_path / "b" / "state"
     # accelerate's save_state of the trainable state only: no model weights in the checkpoint
@@ -124,11 +126,12 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     state.rename(tmp_path / "b" / "state.old")
 
     resumed = TinyBackbone()
-    res = training.train(resumed, toy_data(resumed), dpo(), tp(), 0, tmp_path / "b", "h")
+    res = training.train(resumed, toy_data(resumed), dpo(), params, 0, tmp_path / "b", "h")
     got = lora_state(resumed.unet)
     assert res.summary["steps"] == 6
-    for k in want:
-        assert torch.allclose(got[k], want[k], atol=1e-6), k
+    for k in want:  # bitwise: the same computations in the same order
+        assert torch.equal(got[k], want[k]), k
+    assert res.history == full_res.history
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path):

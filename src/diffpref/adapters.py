@@ -10,6 +10,7 @@ Two kinds, both small next to the frozen backbone:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,22 @@ def save_lora(
             "target_modules": LORA_TARGETS,
         },
     )
+    _sort_metadata(out / LORA_FILE)
+
+
+def _sort_metadata(path: Path) -> None:
+    """safetensors writes the header's metadata from a Rust ``HashMap``, in an order that
+    changes from process to process; sorted, equal adapters are equal files (DVC hashes them,
+    and the determinism test compares bytes). Same keys and values: the header keeps its
+    length, so only its bytes are rewritten in place."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        assert len(text) <= size, "a sorted safetensors header cannot grow"
+        f.seek(8)
+        f.write(text.ljust(size))  # safetensors pads its header with spaces
 
 
 class SoftTokens(nn.Module):

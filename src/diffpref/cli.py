@@ -69,39 +69,45 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", default=None)
     sub.add_parser(
         "tracking-init",
-        help="create (or check) the MLflow store and experiment before parallel jobs start",
+        help="create (or check) the MLflow store and experiment before parallel jobs start, "
+        "and write any records kept while it was unreachable",
+    )
+    sub.add_parser(
+        "tracking-replay",
+        help="write the MLflow records kept in .mlflow-pending/ while the store was unreachable",
     )
     return p
 
 
-def _bad_input_exits_2(main: Callable[..., int]) -> Callable[..., int]:
+def _clean_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Bad input found by a stage or by ``check`` (:class:`diffpref.io.InputError`: a prompt
     file, a shard, a damaged artifact) ends like bad params: the message, no traceback, exit
-    code 2; outputs are atomic, so the previous ones are untouched. The stage's MLflow run,
-    if one was opened, is FAILED."""
+    code 2. An output that did not fit on the disk (:class:`diffpref.io.DiskFull`) ends the
+    same way with exit code 1. Outputs are atomic, so the previous ones are untouched; the
+    stage's MLflow run, if one was opened, is FAILED."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
-        from diffpref.io import InputError
+        from diffpref.io import DiskFull, InputError
 
         try:
             return main(argv)
-        except InputError as e:
+        except (InputError, DiskFull) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return 2 if isinstance(e, InputError) else 1
 
     return wrapped
 
 
-@_bad_input_exits_2
+@_clean_errors
 def main(argv: list[str] | None = None) -> int:
     launch.die_with_launcher()
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     level = logging.INFO if launch.is_main() else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
-    if args.stage == "tracking-init":
-        return tracking_init()
+    if args.stage in ("tracking-init", "tracking-replay"):
+        return tracking_init(replay_only=args.stage == "tracking-replay")
     try:
         cfg, raw = config_mod.load(args.params, args.profile)
     except config_mod.ConfigError as e:
@@ -144,14 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_stage(args.stage, cfg, raw, objective, args.threads, seed)
 
 
-def tracking_init() -> int:
+def tracking_init(replay_only: bool = False) -> int:
     """Open the store once, before any job: creates a new one without racing parallel jobs, and
     a store that cannot be used (out-of-date schema, server down) stops the workflow before any
-    work rather than failing each stage at its end."""
+    work rather than leaving each stage's record for later. Then write the records stages
+    kept while the store was unreachable (:func:`diffpref.tracking.replay`)."""
     if os.environ.get("DIFFPREF_MLFLOW", "1") == "0":
         return 0
-    # a server that is down: fail in seconds, not after MLflow's default ~4 min of retries
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     from mlflow.exceptions import MlflowException
 
     from diffpref import tracking
@@ -159,10 +164,18 @@ def tracking_init() -> int:
     uri = tracking.tracking_uri()
     try:
         _, exp_id = tracking.open_experiment(uri)
+        if not replay_only:
+            print(f"MLflow store {uri}: experiment {tracking.EXPERIMENT} (id {exp_id})")
+        done = tracking.replay()
     except MlflowException as e:
-        print(f"error: MLflow store {uri}: {e.message}", file=sys.stderr)
+        pending = tracking.pending_dir()
+        left = len(list(pending.glob("*.json"))) if pending.is_dir() else 0
+        kept = f"; {left} records still kept in {pending}" if left else ""
+        print(f"error: MLflow store {uri}: {e.message}{kept}", file=sys.stderr)
         return 1
-    print(f"MLflow store {uri}: experiment {tracking.EXPERIMENT} (id {exp_id})")
+    if done or replay_only:
+        names = f": {', '.join(done)}" if done else ""
+        print(f"MLflow store {uri}: {len(done)} kept records written{names}")
     return 0
 
 

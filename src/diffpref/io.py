@@ -2,7 +2,8 @@
 input is named, with the command that restores it, before any work starts.
 
 Every stage writes into a temporary sibling directory and renames it over the final path only
-when everything is written, so downstream stages (and DVC/Snakemake) see all or nothing.
+when everything is written, so downstream stages (and DVC/Snakemake) see all or nothing; the
+rerun of a killed stage removes what the killed one left, and a full disk is named as such.
 Earlier stages' artifacts are read with :func:`read_table`, :func:`load_tensors`,
 :func:`load_array` and :func:`read_json`, which name a damaged file and how to restore it;
 pickled model files with :func:`load_weights` (``weights_only``: no code runs).
@@ -10,6 +11,7 @@ pickled model files with :func:`load_weights` (``weights_only``: no code runs).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -32,16 +34,31 @@ class InputError(ValueError):
     missing, truncated or foreign. The CLI prints it and exits with code 2, like bad params."""
 
 
+class DiskFull(OSError):
+    """A stage output that did not fit (a full disk or quota, or a file over ``ulimit -f``): an
+    environment fault, not bad input, so the CLI prints it and exits with code 1."""
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp directory next to ``final``; on success it replaces ``final``."""
+    """Yield a temp directory next to ``final``; on success it replaces ``final``.
+
+    A failed write removes the temp directory (a full disk raises :class:`DiskFull` naming
+    ``final``); what a killed writer left behind is cleaned up first (:func:`_clean_leftovers`).
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _clean_leftovers(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if why := out_of_space(e):
+            raise DiskFull(
+                f"{final}: not written: {why} ({e}); the partial output was removed and the "
+                f"previous {final} is unchanged"
+            ) from e
         raise
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -50,6 +67,50 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+
+
+def _clean_leftovers(final: Path) -> None:
+    """A writer killed mid-write (``kill -9``, the OOM killer) leaves its temp folder, and one
+    killed between the two renames leaves the previous output moved aside: remove the first,
+    put the second back, unless the process that made them is still running."""
+    leftover = re.compile(rf"\.{re.escape(final.name)}\.(tmp|old)-(\d+)(-.*)?")
+    for path in final.parent.iterdir():
+        m = leftover.fullmatch(path.name)
+        if not m or _alive(int(m[2])):
+            continue
+        if m[1] == "old" and not final.exists():
+            path.rename(final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+_NO_SPACE = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "a file is over the file size limit (ulimit -f)",
+}
+
+
+def out_of_space(e: BaseException | None) -> str | None:
+    """Why ``e`` (or an error it came from) is a write that did not fit, or None. Writers in C
+    or Rust (pyarrow, safetensors) raise their own classes with the C library's message, so
+    the message is matched as well as ``errno``."""
+    while e is not None:
+        for code, why in _NO_SPACE.items():
+            if getattr(e, "errno", None) == code or os.strerror(code) in str(e):
+                return why
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -7,7 +7,9 @@ the end; the helper writes everything in one batch under a file lock (parallel S
 share one SQLite store, and SQLite plus concurrent schema migrations is the known way to get
 ``database is locked``), with the stage's real start and end times. A stage that raises gets a
 FAILED run; one killed outright (the helper sees its pipe close with no final record) a KILLED
-run, so no run stays RUNNING forever.
+run, so no run stays RUNNING forever. A store that cannot be written (a server that is down)
+costs the stage nothing: the helper keeps the record in ``.mlflow-pending/`` at the project
+root, warns, and ``diffpref tracking-replay`` (or the next ``tracking-init``) writes it later.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from diffpref import launch
 
 EXPERIMENT = "diffpref"
 KIND_TAG = "mlflow.experimentKind"
 PIPELINE_TAG = "diffpref.pipeline"
+DVC_TAGS = ("DVC_STAGE", "DVC_EXP_NAME")  # a stage's DVC environment, kept as run tags
 
 
 def tracking_uri() -> str:
@@ -43,8 +46,17 @@ def tracking_uri() -> str:
     """
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return uri
-    root = Path(os.environ.get("DVC_ROOT") or _git_root() or Path.cwd())
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(_project_root() / 'mlflow.db').resolve()}"
+
+
+def _project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or _git_root() or Path.cwd())
+
+
+def pending_dir() -> Path:
+    """Where records that could not be written wait for :func:`replay`: at the project root,
+    outside every stage output, so neither DVC nor Snakemake removes them."""
+    return (_project_root() / ".mlflow-pending").resolve()
 
 
 def artifact_location(uri: str) -> str | None:
@@ -201,8 +213,13 @@ def _now_ms() -> int:
 
 
 def _start_writer(run: StageRun, start_ms: int, options: dict[str, Any]) -> subprocess.Popen:
+    # its own session: a kill of the stage's process group (Ctrl-C, `kill -9 -PGID`) leaves it
+    # to record the run as FAILED or KILLED
     writer = subprocess.Popen(
-        [sys.executable, "-m", "diffpref.tracking"], stdin=subprocess.PIPE, text=True
+        [sys.executable, "-m", "diffpref.tracking"],
+        stdin=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     head = {
         "stage": run.stage,
@@ -222,52 +239,64 @@ def _start_writer(run: StageRun, start_ms: int, options: dict[str, Any]) -> subp
 
 
 def _finish_writer(writer: subprocess.Popen, run: StageRun, status: str) -> None:
+    """Hand the helper the results and wait for the record. A helper that failed outright (it
+    spools the record itself when only the store fails) is a warning: the stage's outputs are
+    written, and failing the stage would make DVC or Snakemake discard them."""
     tail = {
         "status": status,
         "end_ms": _now_ms(),
         "metrics": run.metrics,
         "tags": run.tags,
         "artifacts": run.artifacts,
+        "scratch": run._scratch,
     }
     writer.communicate(json.dumps(tail) + "\n")
     if writer.returncode != 0:
-        raise RuntimeError(f"writing the MLflow run failed (exit {writer.returncode}); see above")
+        name = run_name(run.stage, run.objective, run.seed)
+        print(
+            f"WARNING: the MLflow record of {name} was not written (its writer exited with "
+            f"{writer.returncode}; see above)",
+            file=sys.stderr,
+        )
 
 
 class _Writer:
     """The helper process's side: everything that does not need the stage's results (MLflow
-    import, store, experiment, git commit) is done while the stage works."""
+    import, store, experiment, git commit) is done while the stage works. ``context``: the
+    facts of the stage's time and place (commit, DVC tags, input digests), from a spooled
+    record when it is replayed. ``stage_pid``: the stage process, which waits for its record
+    (None on a replay)."""
 
-    def __init__(self, head: dict):
-        self.head, self.uri = head, tracking_uri()
+    def __init__(self, head: dict, context: dict | None = None, stage_pid: int | None = None):
+        self.head, self.uri, self.stage_pid = head, tracking_uri(), stage_pid
+        self.context = context or {
+            "commit": git_commit(),
+            "env_tags": {k: os.environ[k] for k in DVC_TAGS if k in os.environ},
+            # the inputs do not change while the stage runs: hash them now, on the other core
+            "datasets": [
+                (name, path, digest(Path(path)))
+                for name, path in head["inputs"]
+                if Path(path).exists()
+            ],
+        }
+
+    def connect(self) -> None:
         self.client, self.exp_id = open_experiment(self.uri)
-        self.commit = git_commit()
-        # the inputs do not change while the stage runs: hash them now, on the other core
-        self.datasets = [
-            (name, path, digest(Path(path))) for name, path in head["inputs"] if Path(path).exists()
-        ]
 
-    def write(self, tail: dict | None) -> None:
-        """Write the run; ``tail`` None: the stage died before reporting (KILLED)."""
+    def write(self, tail: dict) -> None:
+        """Write the run, in one batch under the store's lock."""
         from mlflow.entities import Metric, Param, RunTag
 
         head, client = self.head, self.client
-        tail = tail or {
-            "status": "KILLED",
-            "end_ms": _now_ms(),
-            "metrics": [],
-            "tags": {},
-            "artifacts": [],
-        }
-        name = run_name(head["stage"], head["objective"], head["seed"])
+        name = _name(head)
         tags = {
             "stage": head["stage"],
             "objective": head["objective"] or "",
             "train_seed": "" if head["seed"] is None else str(head["seed"]),
-            "git_commit": self.commit,
+            "git_commit": self.context["commit"],
             "params_hash": head["params_hash"],
             "mlflow.runName": name,
-            **{k: os.environ[k] for k in ("DVC_STAGE", "DVC_EXP_NAME") if k in os.environ},
+            **self.context["env_tags"],
             **tail["tags"],
         }
         params = [Param(k, v) for k, v in head["params"].items()]
@@ -286,14 +315,17 @@ class _Writer:
             for i in range(0, len(metrics), 1000):
                 client.log_batch(rid, metrics=metrics[i : i + 1000])
             client.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()])
-            if self.datasets:
+            if self.context["datasets"]:
                 client.log_inputs(rid, datasets=self._dataset_inputs())
             for path, name in tail["artifacts"]:
                 self._log_artifact(rid, Path(path), name)
-            client.set_terminated(rid, status=tail["status"], end_time=end)
+            status = tail["status"]
+            if status == "FINISHED" and self.stage_pid and os.getppid() != self.stage_pid:
+                status = "KILLED"  # killed while it waited for its record: its tool saw it fail
+            client.set_terminated(rid, status=status, end_time=end)
             if parent:  # the execution ends with its last stage; any failure marks it FAILED
                 info = client.get_run(parent).info
-                failed = tail["status"] != "FINISHED" or info.status == "FAILED"
+                failed = status != "FINISHED" or info.status == "FAILED"
                 client.set_terminated(
                     parent, "FAILED" if failed else "FINISHED", max(end, info.end_time or 0)
                 )
@@ -305,7 +337,7 @@ class _Writer:
 
         context = {"train": "training", "evaluate": "evaluation"}.get(self.head["stage"], "input")
         out = []
-        for name, path, dig in self.datasets:
+        for name, path, dig in self.context["datasets"]:
             with warnings.catch_warnings():  # a file URI matches its source class, registered twice
                 warnings.simplefilter("ignore", UserWarning)
                 source = resolve_dataset_source(Path(path).resolve().as_uri())
@@ -345,14 +377,89 @@ class _Writer:
         )
         if found:
             return found[0].info.run_id
-        tags = {PIPELINE_TAG: key, "git_commit": self.commit}
+        tags = {PIPELINE_TAG: key, "git_commit": self.context["commit"]}
         if phash := self.head.get("options", {}).get("pipeline_params_hash"):
             tags["params_hash"] = phash
-        tags |= {k: os.environ[k] for k in ("DVC_EXP_NAME",) if k in os.environ}
+        if exp := self.context["env_tags"].get("DVC_EXP_NAME"):
+            tags["DVC_EXP_NAME"] = exp
         run = self.client.create_run(
             self.exp_id, start_time=start_ms, run_name="pipeline", tags=tags
         )
         return run.info.run_id
+
+    def spool(self, tail: dict, error: Exception) -> Path:
+        """Keep the record for :func:`replay`, with copies of the figures made for it alone
+        (the stage deletes its scratch folder); the stage outputs it names stay where they
+        are. Returns the record's file."""
+        from diffpref.io import write_json_atomic
+
+        folder = pending_dir()
+        folder.mkdir(exist_ok=True)
+        record = folder / f"{self.head['start_ms']}-{os.getpid()}.json"
+        if scratch := tail.get("scratch"):
+            kept = shutil.copytree(scratch, record.with_suffix(""))
+            for artifact in tail["artifacts"]:  # [path, name]
+                if Path(artifact[0]).is_relative_to(scratch):
+                    artifact[0] = str(kept / Path(artifact[0]).relative_to(scratch))
+        write_json_atomic(
+            record, {"head": self.head, "tail": tail, "context": self.context, "error": str(error)}
+        )
+        return record
+
+
+def _record(head: dict, stdin: TextIO) -> None:
+    """The helper process of :func:`stage_run`: connect while the stage works, then write the
+    run from the stage's final message, or as KILLED when its pipe closes without one (or
+    the stage is gone by the time its record is written). When the store cannot be written
+    the record is spooled and the stage gets a warning."""
+    writer = _Writer(head, stage_pid=os.getppid())
+    try:
+        writer.connect()
+        failure = None
+    except Exception as e:  # a server that is down: met again below, as a spooled record
+        failure = e
+    line = stdin.readline()
+    tail = json.loads(line) if line else _killed()
+    if failure is None:
+        try:
+            writer.write(tail)
+            return
+        except Exception as e:
+            failure = e
+    record = writer.spool(tail, failure)
+    print(
+        f"WARNING: MLflow store {writer.uri} could not be written ({type(failure).__name__}: "
+        f"{failure}); the record of {_name(head)} is kept in {record}: `diffpref tracking-replay` "
+        "writes it once the store works",
+        file=sys.stderr,
+    )
+
+
+def _name(head: dict) -> str:
+    return run_name(head["stage"], head["objective"], head["seed"])
+
+
+def _killed() -> dict:
+    return {"status": "KILLED", "end_ms": _now_ms(), "metrics": [], "tags": {}, "artifacts": []}
+
+
+def replay() -> list[str]:
+    """Write the spooled records to the store configured now, oldest first, each removed once
+    written; the names of the runs written. Raises what the store raises (the rest stay)."""
+    folder = pending_dir()
+    if not folder.is_dir():
+        return []
+    done = []
+    with _flock(folder / ".lock"):  # two replays at once would write each record twice
+        for f in sorted(folder.glob("*.json")):
+            rec = json.loads(f.read_text())
+            writer = _Writer(rec["head"], rec["context"])
+            writer.connect()
+            writer.write(rec["tail"])
+            f.unlink()
+            shutil.rmtree(f.with_suffix(""), ignore_errors=True)
+            done.append(_name(rec["head"]))
+    return done
 
 
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -364,6 +471,7 @@ def latest_runs(keys: list[tuple[str, str, int | None, str]]) -> dict[tuple, dic
     differ from the current ones (another ``dvc exp``, an older setting) never match."""
     import mlflow
 
+    bounded_retries()
     uri = tracking_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -427,6 +535,7 @@ def open_experiment(uri: str) -> tuple[Any, str]:
     """
     import mlflow
 
+    bounded_retries()
     with store_lock(uri):
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(EXPERIMENT)
@@ -440,10 +549,20 @@ def open_experiment(uri: str) -> tuple[Any, str]:
     return client, exp_id
 
 
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
+def bounded_retries() -> None:
+    """A server that is down: fail in seconds, not after MLflow's default ~4 min of retries
+    (set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` to wait longer)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+
+
+def store_lock(uri: str):
     """Serialises this machine's writers of one store (schema creation, pipeline parent runs)."""
-    with open(_lock_path(uri), "w") as lock:
+    return _flock(_lock_path(uri))
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -454,9 +573,5 @@ def _lock_path(uri: str) -> Path:
     return Path(os.environ.get("TMPDIR", "/tmp")) / "diffpref-mlflow.lock"
 
 
-if __name__ == "__main__":  # the writer process of :func:`stage_run`
-    head_line = sys.stdin.readline()
-    if head_line:
-        writer = _Writer(json.loads(head_line))
-        tail_line = sys.stdin.readline()
-        writer.write(json.loads(tail_line) if tail_line else None)
+if __name__ == "__main__" and (head_line := sys.stdin.readline()):
+    _record(json.loads(head_line), sys.stdin)

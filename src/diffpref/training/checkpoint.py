@@ -29,13 +29,15 @@ STATE_DIR, HASH_FILE = "state", "params_hash.txt"
 
 class LoopState:
     """What accelerate's ``save_state`` does not hold itself: the method's trainable state
-    (LoRA or soft tokens, moving reference), the step generator, the step and the history.
-    No model is ``prepare``d, so checkpoints never contain the frozen UNet."""
+    (LoRA or soft tokens, moving reference), the step generator, the step and the history,
+    with the metrics of the steps since its last row (a resume logs the same means). No model
+    is ``prepare``d, so checkpoints never contain the frozen UNet."""
 
     def __init__(self, method: GroupMethod | CaptionMethod, gen: torch.Generator):
         self.method, self.gen = method, gen
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.running: dict[str, list[float]] = {}
 
     def state_dict(self) -> dict:
         return {
@@ -43,12 +45,14 @@ class LoopState:
             "gen": self.gen.get_state(),
             "step": self.step,
             "history": list(self.history),
+            "running": copy.deepcopy(self.running),
         }
 
     def load_state_dict(self, s: dict) -> None:
         self.method.load_state(s["method"])
         self.gen.set_state(s["gen"])
         self.step, self.history = s["step"], s["history"]
+        self.running = s.get("running", {})  # absent from checkpoints of older versions
 
 
 def save_checkpoint(acc: Accelerator, checkpoint: Path, params_hash: str) -> None:

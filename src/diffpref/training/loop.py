@@ -88,7 +88,6 @@ def train(
         next(batches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    running: dict[str, list[float]] = {}
     start = time.perf_counter()
     bar = tqdm(
         total=tp.steps,
@@ -113,13 +112,13 @@ def train(
         metrics |= {"grad_norm": grad_norm, **method.after_step(step, gen)}
         bar.update(1)
         for k, v in metrics.items():
-            running.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
+            loop.running.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
         if step % tp.log_every == 0 or step == tp.steps:
-            row = {k: float(np.mean(v)) for k, v in running.items()}
+            row = {k: float(np.mean(v)) for k, v in loop.running.items()}
             row.update(step=step, lr=sched.get_last_lr()[0])
             loop.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            running = {}
+            loop.running = {}
         if step % tp.checkpoint_every == 0 and step < tp.steps and acc.is_main_process:
             save_checkpoint(acc, checkpoint, params_hash)
     bar.close()
