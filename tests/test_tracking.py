@@ -295,7 +295,7 @@ def test_tracking_init_fails_cleanly_when_the_server_is_down():
     assert "Traceback" not in p.stderr
 
 
-def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monkeypatch):
+def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monkeypatch, store_uri):
     """Figures made for the record alone live in a scratch folder the stage deletes when it
     ends: a record kept for later (the store down) keeps copies, and the replay logs them."""
     monkeypatch.chdir(tmp_path)  # the project root: .mlflow-pending/ is made here
@@ -304,7 +304,7 @@ def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monke
     with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
         run.log_figure("samples.png", lambda f: f.write_bytes(b"png"))
     (record,) = (tmp_path / ".mlflow-pending").glob("*.json")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert tracking.replay() == ["evaluate@dpo/seed0"]
     client, r = _only_run(uri)
@@ -313,11 +313,11 @@ def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monke
     assert not record.exists() and not record.with_suffix("").exists()
 
 
-def test_a_stage_killed_while_its_record_is_written_is_killed_not_finished(tmp_path):
+def test_a_stage_killed_while_its_record_is_written_is_killed_not_finished(tmp_path, store_uri):
     """Its work done and its final report sent, the stage waits for its writer; killed then,
     its tool sees it fail, so its run must not say FINISHED. The store's lock, held here,
     keeps the writer from writing until the stage is dead."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_uri
     code = (
         "from diffpref import tracking\n"
         "with tracking.stage_run('labels', None, {}, 'h'):\n"
