@@ -407,12 +407,12 @@ def stage_params(raw: dict[str, Any], stage: str, objective: str | None = None) 
 
 
 def params_hash(raw: dict[str, Any], stage: str, objective: str | None = None) -> str:
-    blob = json.dumps(stage_params(raw, stage, objective), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return file_hash(stage_params(raw, stage, objective))
 
 
 def file_hash(raw: dict[str, Any]) -> str:
-    """The whole resolved params file's hash: which configuration a pipeline execution ran."""
+    """The hash of params (a stage's sections, or the whole resolved file: which configuration
+    a pipeline execution ran)."""
     blob = json.dumps(raw, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -169,8 +169,9 @@ def _run_links(cfg, raw: dict) -> Section:
 
     rows = [("base", None)] + [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
     keys = {}
+    evaluate = params_hash(raw, "evaluate")  # the same for every model
     for obj, seed in rows:
-        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, params_hash(raw, "evaluate"))
+        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, evaluate)
         if seed is not None:
             keys[obj, seed, "train"] = ("train", obj, seed, params_hash(raw, "train", obj))
     uri = tracking.tracking_uri()
