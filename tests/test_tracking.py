@@ -60,6 +60,21 @@ def test_run_times_are_the_stages_own(tmp_path, monkeypatch, store_uri):
     assert 1500 <= r.info.end_time - r.info.start_time < 10_000
 
 
+def _orphaned_run(uri: str):
+    """The only run of a killed stage, once its orphaned writer, which finishes on its own, has
+    ended it (a run is created RUNNING and then ended, so one seen in between is not yet its
+    record); RUNNING still after a minute is a run left RUNNING forever."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + 60
+    runs = []
+    while (not runs or runs[0].info.status == "RUNNING") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+    (r,) = runs
+    return r
+
+
 def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path, store_uri):
     uri = store_uri
     code = (
@@ -71,16 +86,37 @@ def test_a_killed_stage_leaves_a_killed_run_not_a_running_one(tmp_path, store_ur
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    deadline = time.monotonic() + 60  # the orphaned writer finishes on its own
-    runs = []
-    while not runs and time.monotonic() < deadline:
-        time.sleep(0.5)
-        exp = client.get_experiment_by_name(tracking.EXPERIMENT)
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-    (r,) = runs
+    r = _orphaned_run(uri)
     assert r.info.status == "KILLED" and r.info.run_name == "train@dpo/seed1"
     assert r.data.params["train.lr"] == "0.1" and r.data.tags["train_seed"] == "1"
+
+
+@pytest.mark.parametrize("params_kb", [1, 200])
+def test_a_stage_killed_the_moment_its_writer_exists_is_killed(tmp_path, store_uri, params_kb):
+    """The earliest kill that can leave a record: as soon as the writer process has started
+    (Popen returned), before the stage does anything else. The run's identity is already in
+    the writer's pipe, so it records the run as KILLED; also with params larger than the
+    pipe's buffer (the rest follows once the writer reads)."""
+    uri = store_uri
+    code = (
+        "import os, signal, subprocess\n"
+        "from diffpref import tracking\n"
+        "class Popen(subprocess.Popen):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tracking.subprocess.Popen = Popen\n"
+        f"params = {{'labels': {{f'k{{i}}': 'v' * 1000 for i in range({params_kb})}}}}\n"
+        "with tracking.stage_run('labels', None, params, 'h'):\n"
+        "    print('the stage ran on', flush=True)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)  # fmt: skip
+    assert p.returncode == -signal.SIGKILL and "ran on" not in p.stdout, p.stderr
+    r = _orphaned_run(uri)
+    assert r.info.run_name == "labels" and r.info.status == "KILLED"
+    assert len(r.data.params) == params_kb and r.data.params["labels.k0"] == "v" * 1000
 
 
 def test_artifacts_land_beside_a_sqlite_store(tmp_path, monkeypatch, store_uri):
@@ -324,7 +360,7 @@ def test_a_stage_killed_while_its_record_is_written_is_killed_not_finished(tmp_p
         "    print('done', flush=True)\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    client, exp_id = tracking.open_experiment(uri)  # made now, not while the writer makes it
+    tracking.open_experiment(uri)  # made now, not while the writer makes it
     with tracking.store_lock(uri):
         stage = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path,
                                  stdout=subprocess.PIPE)  # fmt: skip
@@ -332,11 +368,6 @@ def test_a_stage_killed_while_its_record_is_written_is_killed_not_finished(tmp_p
         time.sleep(0.5)  # its final report is in the writer's pipe; it waits for the writer
         stage.kill()
         assert stage.wait() == -signal.SIGKILL
-    deadline = time.monotonic() + 60  # the orphaned writer finishes on its own
-    runs = []
-    while not runs and time.monotonic() < deadline:
-        time.sleep(0.5)
-        runs = client.search_runs([exp_id])
-    (r,) = runs
+    r = _orphaned_run(uri)
     assert r.info.run_name == "labels" and r.info.status == "KILLED"
     assert "wall_time_s" in r.data.metrics  # the final report was received

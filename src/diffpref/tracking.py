@@ -2,14 +2,15 @@
 
 The record is written by a small helper process (``python -m diffpref.tracking``) started with
 the stage: it imports MLflow (about a second) on the other core while the stage imports torch
-and works, then waits. The stage sends it the run's identity at the start and the metrics at
-the end; the helper writes everything in one batch under a file lock (parallel Snakemake jobs
-share one SQLite store, and SQLite plus concurrent schema migrations is the known way to get
-``database is locked``), with the stage's real start and end times. A stage that raises gets a
-FAILED run; one killed outright (the helper sees its pipe close with no final record) a KILLED
-run, so no run stays RUNNING forever. A store that cannot be written (a server that is down)
-costs the stage nothing: the helper keeps the record in ``.mlflow-pending/`` at the project
-root, warns, and ``diffpref tracking-replay`` (or the next ``tracking-init``) writes it later.
+and works, then waits. The run's identity is in the helper's pipe before it starts (a helper
+never runs without a run to record), the metrics follow at the end; the helper writes
+everything in one batch under a file lock (parallel Snakemake jobs share one SQLite store, and
+SQLite plus concurrent schema migrations is the known way to get ``database is locked``), with
+the stage's real start and end times. A stage that raises gets a FAILED run; one killed
+outright (the helper sees its pipe close with no final record) a KILLED run, so no run stays
+RUNNING forever. A store that cannot be written (a server that is down) costs the stage
+nothing: the helper keeps the record in ``.mlflow-pending/`` at the project root, warns, and
+``diffpref tracking-replay`` (or the next ``tracking-init``) writes it later.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -213,14 +214,6 @@ def _now_ms() -> int:
 
 
 def _start_writer(run: StageRun, start_ms: int, options: dict[str, Any]) -> subprocess.Popen:
-    # its own session: a kill of the stage's process group (Ctrl-C, `kill -9 -PGID`) leaves it
-    # to record the run as FAILED or KILLED
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "diffpref.tracking"],
-        stdin=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     head = {
         "stage": run.stage,
         "objective": run.objective,
@@ -232,9 +225,36 @@ def _start_writer(run: StageRun, start_ms: int, options: dict[str, Any]) -> subp
         "inputs": run.inputs,
         "options": options,
     }
-    assert writer.stdin is not None
-    writer.stdin.write(json.dumps(head) + "\n")
-    writer.stdin.flush()
+    data = (json.dumps(head) + "\n").encode()
+    # The run's identity is in the helper's pipe before the helper exists: once it runs, a
+    # kill of the stage at any moment leaves it a run to record as KILLED (sent after it
+    # started, a kill in between left a helper with an empty pipe, and no run at all). The
+    # pipe grows to hold it (64 KiB by default, 1 MiB allowed); what still does not fit
+    # follows once the helper reads.
+    read_end, write_end = os.pipe()
+    if len(data) > 1 << 16:
+        with suppress(OSError):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, len(data))
+    os.set_blocking(write_end, False)
+    try:
+        sent = os.write(write_end, data)
+    except BlockingIOError:
+        sent = 0
+    os.set_blocking(write_end, True)
+    try:
+        # its own session: a kill of the stage's process group (Ctrl-C, `kill -9 -PGID`)
+        # leaves it to record the run as FAILED or KILLED
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "diffpref.tracking"], stdin=read_end, start_new_session=True
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    while sent < len(data):
+        sent += os.write(write_end, data[sent:])
+    writer.stdin = open(write_end, "w")  # noqa: SIM115 (closed by _finish_writer)
     return writer
 
 
@@ -250,7 +270,13 @@ def _finish_writer(writer: subprocess.Popen, run: StageRun, status: str) -> None
         "artifacts": run.artifacts,
         "scratch": run._scratch,
     }
-    writer.communicate(json.dumps(tail) + "\n")
+    assert writer.stdin is not None
+    try:
+        with writer.stdin:
+            writer.stdin.write(json.dumps(tail) + "\n")
+    except BrokenPipeError:  # the helper is gone: its exit code below says so
+        pass
+    writer.wait()
     if writer.returncode != 0:
         name = run_name(run.stage, run.objective, run.seed)
         print(
