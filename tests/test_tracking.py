@@ -105,7 +105,7 @@ def test_a_stage_killed_the_moment_its_writer_exists_is_killed(tmp_path, store_u
         "    def __init__(self, *args, **kwargs):\n"
         "        super().__init__(*args, **kwargs)\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "tracking.subprocess.Popen = Popen\n"
+        "tracking.stage.subprocess.Popen = Popen\n"
         f"params = {{'labels': {{f'k{{i}}': 'v' * 1000 for i in range({params_kb})}}}}\n"
         "with tracking.stage_run('labels', None, params, 'h'):\n"
         "    print('the stage ran on', flush=True)\n"
