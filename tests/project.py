@@ -13,7 +13,16 @@ import mlflow
 import yaml
 from tests.conftest import REPO
 
-COPY = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
+COPY = [
+    "Snakefile",
+    "dvc.yaml",
+    "params.yaml",
+    "workflow",
+    "src",
+    "data",
+    ".dvcignore",
+    ".gitignore",
+]
 
 
 def user_env(env: dict[str, str] | None = None) -> dict[str, str]:

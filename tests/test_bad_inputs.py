@@ -248,6 +248,22 @@ def test_repeated_prompts_are_dropped_with_a_warning(tmp_path, caplog):
     assert out.prompt.is_unique and len(out) == 32
 
 
+def test_a_prompt_file_outside_data_prompts_is_read_with_a_warning(tmp_path, caplog, monkeypatch):
+    """dvc.yaml reruns `prompts` when data/prompts/ changes: a file elsewhere works, but the
+    user is told that DVC will not see its edits."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "prompts"
+    folder.mkdir(parents=True)
+    for path, warned in ((folder / "p.txt", False), (tmp_path / "p.txt", True)):
+        path.write_text("\n".join(GOOD.prompt) + "\n")
+        over = {"source": "file", "file": str(path), "eval_fraction": 0.3}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert run("check", params(tmp_path, {"prompts": over})) == 0
+        said = f"{path} is outside data/prompts/: `dvc repro` will not rerun prompts when it"
+        assert (said in caplog.text) == warned, caplog.text
+
+
 # --- Pick-a-Pic shards ----------------------------------------------------------------------
 
 

@@ -7,8 +7,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pandas as pd
+import pytest
 from dvc.repo import Repo
 from tests.conftest import REPO
+from tests.project import edit_params, make_project, sh
 
 from diffpref import config
 
@@ -56,6 +59,8 @@ def expand_dvc_deps(deps: set[str], all_outs: set[str]) -> set[str]:
     out = set()
     for d in deps:
         p = REPO / d
+        if d in config.DATA_DIRS.values():
+            continue  # the user's data folder: Snakemake lists the configured file, if any
         if d.startswith("src/") and p.is_dir():
             out |= {str(f.relative_to(REPO)) for f in p.rglob("*.py")}
         elif d in all_outs:
@@ -96,3 +101,44 @@ def test_every_objective_and_training_seed_gets_train_and_evaluate_jobs():
     }
     assert {n for n in dvc_stages() if n.startswith(("train@", "evaluate@"))} == want
     assert {n for n in snakemake_jobs() if n.startswith(("train@", "evaluate@"))} == want
+
+
+@pytest.mark.slow
+def test_editing_the_prompt_file_reruns_prompts_under_both_tools(tmp_path):
+    """The user's prompt file is a dependency: Snakemake lists the configured file, dvc.yaml
+    its folder data/prompts/ (DVC cannot depend on a path named in params.yaml)."""
+    root = make_project(tmp_path / "p")
+    prompt_file = root / "data" / "prompts" / "mine.txt"
+    prompt_file.write_text("".join(f"a red cube number {i}\n" for i in range(14)))
+
+    def file_prompts(raw: dict) -> None:
+        raw["profile"] = "smoke"
+        raw["prompts"] |= {"source": "file", "file": "data/prompts/mine.txt"}
+
+    edit_params(root, file_prompts)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "a prompt file"], root)
+    target = ["results/prompts"]
+
+    def prompts() -> set[str]:
+        files = (root / "results" / "prompts").glob("*.parquet")
+        return set(pd.concat(pd.read_parquet(f) for f in files).prompt)
+
+    smk = ["snakemake", "--cores", "1"]
+    sh([*smk, *target], root)
+    assert "Nothing to be done" in sh([*smk, "-n", *target], root)
+    with prompt_file.open("a") as f:
+        f.write("a blue sphere\n")
+    plan = sh([*smk, "-n", *target], root)
+    assert "rule prompts:" in plan and "data/prompts/mine.txt" in plan, plan
+    sh([*smk, *target], root)
+    assert "a blue sphere" in prompts()
+
+    sh(["dvc", "repro", "prompts"], root)
+    assert "Data and pipelines are up to date." in sh(["dvc", "status", "prompts"], root)
+    with prompt_file.open("a") as f:
+        f.write("a green cone\n")
+    status = sh(["dvc", "status", "prompts"], root)
+    assert "changed deps" in status and "data/prompts" in status, status
+    assert "Running stage 'prompts'" in sh(["dvc", "repro", "prompts"], root)
+    assert "a green cone" in prompts()

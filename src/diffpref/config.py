@@ -467,6 +467,23 @@ def top_level_seeds(path: str | Path) -> list[int] | None:
     return raw.get("train_seeds") if isinstance(raw, dict) else None
 
 
+# Where the user's data files go. dvc.yaml cannot depend on a file named in params.yaml, so the
+# stages that read one depend on its folder; Snakemake lists the file itself (user_data).
+DATA_DIRS = {"prompts": "data/prompts", "candidates": "data/preferences"}
+
+
+def user_data(raw: dict[str, Any], stage: str) -> list[str]:
+    """The user's data files ``stage`` reads under ``raw``'s active profile (a prompt file, a
+    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage."""
+    merged = with_profile(raw)
+    prompts, candidates = merged.get("prompts") or {}, merged.get("candidates") or {}
+    if stage == "prompts" and prompts.get("source") == "file" and prompts.get("file"):
+        return [str(prompts["file"])]
+    if stage == "candidates" and candidates.get("source") == "pickapic":
+        return [str(candidates["preference_file"])] if candidates.get("preference_file") else []
+    return []
+
+
 def with_profile(raw: dict[str, Any], path: str | Path = "params.yaml") -> dict[str, Any]:
     """``raw`` with its active ``profile``'s overrides deep-merged in."""
     name = raw.get("profile", "default")

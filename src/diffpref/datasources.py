@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from diffpref.config import DATA_DIRS
 from diffpref.io import InputError
 
 if TYPE_CHECKING:
@@ -235,8 +236,25 @@ def check_inputs(cfg: Config) -> None:
     decoded by the candidates stage): what ``diffpref check`` adds to validating the params."""
     if cfg.prompts.source == "file":
         read_prompts(cfg.prompts)
+        warn_if_untracked("prompts", cfg.prompts.file)
     if cfg.candidates.source == "pickapic":
         check_pickapic(cfg.candidates.preference_file)
+        warn_if_untracked("candidates", cfg.candidates.preference_file)
+
+
+def warn_if_untracked(stage: str, path: str | Path) -> None:
+    """DVC reruns ``stage`` when its data folder changes (``config.DATA_DIRS``); a file elsewhere
+    is read all the same, but DVC would not see an edit of it."""
+    folder = Path(DATA_DIRS[stage]).resolve()
+    if not Path(path).resolve().is_relative_to(folder):
+        log.warning(
+            "%s is outside %s/: `dvc repro` will not rerun %s when it changes (Snakemake "
+            "will); move it there, or run `dvc repro --force %s` after editing it",
+            path,
+            DATA_DIRS[stage],
+            stage,
+            stage,
+        )
 
 
 def _plain(v) -> bool:

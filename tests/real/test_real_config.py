@@ -15,8 +15,8 @@ from diffpref.cli import main
 def test_real_model_profiles_pass_check(profile, capsys, tmp_path, monkeypatch):
     # check reads the prompt file the profiles name (PartiPrompts, downloaded by the user)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "PartiPrompts.tsv").write_text(
+    (tmp_path / "data" / "prompts").mkdir(parents=True)
+    (tmp_path / "data" / "prompts" / "PartiPrompts.tsv").write_text(
         "Prompt\tCategory\n" + "".join(f"a red cube number {i}\tArtifacts\n" for i in range(20))
     )
     assert main(["check", "--params", str(REPO / "params.yaml"), "--profile", profile]) == 0

@@ -4,7 +4,13 @@ import os
 import uuid
 from pathlib import Path
 
-from diffpref.config import DEFAULT_TRAIN_SEEDS, job_resources, stage_params, with_profile
+from diffpref.config import (
+    DEFAULT_TRAIN_SEEDS,
+    job_resources,
+    stage_params,
+    user_data,
+    with_profile,
+)
 
 # one id per `snakemake` invocation: every stage's MLflow run nests under that execution's run
 os.environ.setdefault("DIFFPREF_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
@@ -24,6 +30,12 @@ def cmd(stage, objective=None, seed=None):
 def params_of(stage, objective=None):
     """The params sections a stage reads: Snakemake reruns a job when they change."""
     return stage_params(config, stage, objective)
+
+
+def data_of(stage):
+    """The user's data files the stage reads (a prompt file, a Pick-a-Pic shard): an edit
+    reruns it. dvc.yaml depends on their folders instead (config.DATA_DIRS)."""
+    return user_data(config, stage)
 
 
 def res(stage):

@@ -29,6 +29,7 @@ rule prompts:
     input:
         f"{SRC}/stages/prompts.py",
         f"{SRC}/world/prompts.py",
+        data_of("prompts"),
     output:
         directory("results/prompts"),
     params:
@@ -46,6 +47,7 @@ rule candidates:
         py(f"{SRC}/backbones"),
         "results/world",
         "results/prompts",
+        data_of("candidates"),
     output:
         directory("results/candidates"),
     params:

@@ -120,6 +120,7 @@ def run(ctx) -> None:
     cfg = ctx.cfg
     if cfg.candidates.source == "pickapic":  # a bad shard fails before a model is loaded
         datasources.check_pickapic(cfg.candidates.preference_file)
+        datasources.warn_if_untracked("candidates", cfg.candidates.preference_file)
     backbone = load_backbone(cfg, resolve_device(cfg))
     cands = (
         imported(cfg, backbone) if cfg.candidates.source == "pickapic" else sampled(cfg, backbone)

@@ -21,9 +21,10 @@ def run(ctx) -> None:
 
         df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed)
     else:
-        from diffpref.datasources import read_prompts
+        from diffpref.datasources import read_prompts, warn_if_untracked
 
         df = read_prompts(p)
+        warn_if_untracked("prompts", p.file)
     check_prompts(df)
     with atomic_dir(cfg.path("prompts")) as tmp:
         for split in ("train", "eval"):
