@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import REPO
 from tests.project import edit_params, make_project, runs, sh, stage_runs
 from tests.slurm_cluster import Cluster, cluster, missing
 
@@ -165,11 +164,15 @@ def test_a_failing_job_stops_snakemake_promptly(slurm, ran):
     assert sorted(r.info.status for r in train) == ["FAILED", "FINISHED"]
 
 
-def test_local_profile_hands_each_rule_its_params_resources():
+def test_local_profile_hands_each_rule_its_params_resources(tmp_path):
     """No cluster needed: the one-machine profile under SDXL, threads capped at the cores."""
+    root = make_project(tmp_path / "p")
+    # the prompt file the profile names, which its user downloads (an input of `prompts`)
+    tsv = root / "data" / "prompts" / "PartiPrompts.tsv"
+    tsv.write_text("Prompt\tCategory\na cat\tAnimals\n")
     cmd = ["snakemake", "-n", "--workflow-profile", "workflow/profiles/local"]
-    out = sh([*cmd, "--config", "profile=sdxl"], REPO)
-    raw = config.read_raw(REPO / "params.yaml", "sdxl")
+    out = sh([*cmd, "--config", "profile=sdxl"], root)
+    raw = config.read_raw(root / "params.yaml", "sdxl")
     seen = set()
     for block in re.split(r"\n(?=\[.*\]\n)", out):
         m = re.search(r"^rule (\w+):", block, re.M)
