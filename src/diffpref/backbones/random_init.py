@@ -120,6 +120,30 @@ def _vae(size: Size) -> AutoencoderKL:
     )
 
 
+def sd15_unet(size: Size, cross_attention_dim: int) -> UNet2DConditionModel:
+    """The SD1.5 UNet (``real``: 859.52 M parameters, 64x64 latents) or a tiny one."""
+    if size == "real":
+        return UNet2DConditionModel(
+            sample_size=64,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=8,
+        )
+    return UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
 def build_sd_pipeline(
     out: Path,
     kind: Literal["sd15", "sdxl"] = "sd15",
@@ -145,27 +169,7 @@ def build_sd_pipeline(
     if kind == "sd15":
         text = CLIPTextModel(_text_config(tok, size, 32, 32))
         ctx = text.config.hidden_size
-        if size == "real":
-            unet = UNet2DConditionModel(
-                sample_size=64,
-                layers_per_block=2,
-                block_out_channels=(320, 640, 1280, 1280),
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                cross_attention_dim=ctx,
-                attention_head_dim=8,
-            )
-        else:
-            unet = UNet2DConditionModel(
-                sample_size=8,
-                layers_per_block=1,
-                block_out_channels=(32, 64),
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=ctx,
-                attention_head_dim=8,
-                norm_num_groups=8,
-            )
+        unet = sd15_unet(size, ctx)
         pipe = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text,
