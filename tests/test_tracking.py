@@ -212,15 +212,24 @@ def test_inputs_are_datasets_with_content_digests(tmp_path, monkeypatch, store_u
     assert {t.key: t.value for t in ds.tags} == {"mlflow.data.context": "training"}
 
 
+DRAWN: list[Path] = []
+
+
+def draw_png(content: bytes, path: Path) -> None:
+    """A figure function as stages name one (``module:function``)."""
+    path.write_bytes(content)
+    DRAWN.append(path)
+
+
 def test_figures_are_logged_and_their_scratch_folder_removed(tmp_path, monkeypatch, store_uri):
     uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    drawn = []
+    DRAWN.clear()
     with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
-        run.log_figure("samples.png", lambda f: (f.write_bytes(b"png"), drawn.append(f)))
+        run.log_figure("samples.png", "tests.test_tracking:draw_png", lambda: (b"png",))
     client, r = _only_run(uri)
     assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["samples.png"]
-    assert not drawn[0].parent.exists()
+    assert not DRAWN[0].parent.exists()
 
 
 def test_large_artifacts_can_be_logged_by_reference(tmp_path, monkeypatch, store_uri):
@@ -338,7 +347,7 @@ def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
-        run.log_figure("samples.png", lambda f: f.write_bytes(b"png"))
+        run.log_figure("samples.png", "tests.test_tracking:draw_png", lambda: (b"png",))
     (record,) = (tmp_path / ".mlflow-pending").glob("*.json")
     uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

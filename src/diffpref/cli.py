@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffpref import config as config_mod
-from diffpref import launch
+from diffpref import launch, settings
+from diffpref.config import dag
 from diffpref.stages import STAGES
 
 log = logging.getLogger("diffpref")
@@ -43,6 +44,7 @@ class Ctx:
     run: Any  # tracking.StageRun
     threads: int
     seed: int | None = None  # the training replicate (train, evaluate of an objective)
+    params_hash: str = ""  # of the job's resolved params (a checkpoint resumes only under it)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,18 +217,22 @@ def run_stage(
     threads = threads or int(os.environ.get("DIFFPREF_THREADS", 0)) or torch.get_num_threads()
     torch.set_num_threads(threads)
     key_obj = None if objective == "base" else objective
-    params = config_mod.stage_params(raw, stage, key_obj)
-    phash = config_mod.params_hash(raw, stage, key_obj)
+    params = dag.params(stage, cfg, key_obj)
     module = importlib.import_module(f"diffpref.stages.{stage}")
     inputs = {name: cfg.path(name) for name in getattr(module, "INPUTS", ())}
     options = {
         "tracking": cfg.tracking.model_dump(),
-        "pipeline_params_hash": config_mod.file_hash(raw),
+        "pipeline_params_hash": dag.file_hash(raw),
     }
+    phash = dag.file_hash(params)
     with tracking.stage_run(stage, objective, params, phash, seed, inputs, options) as run:
         start = time.perf_counter()
         run.log_metric("start_s", start - _T0)  # imports: what every stage pays before work
-        module.run(Ctx(cfg, raw, objective, run, threads, seed))
+        with settings.recording() as reads:
+            module.run(Ctx(cfg, raw, objective, run, threads, seed, phash))
+        if launch.is_main():  # what the stage read, beside its outputs and in its record
+            dag.write_reads(dag.output_dir(stage, cfg, objective, seed), reads)
+            run.log_dict(reads, dag.READS_FILE)
         work = time.perf_counter() - start
     log.info(
         "%s finished: start %.1f s, work %.1f s, MLflow record %.1f s",

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from diffpref.config import DATA_DIRS
 from diffpref.io import InputError
 
 if TYPE_CHECKING:
@@ -242,8 +241,13 @@ def check_inputs(cfg: Config) -> None:
         warn_if_untracked("candidates", cfg.candidates.preference_file)
 
 
+# Where the user's data files go. dvc.yaml cannot depend on a file named in params.yaml, so the
+# stages that read one depend on its folder; Snakemake lists the file itself.
+DATA_DIRS = {"prompts": "data/prompts", "candidates": "data/preferences"}
+
+
 def warn_if_untracked(stage: str, path: str | Path) -> None:
-    """DVC reruns ``stage`` when its data folder changes (``config.DATA_DIRS``); a file elsewhere
+    """DVC reruns ``stage`` when its data folder changes (:data:`DATA_DIRS`); a file elsewhere
     is read all the same, but DVC would not see an edit of it."""
     folder = Path(DATA_DIRS[stage]).resolve()
     if not Path(path).resolve().is_relative_to(folder):

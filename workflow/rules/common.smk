@@ -1,58 +1,73 @@
-# Shared wiring: the objectives and training seeds to expand, the command prefix, each
-# rule's params sections and its job resources.
+# Shared wiring: the validated config of the active profile, and per DAG row what the job
+# reads (diffpref.config.dag): its code (the stage module's import closure plus the modules the
+# config picks), its params (each resolved key as its own "key=value" param, so that a rerun's
+# reason names the keys that changed), the user's data files and the job's resources.
+import json
 import os
 import uuid
-from pathlib import Path
 
-from diffpref.config import (
-    DEFAULT_TRAIN_SEEDS,
-    job_resources,
-    stage_params,
-    user_data,
-    with_profile,
-)
+from diffpref.config import ConfigError, validate, with_profile
+from diffpref.config import dag
 
 # one id per `snakemake` invocation: every stage's MLflow run nests under that execution's run
 os.environ.setdefault("DIFFPREF_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
-PROFILE = config.get("profile", "default")
-OBJECTIVES = list(config.get("objectives") or {})
-# the active profile's seeds (DVC, which cannot see profiles, expands the top-level list)
-SEEDS = with_profile(dict(config)).get("train_seeds", DEFAULT_TRAIN_SEEDS)
-DIFFPREF = f"diffpref {{stage}} --params params.yaml --profile {PROFILE} --threads {{threads}}"
+try:
+    CFG = validate(with_profile(dict(config)))
+except ConfigError as e:
+    raise WorkflowError(f"params.yaml is not valid:\n{e}") from None
+PROFILE = CFG.profile
+OBJECTIVES = list(CFG.objectives)
+SEEDS = CFG.train_seeds  # the active profile's (DVC, which cannot see profiles, expands the top level)
 
 
-def cmd(stage, objective=None, seed=None):
-    suffix = f" --objective {objective}" if objective else ""
-    suffix += f" --seed {seed}" if seed is not None else ""
-    return DIFFPREF.format(stage=stage, threads="{threads}") + suffix
+def cmd(row, objective=None, seed=None):
+    stage = dag.stage_of(row)
+    objective = "base" if row == "evaluate_base" else objective
+    out = f"diffpref {stage} --params params.yaml --profile {PROFILE} --threads {{threads}}"
+    out += f" --objective {objective}" if objective else ""
+    return out + (f" --seed {seed}" if seed is not None else "")
 
 
-def params_of(stage, objective=None):
-    """The params sections a stage reads: Snakemake reruns a job when they change."""
-    return stage_params(config, stage, objective)
+def _key_values(row, objective=None):
+    params = dag.params(dag.stage_of(row), CFG, objective)
+    return [f"{k}={json.dumps(v, sort_keys=True)}" for k, v in params.items()]
 
 
-def data_of(stage):
+def params_of(row):
+    """The job's resolved params, one Snakemake param per key: Snakemake reruns a job whose
+    params changed and its reason lists the changed "key=value" pairs. A row with one job per
+    objective gets as many slots as its widest job (the others pad with "")."""
+    if not dag.STAGES[row].per_model:
+        return _key_values(row)
+    n = max((len(_key_values(row, o)) for o in OBJECTIVES), default=0)
+    return [
+        lambda w, i=i: (kv[i] if i < len(kv := _key_values(row, w.objective)) else "")
+        for i in range(n)
+    ]
+
+
+def code_of(row):
+    """The job's source files (an edit reruns it)."""
+    if dag.STAGES[row].per_model:
+        return lambda w: dag.code(row, CFG, w.objective)
+    return dag.code(row, CFG)
+
+
+def data_of(row):
     """The user's data files the stage reads (a prompt file, a Pick-a-Pic shard): an edit
-    reruns it. dvc.yaml depends on their folders instead (config.DATA_DIRS)."""
-    return user_data(config, stage)
+    reruns it. dvc.yaml depends on their folders instead (dag.DATA_DIRS)."""
+    return dag.user_data(CFG, row)
 
 
-def res(stage):
+def res(row):
     """The stage's job resources from params.yaml, by backbone kind: ``.cpus`` for threads,
     ``.scheduler`` for the rule's resources (what SLURM is asked for)."""
-    return job_resources(config, stage)
+    return dag.job_resources(CFG, dag.stage_of(row))
 
 
 wildcard_constraints:
     objective="(?!base(?![A-Za-z0-9_-]))[A-Za-z0-9][A-Za-z0-9_-]*",
     seed=r"\d+",
-
-
-def py(path):
-    """A source folder as its .py files: Snakemake sees file edits, not just folder mtimes."""
-    p = Path(path)
-    return sorted(str(f) for f in p.rglob("*.py")) if p.is_dir() else [str(p)]
 
 
 onstart:

@@ -1,6 +1,6 @@
-# One rule per stage; inputs are the stage's source files and upstream artifacts (as in dvc.yaml).
+# One rule per stage: inputs are the job's code (computed), the user's data and the upstream
+# artifacts (as in dvc.yaml, which is generated from the same table: `diffpref dvc-yaml`).
 # Threads and resources (memory, wall time, GPUs) come from params.yaml `resources:`.
-SRC = "src/diffpref"
 
 
 # small CPU stages run where Snakemake runs, not as cluster jobs (no effect on one machine)
@@ -12,12 +12,11 @@ localrules:
 
 rule world:
     input:
-        f"{SRC}/stages/world.py",
-        py(f"{SRC}/world"),
+        code_of("world"),
     output:
         directory("results/world"),
     params:
-        p=params_of("world"),
+        *params_of("world"),
     threads: res("world").cpus
     resources:
         **res("world").scheduler,
@@ -27,13 +26,12 @@ rule world:
 
 rule prompts:
     input:
-        f"{SRC}/stages/prompts.py",
-        f"{SRC}/world/prompts.py",
+        code_of("prompts"),
         data_of("prompts"),
     output:
         directory("results/prompts"),
     params:
-        p=params_of("prompts"),
+        *params_of("prompts"),
     threads: res("prompts").cpus
     resources:
         **res("prompts").scheduler,
@@ -43,15 +41,14 @@ rule prompts:
 
 rule candidates:
     input:
-        f"{SRC}/stages/candidates.py",
-        py(f"{SRC}/backbones"),
+        code_of("candidates"),
         "results/world",
         "results/prompts",
         data_of("candidates"),
     output:
         directory("results/candidates"),
     params:
-        p=params_of("candidates"),
+        *params_of("candidates"),
     threads: res("candidates").cpus
     resources:
         **res("candidates").scheduler,
@@ -61,14 +58,13 @@ rule candidates:
 
 rule rewards:
     input:
-        f"{SRC}/stages/rewards.py",
-        py(f"{SRC}/rewards"),
+        code_of("rewards"),
         "results/world",
         "results/candidates",
     output:
         directory("results/rewards"),
     params:
-        p=params_of("rewards"),
+        *params_of("rewards"),
     threads: res("rewards").cpus
     resources:
         **res("rewards").scheduler,
@@ -78,13 +74,12 @@ rule rewards:
 
 rule labels:
     input:
-        f"{SRC}/stages/labels.py",
-        f"{SRC}/labels.py",
+        code_of("labels"),
         "results/rewards",
     output:
         directory("results/labels"),
     params:
-        p=params_of("labels"),
+        *params_of("labels"),
     threads: res("labels").cpus
     resources:
         **res("labels").scheduler,
@@ -94,18 +89,14 @@ rule labels:
 
 rule train:
     input:
-        f"{SRC}/stages/train.py",
-        py(f"{SRC}/training"),
-        f"{SRC}/distributed.py",
-        py(f"{SRC}/objectives"),
-        py(f"{SRC}/backbones"),
+        code_of("train"),
         "results/world",
         "results/candidates",
         "results/labels",
     output:
         directory("results/adapters/{objective}/seed{seed}"),
     params:
-        p=lambda w: params_of("train", w.objective),
+        *params_of("train"),
     threads: res("train").cpus
     resources:
         **res("train").scheduler,
@@ -115,29 +106,23 @@ rule train:
 
 rule evaluate_base:
     input:
-        f"{SRC}/stages/evaluate.py",
-        f"{SRC}/evaluation.py",
-        py(f"{SRC}/backbones"),
-        py(f"{SRC}/rewards"),
+        code_of("evaluate_base"),
         "results/world",
         "results/prompts",
     output:
         directory("results/eval/base"),
     params:
-        p=params_of("evaluate"),
-    threads: res("evaluate").cpus
+        *params_of("evaluate_base"),
+    threads: res("evaluate_base").cpus
     resources:
-        **res("evaluate").scheduler,
+        **res("evaluate_base").scheduler,
     shell:
-        cmd("evaluate", "base")
+        cmd("evaluate_base")
 
 
 rule evaluate:
     input:
-        f"{SRC}/stages/evaluate.py",
-        f"{SRC}/evaluation.py",
-        py(f"{SRC}/backbones"),
-        py(f"{SRC}/rewards"),
+        code_of("evaluate"),
         "results/world",
         "results/prompts",
         "results/adapters/{objective}/seed{seed}",
@@ -145,7 +130,7 @@ rule evaluate:
     output:
         directory("results/eval/{objective}/seed{seed}"),
     params:
-        p=params_of("evaluate"),
+        *params_of("evaluate"),
     threads: res("evaluate").cpus
     resources:
         **res("evaluate").scheduler,
@@ -155,12 +140,7 @@ rule evaluate:
 
 rule report:
     input:
-        f"{SRC}/stages/report.py",
-        f"{SRC}/report.py",
-        f"{SRC}/plots.py",
-        f"{SRC}/comparison.py",
-        f"{SRC}/statistics.py",
-        f"{SRC}/evaluation.py",
+        code_of("report"),
         "results/world",
         expand("results/adapters/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
         "results/eval/base",
@@ -171,7 +151,7 @@ rule report:
         "results/plots/win_vs_base.png",
         "results/plots/training_loss.png",
     params:
-        p=params_of("report"),
+        *params_of("report"),
     threads: res("report").cpus
     resources:
         **res("report").scheduler,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,14 +23,20 @@ def resolve_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
+# backbone.kind -> (module, class), imported when asked for: a job's code dependencies hold
+# its own backbone's module only (:mod:`diffpref.config.dag`)
+KINDS = {
+    "embedded": ("diffpref.backbones.embedded", "EmbeddedBackbone"),
+    "sd15": ("diffpref.backbones.sd", "SD15Backbone"),
+    "sdxl": ("diffpref.backbones.sd", "SDXLBackbone"),
+}
+
+
 def load_backbone(cfg: Config, device: torch.device) -> Backbone:
     dtype = getattr(torch, cfg.backbone.dtype)
+    module, cls_name = KINDS[cfg.backbone.kind]
+    cls = getattr(importlib.import_module(module), cls_name)
     if cfg.backbone.kind == "embedded":
-        from diffpref.backbones.embedded import EmbeddedBackbone
-
-        return EmbeddedBackbone(cfg.path("world"), device, dtype)
-    from diffpref.backbones.sd import SD15Backbone, SDXLBackbone
-
-    cls = {"sd15": SD15Backbone, "sdxl": SDXLBackbone}[cfg.backbone.kind]
+        return cls(cfg.path("world"), device, dtype)
     b = cfg.backbone
     return cls(b.pretrained, device, dtype, vae=b.vae, variant=b.variant, resolution=b.resolution)

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
+
+from diffpref.settings import Settings
 
 
 @dataclass
@@ -35,10 +36,8 @@ class Errors:
     desirable: Tensor | None = None  # [B] bool, KTO labels
 
 
-class ParamsBase(BaseModel):
+class ParamsBase(Settings):
     """Hyper-parameters of one objective; unknown keys are an error, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 Metrics = dict[str, Tensor]

@@ -25,16 +25,16 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
+
+from diffpref.settings import Settings
 
 Action = Literal["copy", "freeze"]
 
 
-class Params(BaseModel):
+class Params(Settings):
     """Rethinking-DPO settings; embedded as ``rethinking:`` in a pairwise objective's params."""
-
-    model_config = ConfigDict(extra="forbid")
 
     reference_every: int = Field(32, ge=1, description="τ: copy the policy into the reference")
     delta: float = Field(0.005, gt=0, description="freeze threshold on D(ref, init); recalibrate")

@@ -9,7 +9,6 @@ Nothing is imported before a reward is asked for, so optional extras stay option
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,43 +21,32 @@ if TYPE_CHECKING:
     from diffpref.config import Config
 
 
-def _world_reward(name: str) -> Callable[[Config, torch.device], object]:
-    def load(cfg: Config, device: torch.device):
-        if name == "fidelity":
-            from diffpref.rewards.fidelity import FidelityReward as cls
-        else:
-            from diffpref.rewards.quality import QualityReward as cls
-        return cls.load(Path(cfg.path("world", "rewards", name)), device)
-
-    return load
-
-
-def _real_reward(name: str, cls_name: str) -> Callable[[Config, torch.device], object]:
-    """``cls_name`` of module ``diffpref.rewards.<name>``, imported only when asked for."""
-
-    def load(cfg: Config, device: torch.device):
-        cls = getattr(importlib.import_module(f"diffpref.rewards.{name}"), cls_name)
-        source = cfg.rewards.source(name, cls.DEFAULT_SOURCE)
-        return cls.load(source, device, getattr(torch, cfg.rewards.dtype))
-
-    return load
-
-
-REGISTRY: dict[str, Callable[[Config, torch.device], object]] = {
-    "fidelity": _world_reward("fidelity"),
-    "quality": _world_reward("quality"),
-    "pickscore": _real_reward("pickscore", "PickScore"),
-    "clip_score": _real_reward("clip_score", "ClipScore"),
-    "aesthetic": _real_reward("aesthetic", "Aesthetic"),
-    "hpsv2": _real_reward("hpsv2", "HPSv2"),
-    "imagereward": _real_reward("imagereward", "ImageReward"),
+# name -> (module, class). The world's own judges live with the world (its ``world`` stage
+# trains them); the real reward models here. Each module is imported only when its reward is
+# asked for, so a job's code dependencies hold just the rewards it scores with
+# (:mod:`diffpref.config.dag`) and optional extras stay optional.
+WORLD = {
+    "fidelity": ("diffpref.world.fidelity", "FidelityReward"),
+    "quality": ("diffpref.world.quality", "QualityReward"),
+}
+REGISTRY = WORLD | {
+    "pickscore": ("diffpref.rewards.pickscore", "PickScore"),
+    "clip_score": ("diffpref.rewards.clip_score", "ClipScore"),
+    "aesthetic": ("diffpref.rewards.aesthetic", "Aesthetic"),
+    "hpsv2": ("diffpref.rewards.hpsv2", "HPSv2"),
+    "imagereward": ("diffpref.rewards.imagereward", "ImageReward"),
 }
 
 
 def load_reward(name: str, cfg: Config, device: torch.device):
     if name not in REGISTRY:
         raise KeyError(f"unknown reward model {name!r} (known: {', '.join(REGISTRY)})")
-    return REGISTRY[name](cfg, device)
+    module, cls_name = REGISTRY[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    if name in WORLD:  # trained by the world stage
+        return cls.load(Path(cfg.path("world", "rewards", name)), device)
+    source = cfg.rewards.source(name, cls.DEFAULT_SOURCE)
+    return cls.load(source, device, getattr(torch, cfg.rewards.dtype))
 
 
 @torch.no_grad()

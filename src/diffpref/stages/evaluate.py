@@ -9,8 +9,6 @@ samples in GenEval's folder layout, for its (separately installed) object-detect
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -18,9 +16,9 @@ from diffpref import evaluation
 from diffpref.adapters import Adapted
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.datasources import export_geneval
+from diffpref.generation import generate
 from diffpref.io import atomic_dir, read_table, write_json
 from diffpref.rewards import load_reward, score_table
-from diffpref.stages.candidates import generate
 
 INPUTS = ("prompts",)  # recorded in MLflow as datasets with their digests
 
@@ -72,14 +70,12 @@ def run(ctx) -> None:
     out = cfg.model_dir("eval", name, ctx.seed)
     ctx.run.log_artifact(out / "scores.parquet")
     ctx.run.log_artifact(out / "metrics.json")
-    ctx.run.log_figure("samples.png", lambda f: _plot_samples(cfg, name, out, f))
+    ctx.run.log_figure(
+        "samples.png",
+        "diffpref.plots:image_grid",
+        lambda: (cfg.path(), {name: out}, cfg.report.grid_prompts),
+    )
     ctx.run.log_metrics(flat_numbers(metrics))
-
-
-def _plot_samples(cfg, name: str, folder: Path, out: Path) -> None:
-    from diffpref.plots import image_grid
-
-    image_grid(cfg.path(), {name: folder}, cfg.report.grid_prompts, out)
 
 
 def summarize(

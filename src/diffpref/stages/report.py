@@ -41,7 +41,7 @@ def run(ctx) -> None:
         plots.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
         if ctx.run.enabled:
-            sections.append(_run_links(cfg, ctx.raw))
+            sections.append(_run_links(cfg))
         title = "diffpref report"
         subtitle = (
             f"profile {cfg.profile} · {_n(len(cfg.objectives), 'objective')} × "
@@ -161,19 +161,19 @@ def _n(k: int, noun: str) -> str:
     return f"{k} {noun}{'' if k == 1 else 's'}"
 
 
-def _run_links(cfg, raw: dict) -> Section:
+def _run_links(cfg) -> Section:
     """Each model's train and evaluate runs in MLflow (page and artifacts folder), found by
     the stage, objective, training seed and the current params' hash."""
     from diffpref import tracking
-    from diffpref.config import params_hash
+    from diffpref.config.dag import params_hash
 
     rows = [("base", None)] + [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
     keys = {}
-    evaluate = params_hash(raw, "evaluate")  # the same for every model
+    evaluate = params_hash("evaluate", cfg)  # the same for every model
     for obj, seed in rows:
         keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, evaluate)
         if seed is not None:
-            keys[obj, seed, "train"] = ("train", obj, seed, params_hash(raw, "train", obj))
+            keys[obj, seed, "train"] = ("train", obj, seed, params_hash("train", cfg, obj))
     uri = tracking.tracking_uri()
     try:
         found = tracking.latest_runs(list(keys.values()))

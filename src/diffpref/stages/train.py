@@ -12,11 +12,9 @@ them, :mod:`diffpref.launch`): all train, rank 0 alone writes the adapter and th
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from diffpref import launch, training
 from diffpref.backbones import load_backbone, resolve_device
-from diffpref.config import params_hash
 from diffpref.distributed import process_device
 from diffpref.io import atomic_dir, write_json
 
@@ -32,7 +30,7 @@ def run(ctx) -> None:
     data = training.load_train_data(cfg.path(), objective.labels)
     ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
     result = training.train(
-        backbone, data, objective, tp, ctx.seed, ckpt, params_hash(ctx.raw, "train", name)
+        backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash
     )
     if not launch.is_main():
         return
@@ -50,13 +48,11 @@ def run(ctx) -> None:
         )
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     ctx.run.log_artifact(cfg.model_dir("adapters", name, ctx.seed), "adapter")
-    ctx.run.log_figure("loss_curve.png", lambda f: _plot_loss(name, result.history, f))
+    ctx.run.log_figure(
+        "loss_curve.png",
+        "diffpref.plots:plot_training",
+        lambda: ({name: [{"history": result.history}]},),
+    )
     for row in result.history:
         ctx.run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
     ctx.run.log_metrics(result.summary)
-
-
-def _plot_loss(name: str, history: list[dict], out: Path) -> None:
-    from diffpref.plots import plot_training
-
-    plot_training({name: [{"history": history}]}, out)

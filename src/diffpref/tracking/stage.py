@@ -4,6 +4,7 @@ process (:mod:`diffpref.tracking.writer`), which is started with the stage."""
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffpref import launch
+from diffpref import launch, settings
 from diffpref.tracking.provenance import flatten, pipeline_id
 
 
@@ -56,16 +57,30 @@ class StageRun:
         """Copy a file (or a folder, as ``name``) into the run's artifacts when it ends."""
         self.artifacts.append((str(path), name or Path(path).name))
 
-    def log_figure(self, name: str, draw: Callable[[Path], None]) -> None:
-        """A figure for the record only (not a stage output, so its plotting code is no stage
-        dependency): ``draw(path)`` writes it to a scratch folder kept until the record is
-        written. Skipped when nothing is recorded."""
+    def log_figure(self, name: str, draw: str, args: Callable[[], tuple] = tuple) -> None:
+        """A figure for the record only, skipped when nothing is recorded: ``draw``
+        (``"module:function"``) is called with ``*args(), path`` and writes it to a scratch
+        folder kept until the record is written. No stage output depends on it, so the
+        plotting code is imported here, by name (not in the stage's import closure), and the
+        settings it reads are no params dependency (:func:`diffpref.settings.paused`)."""
         if not self.enabled:
             return
-        self._scratch = self._scratch or tempfile.mkdtemp(prefix="diffpref-run-")
-        path = Path(self._scratch, name)
-        draw(path)
+        module, _, function = draw.partition(":")
+        path = Path(self._scratch_dir(), name)
+        with settings.paused():
+            getattr(importlib.import_module(module), function)(*args(), path)
         self.log_artifact(path)
+
+    def log_dict(self, obj: dict[str, Any], name: str) -> None:
+        """A JSON file for the record only."""
+        if self.enabled:
+            path = Path(self._scratch_dir(), name)
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            self.log_artifact(path)
+
+    def _scratch_dir(self) -> str:
+        self._scratch = self._scratch or tempfile.mkdtemp(prefix="diffpref-run-")
+        return self._scratch
 
 
 @contextmanager

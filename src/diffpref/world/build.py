@@ -20,11 +20,10 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from diffpref.rewards.fidelity import FidelityReward
-from diffpref.rewards.quality import QualityReward
 from diffpref.world import train as T
 from diffpref.world.base import WorldBase, save_base
 from diffpref.world.data import ItemBank
+from diffpref.world.fidelity import FidelityReward
 from diffpref.world.metrics import (
     classifier_accuracy,
     fidelity_canvas_metrics,
@@ -32,6 +31,7 @@ from diffpref.world.metrics import (
     random_specs,
 )
 from diffpref.world.prompts import generate_prompts
+from diffpref.world.quality import QualityReward
 from diffpref.world.render import render_specs
 from diffpref.world.settings import WorldParams
 from diffpref.world.spec import CATEGORIES, Spec

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffpref.rewards.fidelity import FidelityReward
-from diffpref.rewards.quality import QualityReward
 from diffpref.world.data import NUM_CLASSES, ItemBank
 from diffpref.world.degrade import degrade_items, dirty_empty
+from diffpref.world.fidelity import FidelityReward
 from diffpref.world.prompts import all_specs
+from diffpref.world.quality import QualityReward
 from diffpref.world.render import CELL, Layout, render_layout, split_cells
 from diffpref.world.spec import (
     CATEGORIES,

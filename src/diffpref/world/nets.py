@@ -1,7 +1,13 @@
-"""Small CNNs on 16x16 canvas cells, shared by the world's reward models."""
+"""Small CNNs on 16x16 canvas cells, shared by the world's judges, and how they are saved."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 
@@ -29,3 +35,30 @@ class CellCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` [N,1,16,16] in [0,1] -> logits [N,n_out]."""
         return self.head(self.features(x * 2.0 - 1.0))
+
+
+def save_module(
+    module: nn.Module, directory: Path, config: dict[str, Any], dtype: torch.dtype = torch.float32
+) -> None:
+    """Write ``model.safetensors`` (in ``dtype``) and ``config.json`` to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+    }
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_config(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / "config.json").read_text())
+
+
+def load_state(module: nn.Module, directory: Path) -> None:
+    """Load ``model.safetensors`` into ``module``, casting to the module's float dtype."""
+    state = load_file(str(Path(directory) / "model.safetensors"))
+    ref = module.state_dict()
+    module.load_state_dict(
+        {k: (v.to(ref[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    )

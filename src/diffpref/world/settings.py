@@ -9,16 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from diffpref.settings import Settings
 from diffpref.world.constants import CATEGORIES, DEFAULT_FASHION_MNIST_DIR
 
 
-class WorldParams(BaseModel):
+class WorldParams(Settings):
     """Parameters of the embedded world. ``source: packaged`` copies the shipped world;
     ``train`` pretrains it from Fashion-MNIST with these settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     source: Literal["packaged", "train"] = "packaged"
     fashion_mnist_dir: Path = DEFAULT_FASHION_MNIST_DIR

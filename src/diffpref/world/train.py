@@ -16,11 +16,11 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffpref.rewards.fidelity import FidelityReward
-from diffpref.rewards.quality import QualityReward
 from diffpref.world.data import NUM_CLASSES, ItemBank
 from diffpref.world.degrade import clean_empty, degrade_items, dirty_empty, smooth_noise
+from diffpref.world.fidelity import FidelityReward
 from diffpref.world.prompts import sample_train_caption
+from diffpref.world.quality import QualityReward
 from diffpref.world.render import CANVAS, CELL
 from diffpref.world.settings import WorldParams
 from diffpref.world.spec import CATEGORIES, EMPTY, Spec

@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffpref.rewards.base import load_config, load_state, save_module
 from diffpref.world.captions import parse_prompt
 from diffpref.world.data import NUM_CLASSES
-from diffpref.world.nets import CellCNN
+from diffpref.world.nets import CellCNN, load_config, load_state, save_module
 from diffpref.world.render import split_cells
 from diffpref.world.spec import BRIGHT, DIM, NUM_CELLS, Spec, assignment_arrays
 

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffpref.rewards.base import load_config, load_state, save_module
-from diffpref.world.nets import CellCNN
+from diffpref.world.nets import CellCNN, load_config, load_state, save_module
 from diffpref.world.render import split_cells
 from diffpref.world.spec import NUM_CELLS
 

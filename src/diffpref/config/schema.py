@@ -2,21 +2,21 @@
 
 The file is read once per stage, the active ``profile`` is deep-merged over the base values,
 and the result is validated with pydantic *before* any work starts, so a typo costs one clear
-error (file, key, reason, exit code 2) instead of a crashed run an hour later.
+error (file, key, reason, exit code 2) instead of a crashed run an hour later. Every model is a
+:class:`diffpref.settings.Settings`, so the keys a stage reads are recorded.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from diffpref.settings import Settings, bind, record
 from diffpref.world.settings import WorldParams
 
 DEFAULT_TRAIN_SEEDS = (0, 1, 2)
@@ -26,14 +26,10 @@ class ConfigError(Exception):
     """A bad ``params.yaml``: the CLI prints it and exits with code 2."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 BackboneKind = Literal["embedded", "sd15", "sdxl"]
 
 
-class BackboneParams(_Strict):
+class BackboneParams(Settings):
     kind: BackboneKind = "embedded"
     pretrained: str | None = Field(
         None, description="local diffusers directory or hub id (sd15/sdxl); embedded: world"
@@ -56,13 +52,13 @@ class BackboneParams(_Strict):
         return self
 
 
-class SamplingParams(_Strict):
+class SamplingParams(Settings):
     scheduler: Literal["ddim", "dpmsolver"] = "dpmsolver"
     steps: int = Field(20, ge=1)
     guidance: float = Field(4.0, ge=0)
 
 
-class PromptParams(_Strict):
+class PromptParams(Settings):
     source: Literal["world", "file"] = "world"
     n_train: int = Field(512, ge=1, description="at most this many train prompts (file order)")
     n_eval: int = Field(128, ge=1)
@@ -86,7 +82,7 @@ class PromptParams(_Strict):
         return self
 
 
-class CandidateParams(_Strict):
+class CandidateParams(Settings):
     k: int = Field(4, ge=2, description="candidates per training prompt")
     batch_size: int = Field(256, ge=1)
     source: Literal["generate", "pickapic"] = Field(
@@ -104,7 +100,7 @@ class CandidateParams(_Strict):
         return self
 
 
-class RewardSource(_Strict):
+class RewardSource(Settings):
     """Where a real reward model's weights live: a local directory or a hub id."""
 
     model: str | None = Field(None, description="None: the reward's official hub id")
@@ -117,7 +113,7 @@ class RewardSource(_Strict):
     )
 
 
-class RewardParams(_Strict):
+class RewardParams(Settings):
     models: list[str] = Field(default_factory=lambda: ["fidelity", "quality"], min_length=1)
     batch_size: int = Field(512, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -138,7 +134,7 @@ class RewardParams(_Strict):
         return default.model_copy(update=got.model_dump(exclude_none=True))
 
 
-class LabelParams(_Strict):
+class LabelParams(Settings):
     reward: str = Field("fidelity", description="reward model that ranks candidates")
     tie_threshold: float = Field(0.05, ge=0, description="pairs closer than this are dropped")
     pairs: Literal["all", "best_worst"] = "all"
@@ -149,7 +145,7 @@ class LabelParams(_Strict):
     )
 
 
-class TrainParams(_Strict):
+class TrainParams(Settings):
     """Shared training settings; an objective may override any of them under ``train:``."""
 
     steps: int = Field(300, ge=1)
@@ -176,7 +172,7 @@ class TrainParams(_Strict):
     )
 
 
-class TrainOverrides(_Strict):
+class TrainOverrides(Settings):
     steps: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
@@ -186,7 +182,7 @@ class TrainOverrides(_Strict):
     num_processes: int | None = Field(None, ge=1)
 
 
-class EvaluateParams(_Strict):
+class EvaluateParams(Settings):
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     batch_size: int = Field(256, ge=1)
     bootstrap: int = Field(1000, ge=10)
@@ -199,11 +195,11 @@ class EvaluateParams(_Strict):
     )
 
 
-class ReportParams(_Strict):
+class ReportParams(Settings):
     grid_prompts: int = Field(8, ge=1)
 
 
-class TrackingParams(_Strict):
+class TrackingParams(Settings):
     """What the MLflow record keeps; read by every stage's record, by no stage's work (so it is
     in no stage's params hash: changing it reruns nothing)."""
 
@@ -213,7 +209,7 @@ class TrackingParams(_Strict):
     large_artifact_mb: float = Field(100.0, gt=0)
 
 
-class JobResources(_Strict):
+class JobResources(Settings):
     """What one stage's job asks for: Snakemake threads, and from a scheduler (SLURM:
     ``--cpus-per-task``, ``--mem``, ``--time``, ``--gpus``). Run locally, only ``cpus`` counts,
     capped by ``--cores``."""
@@ -229,14 +225,14 @@ class JobResources(_Strict):
         return {"mem_mb": self.mem_mb, "runtime": self.runtime, "gpu": self.gpu}
 
 
-class ResourceOverrides(_Strict):
+class ResourceOverrides(Settings):
     cpus: int | None = Field(None, ge=1)
     mem_mb: int | None = Field(None, ge=1)
     runtime: int | None = Field(None, ge=1)
     gpu: int | None = Field(None, ge=0)
 
 
-class BackboneResources(_Strict):
+class BackboneResources(Settings):
     """One backbone kind's jobs: ``default`` for every stage, each stage's entry over it
     (``evaluate`` covers the base model's evaluation too)."""
 
@@ -259,10 +255,13 @@ class BackboneResources(_Strict):
 Resources = dict[BackboneKind, BackboneResources]
 
 
-class Objective(BaseModel):
-    """One entry of ``objectives:``: a loss from the registry plus its hyper-parameters."""
+class Objective(Settings):
+    """One entry of ``objectives:``: a loss from the registry plus its hyper-parameters (which
+    sit at the entry's own key in params.yaml)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    UNRECORDED = frozenset({"name"})
+    FLAT = frozenset({"params"})
 
     name: str
     loss: str
@@ -278,7 +277,7 @@ class Objective(BaseModel):
         return self.params.labels
 
 
-class Config(_Strict):
+class Config(Settings):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     profile: str = "default"
@@ -323,9 +322,16 @@ class Config(_Strict):
         return path if seed is None else path / f"seed{seed}"
 
     def train_for(self, objective: str) -> TrainParams:
-        """Shared training settings with the objective's overrides applied."""
-        over = self.objectives[objective].train.model_dump(exclude_none=True)
-        return self.train.model_copy(update=over)
+        """Shared training settings with the objective's overrides applied. A stage that calls
+        this reads the objective's ``train:`` overrides and, of ``train:``, only the settings
+        they leave alone (so editing a shared value an objective overrides reruns nothing)."""
+        entry = self.objectives[objective]
+        over = entry.train.model_dump(exclude_none=True)
+        if (key := entry.key_of("train")) is not None:
+            record(key, over)
+        tp = self.train.model_copy(update=over)
+        tp._sources = dict.fromkeys(over)  # read above, as the overrides
+        return tp
 
     def path(self, *parts: str) -> Path:
         return Path(self.results, *parts)
@@ -374,67 +380,6 @@ def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
     return out
 
 
-# The params keys each stage reads: dvc.yaml lists exactly these under `params:` and the
-# Snakefile hashes the same sections, so an edit reruns exactly the stages that read it.
-COMMON_KEYS = ["profile", "profiles", "seed"]
-STAGE_KEYS: dict[str, list[str]] = {
-    "world": ["world"],
-    "prompts": ["prompts", "world"],
-    "candidates": ["backbone", "sampling", "candidates"],
-    "rewards": ["rewards"],
-    "labels": ["labels"],
-    "train": ["backbone", "train", "objectives.{objective}"],
-    "evaluate": ["backbone", "sampling", "evaluate", "rewards"],
-    "report": ["report", "evaluate", "train_seeds"],
-}
-
-
-def stage_keys(stage: str, objective: str | None = None) -> list[str]:
-    keys = COMMON_KEYS + STAGE_KEYS[stage]
-    return [k.format(objective=objective) for k in keys]
-
-
-def _lookup(raw: dict[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def stage_params(raw: dict[str, Any], stage: str, objective: str | None = None) -> dict:
-    """The raw params sections a stage reads (what its params hash and MLflow params cover)."""
-    return {k: _lookup(raw, k) for k in stage_keys(stage, objective)}
-
-
-def params_hash(raw: dict[str, Any], stage: str, objective: str | None = None) -> str:
-    return file_hash(stage_params(raw, stage, objective))
-
-
-def file_hash(raw: dict[str, Any]) -> str:
-    """The hash of params (a stage's sections, or the whole resolved file: which configuration
-    a pipeline execution ran)."""
-    blob = json.dumps(raw, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def job_resources(raw: dict[str, Any], stage: str) -> JobResources:
-    """A stage's job resources under ``raw``'s active profile: ``resources.<backbone kind>``,
-    validated here because the Snakefile asks for them before any stage checks its params."""
-    merged = with_profile(raw)
-    errors: list[str] = []
-    try:
-        kind = BackboneParams.model_validate(merged.get("backbone") or {}).kind
-    except ValidationError as e:
-        errors += _errors(Path("params.yaml"), "backbone", e)
-    try:
-        table = TypeAdapter(Resources).validate_python(merged.get("resources") or {})
-    except ValidationError as e:
-        errors += _errors(Path("params.yaml"), "resources", e)
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return table.get(kind, BackboneResources()).of(stage)
-
-
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -467,23 +412,6 @@ def top_level_seeds(path: str | Path) -> list[int] | None:
     return raw.get("train_seeds") if isinstance(raw, dict) else None
 
 
-# Where the user's data files go. dvc.yaml cannot depend on a file named in params.yaml, so the
-# stages that read one depend on its folder; Snakemake lists the file itself (user_data).
-DATA_DIRS = {"prompts": "data/prompts", "candidates": "data/preferences"}
-
-
-def user_data(raw: dict[str, Any], stage: str) -> list[str]:
-    """The user's data files ``stage`` reads under ``raw``'s active profile (a prompt file, a
-    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage."""
-    merged = with_profile(raw)
-    prompts, candidates = merged.get("prompts") or {}, merged.get("candidates") or {}
-    if stage == "prompts" and prompts.get("source") == "file" and prompts.get("file"):
-        return [str(prompts["file"])]
-    if stage == "candidates" and candidates.get("source") == "pickapic":
-        return [str(candidates["preference_file"])] if candidates.get("preference_file") else []
-    return []
-
-
 def with_profile(raw: dict[str, Any], path: str | Path = "params.yaml") -> dict[str, Any]:
     """``raw`` with its active ``profile``'s overrides deep-merged in."""
     name = raw.get("profile", "default")
@@ -498,8 +426,14 @@ def with_profile(raw: dict[str, Any], path: str | Path = "params.yaml") -> dict[
 
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[Config, dict]:
     """Validated config plus the merged raw mapping (for hashing and logging)."""
-    path = Path(path)
     raw = read_raw(path, profile)
+    return validate(raw, path), raw
+
+
+def validate(raw: dict[str, Any], path: str | Path = "params.yaml") -> Config:
+    """``raw`` (its profile already merged) as a validated config whose reads are recorded;
+    every error at once, each naming ``path`` and the key."""
+    path = Path(path)
     rest = {k: v for k, v in raw.items() if k != "objectives"}
     errors: list[str] = []
     if isinstance(raw.get("train"), dict) and "seeds" in raw["train"]:
@@ -538,7 +472,8 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[
     if errors:
         raise ConfigError("\n".join(errors))
     assert cfg is not None
-    return cfg, raw
+    bind(cfg)
+    return cfg
 
 
 def _share_errors(cfg: Config, path: Path) -> list[str]:

@@ -1,0 +1,58 @@
+"""The configuration: :mod:`.schema` validates ``params.yaml`` (re-exported here, what stages
+and library code use); :mod:`.dag` is the workflow glue the Snakefile, ``dvc.yaml`` and the CLI
+share (the stage table, each job's computed code and params dependencies, job resources);
+:mod:`.imports` reads the import graph behind the code dependencies."""
+
+from diffpref.config.schema import (
+    BackboneParams,
+    BackboneResources,
+    CandidateParams,
+    Config,
+    ConfigError,
+    EvaluateParams,
+    JobResources,
+    LabelParams,
+    Objective,
+    PromptParams,
+    ReportParams,
+    Resources,
+    RewardParams,
+    RewardSource,
+    SamplingParams,
+    TrackingParams,
+    TrainOverrides,
+    TrainParams,
+    deep_merge,
+    load,
+    read_raw,
+    top_level_seeds,
+    validate,
+    with_profile,
+)
+
+__all__ = [
+    "BackboneParams",
+    "BackboneResources",
+    "CandidateParams",
+    "Config",
+    "ConfigError",
+    "EvaluateParams",
+    "JobResources",
+    "LabelParams",
+    "Objective",
+    "PromptParams",
+    "ReportParams",
+    "Resources",
+    "RewardParams",
+    "RewardSource",
+    "SamplingParams",
+    "TrackingParams",
+    "TrainOverrides",
+    "TrainParams",
+    "deep_merge",
+    "load",
+    "read_raw",
+    "top_level_seeds",
+    "validate",
+    "with_profile",
+]

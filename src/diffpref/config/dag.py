@@ -1,0 +1,314 @@
+"""The DAG table, and each job's computed dependencies: what the Snakefile, ``dvc.yaml`` and
+the CLI share.
+
+A job (a stage, and for ``train`` / ``evaluate`` an objective) depends on
+- **code**: the closure of its stage module's imports (:mod:`.imports`), plus the modules
+  picked by name from the config (:func:`plugins`: its loss, backbone and reward models);
+- **params**: the values it reads *after the active profile is merged and defaults are
+  filled in* (:func:`params`), listed per stage in :data:`PARAMS`. A stage's actual reads are
+  recorded while it runs (:mod:`diffpref.settings`) and tests hold the table to them.
+
+Snakemake reads both per job; DVC, which cannot resolve profiles, gets the static code in
+the generated ``dvc.yaml`` and the rest from the ``params`` stage, which writes each job's
+resolved params (and its config-picked modules' digests) to ``results/params/<job>.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffpref.config import imports
+from diffpref.config.schema import BackboneResources, Config, JobResources, TrainParams
+from diffpref.datasources import DATA_DIRS
+from diffpref.settings import paused
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the DAG. ``deps``/``outs`` are paths with Snakemake's ``{objective}`` and
+    ``{seed}`` wildcards; ``per_model``: one job per (objective, training seed)."""
+
+    module: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    per_model: bool = False
+    data: str | None = None  # the user's data folder (DVC dependency; Snakemake: the file)
+    command: str = ""  # the stage's CLI name when not the row's name (evaluate_base)
+
+
+STAGES: dict[str, Stage] = {
+    "world": Stage("world", (), ("results/world",)),
+    "prompts": Stage("prompts", (), ("results/prompts",), data=DATA_DIRS["prompts"]),
+    "candidates": Stage(
+        "candidates",
+        ("results/world", "results/prompts"),
+        ("results/candidates",),
+        data=DATA_DIRS["candidates"],
+    ),
+    "rewards": Stage("rewards", ("results/world", "results/candidates"), ("results/rewards",)),
+    "labels": Stage("labels", ("results/rewards",), ("results/labels",)),
+    "train": Stage(
+        "train",
+        ("results/world", "results/candidates", "results/labels"),
+        ("results/adapters/{objective}/seed{seed}",),
+        per_model=True,
+    ),
+    "evaluate_base": Stage(
+        "evaluate", ("results/world", "results/prompts"), ("results/eval/base",)
+    ),
+    "evaluate": Stage(
+        "evaluate",
+        (
+            "results/world",
+            "results/prompts",
+            "results/adapters/{objective}/seed{seed}",
+            "results/eval/base",
+        ),
+        ("results/eval/{objective}/seed{seed}",),
+        per_model=True,
+    ),
+    "report": Stage(
+        "report",
+        ("results/world", "results/adapters", "results/eval"),
+        ("results/report", "results/metrics", "results/plots"),
+    ),
+}
+
+
+def stage_of(row: str) -> str:
+    """The CLI stage a DAG row runs (``evaluate_base`` is ``diffpref evaluate``)."""
+    return STAGES[row].module
+
+
+# -- code --------------------------------------------------------------------------------------
+
+
+def plugins(stage: str, cfg: Config, objective: str | None = None) -> list[str]:
+    """The modules a job imports by a name from the config: its backbone, its reward models,
+    its loss. Registry lookups, so that a job depends on these and not on every alternative."""
+    from diffpref.backbones import KINDS
+    from diffpref.objectives import module_name
+    from diffpref.rewards import REGISTRY
+
+    with paused():
+        backbone = [KINDS[cfg.backbone.kind][0]]
+        rewards = [REGISTRY[r][0] for r in cfg.rewards.models if r in REGISTRY]
+        loss = [module_name(cfg.objectives[objective].loss)] if objective in cfg.objectives else []
+    return {
+        "candidates": backbone,
+        "rewards": rewards,
+        "train": backbone + loss,
+        "evaluate": backbone + rewards,
+    }.get(stage, [])
+
+
+def static_code(row: str, src: Path | None = None) -> list[str]:
+    """The source files a DAG row's stage module can import, whatever the config."""
+    return imports.files(imports.closure([f"diffpref.stages.{stage_of(row)}"], src), src)
+
+
+def code(row: str, cfg: Config, objective: str | None = None, src: Path | None = None) -> list[str]:
+    """Every source file a job runs: :func:`static_code` and its config-picked modules'."""
+    roots = [f"diffpref.stages.{stage_of(row)}", *plugins(stage_of(row), cfg, objective)]
+    return imports.files(imports.closure(roots, src), src)
+
+
+def dynamic_code(row: str, cfg: Config, objective: str | None = None) -> list[str]:
+    """The files of :func:`code` that :func:`static_code` lacks (DVC tracks their digests in
+    the job's resolved params file: ``dvc.yaml`` cannot name files chosen by params)."""
+    return sorted(set(code(row, cfg, objective)) - set(static_code(row)))
+
+
+# -- params ------------------------------------------------------------------------------------
+
+# The keys each stage reads, as a function of the config (a prompt file's columns are read only
+# when prompts come from a file). A key names a leaf of params.yaml, a whole section or entry
+# (every leaf under it), or a mapping of models (``objectives``: which names it holds).
+# tests/test_reads.py holds this table to what the stages really read (their reads.json).
+
+
+def _backbone(c: Config) -> list[str]:
+    real = [] if c.backbone.kind == "embedded" else ["pretrained", "vae", "variant", "resolution"]
+    return ["device", "backbone.kind", "backbone.dtype", *(f"backbone.{k}" for k in real)]
+
+
+def _reward_models(c: Config) -> list[str]:
+    from diffpref.rewards import WORLD
+
+    real = set(c.rewards.models) - set(WORLD)  # the world's judges need no weights source
+    return ["rewards.models", *(["rewards.dtype", "rewards.sources"] if real else [])]
+
+
+def _world(c: Config, o: str | None) -> list[str]:
+    if c.world.source == "train":  # pretraining reads every setting
+        return ["results", "world"]
+    packaged = ["source", "fashion_mnist_dir", "device", "threads", "seed", "item_size"]
+    packaged += ["eval_test_items", "eval_test_canvases_per_category"]
+    packaged += ["sampler", "sample_steps", "guidance_scale"]
+    return ["results", *(f"world.{k}" for k in packaged)]
+
+
+def _prompts(c: Config, o: str | None) -> list[str]:
+    own = (
+        ["file", "column", "category_column", "eval_fraction"] if c.prompts.source == "file" else []
+    )
+    return ["results", *(f"prompts.{k}" for k in ["source", "n_train", "n_eval", *own])] + (
+        ["seed"] if c.prompts.source == "world" else []
+    )
+
+
+def _candidates(c: Config, o: str | None) -> list[str]:
+    keys = ["results", *_backbone(c), "candidates.source", "candidates.batch_size"]
+    if c.candidates.source == "pickapic":
+        return [*keys, "candidates.preference_file", "candidates.max_pairs"]
+    return [
+        *keys,
+        "candidates.k",
+        "seed",
+        "sampling.scheduler",
+        "sampling.steps",
+        "sampling.guidance",
+    ]
+
+
+def _rewards(c: Config, o: str | None) -> list[str]:
+    return ["results", "device", "rewards.batch_size", *_reward_models(c)]
+
+
+def _labels(c: Config, o: str | None) -> list[str]:
+    from diffpref.datasources import HUMAN
+
+    own = ["listwise_tau", "listwise_standardize", "pointwise_threshold"]
+    own += [] if c.labels.reward == HUMAN else ["tie_threshold", "pairs"]
+    return ["results", "labels.reward", *(f"labels.{k}" for k in own)]
+
+
+def _train(c: Config, o: str | None) -> list[str]:
+    assert o is not None
+    over = c.objectives[o].train.model_dump(exclude_none=True)
+    shared = [f"train.{f}" for f in TrainParams.model_fields if f not in over]
+    return ["results", *_backbone(c), f"objectives.{o}", *shared]
+
+
+def _evaluate(c: Config, o: str | None) -> list[str]:
+    own = ["seeds", "batch_size", "bootstrap", "export_geneval"]
+    own += [] if o is None else ["tie_threshold"]  # win rates against the base
+    sampling = ["sampling.scheduler", "sampling.steps", "sampling.guidance"]
+    return [
+        "results",
+        *_backbone(c),
+        *sampling,
+        *(f"evaluate.{k}" for k in own),
+        *_reward_models(c),
+    ]
+
+
+def _report(c: Config, o: str | None) -> list[str]:
+    ev = [f"evaluate.{k}" for k in ["seeds", "bootstrap", "tie_threshold", "win_reward"]]
+    return ["results", "profile", "seed", "train_seeds", "objectives", "report.grid_prompts", *ev]
+
+
+PARAMS: dict[str, Callable[[Config, str | None], list[str]]] = {
+    "world": _world,
+    "prompts": _prompts,
+    "candidates": _candidates,
+    "rewards": _rewards,
+    "labels": _labels,
+    "train": _train,
+    "evaluate": _evaluate,
+    "report": _report,
+}
+
+
+def keys(stage: str, cfg: Config, objective: str | None = None) -> list[str]:
+    """The keys job (``stage``, ``objective``) reads; ``objective`` None for the base model."""
+    with paused():
+        return sorted(PARAMS[stage](cfg, None if objective == "base" else objective))
+
+
+def resolved(cfg: Config) -> dict[str, Any]:
+    """The config as params.yaml would spell it with every default filled in (JSON values); an
+    objective's entry holds its loss, its hyper-parameters and its ``train:`` overrides."""
+    with paused():
+        tree = cfg.model_dump(mode="json", exclude={"objectives", "profiles"})
+        tree["objectives"] = {
+            name: {
+                "loss": o.loss,
+                **o.params.model_dump(mode="json"),
+                "train": o.train.model_dump(mode="json", exclude_none=True),
+            }
+            for name, o in cfg.objectives.items()
+        }
+    return tree
+
+
+def value_at(tree: dict[str, Any], key: str) -> Any:
+    """``key``'s value in a :func:`resolved` tree (``objectives`` alone: the names)."""
+    if key == "objectives":
+        return sorted(tree["objectives"])
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def params(stage: str, cfg: Config, objective: str | None = None) -> dict[str, Any]:
+    """The job's resolved params: each key it reads and its value under the active profile."""
+    tree = resolved(cfg)
+    return {k: value_at(tree, k) for k in keys(stage, cfg, objective)}
+
+
+def params_hash(stage: str, cfg: Config, objective: str | None = None) -> str:
+    return file_hash(params(stage, cfg, objective))
+
+
+def file_hash(raw: Any) -> str:
+    """The hash of params (a job's resolved params, or the whole resolved file: which
+    configuration a pipeline execution ran)."""
+    blob = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# -- the rest of the workflow glue -------------------------------------------------------------
+
+
+def job_resources(cfg: Config, stage: str) -> JobResources:
+    """A stage's job resources under the active profile: ``resources.<backbone kind>``."""
+    with paused():
+        table = cfg.resources.get(cfg.backbone.kind, BackboneResources())
+        return table.of(stage)
+
+
+def user_data(cfg: Config, stage: str) -> list[str]:
+    """The user's data files ``stage`` reads under the active profile (a prompt file, a
+    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage."""
+    with paused():
+        p, c = cfg.prompts, cfg.candidates
+        if stage == "prompts" and p.source == "file" and p.file:
+            return [p.file]
+        if stage == "candidates" and c.source == "pickapic" and c.preference_file:
+            return [c.preference_file]
+    return []
+
+
+READS_FILE = "reads.json"
+
+
+def output_dir(stage: str, cfg: Config, objective: str | None, seed: int | None) -> Path:
+    """The folder a job writes first (where its :data:`READS_FILE` goes)."""
+    row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
+    out = STAGES[row].outs[0].format(objective=objective, seed=seed)
+    with paused():
+        return Path(cfg.results, Path(out).relative_to("results"))
+
+
+def write_reads(folder: Path, reads: dict[str, Any]) -> None:
+    """The keys a job read with their values, sorted (byte-identical across equal runs)."""
+    from diffpref.io import write_json_atomic
+
+    write_json_atomic(folder / READS_FILE, dict(sorted(reads.items())))
