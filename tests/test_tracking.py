@@ -226,7 +226,7 @@ def test_figures_are_logged_and_their_scratch_folder_removed(tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     DRAWN.clear()
     with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
-        run.log_figure("samples.png", "tests.test_tracking:draw_png", lambda: (b"png",))
+        run.log_figure("samples.png", f"{__name__}:draw_png", lambda: (b"png",))
     client, r = _only_run(uri)
     assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["samples.png"]
     assert not DRAWN[0].parent.exists()
@@ -347,7 +347,7 @@ def test_a_record_kept_while_the_store_is_down_keeps_its_figures(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with tracking.stage_run("evaluate", "dpo", {}, "h", 0) as run:
-        run.log_figure("samples.png", "tests.test_tracking:draw_png", lambda: (b"png",))
+        run.log_figure("samples.png", f"{__name__}:draw_png", lambda: (b"png",))
     (record,) = (tmp_path / ".mlflow-pending").glob("*.json")
     uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

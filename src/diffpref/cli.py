@@ -23,8 +23,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from diffpref import config as config_mod
 from diffpref import launch, settings
@@ -32,19 +31,6 @@ from diffpref.config import dag
 from diffpref.stages import STAGES
 
 log = logging.getLogger("diffpref")
-
-
-@dataclass
-class Ctx:
-    """What a stage gets: the validated config, the raw mapping and its MLflow record."""
-
-    cfg: config_mod.Config
-    raw: dict[str, Any]
-    objective: str | None
-    run: Any  # tracking.StageRun
-    threads: int
-    seed: int | None = None  # the training replicate (train, evaluate of an objective)
-    params_hash: str = ""  # of the job's resolved params (a checkpoint resumes only under it)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate params.yaml and exit")
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--profile", default=None)
+    r = sub.add_parser(
+        "resolve",
+        help="write each job's resolved params to results/resolved/ (DVC's first stage: what "
+        "the other stages depend on)",
+    )
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--profile", default=None)
+    d = sub.add_parser(
+        "dvc-yaml", help="write dvc.yaml from the DAG table (run in the project root)"
+    )
+    d.add_argument(
+        "--check", action="store_true", help="only say whether dvc.yaml is current (exit 1 if not)"
+    )
     sub.add_parser(
         "tracking-init",
         help="create (or check) the MLflow store and experiment before parallel jobs start, "
@@ -110,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     if args.stage in ("tracking-init", "tracking-replay"):
         return tracking_init(replay_only=args.stage == "tracking-replay")
+    if args.stage == "dvc-yaml":
+        return dvc_yaml(args.check)
     try:
         cfg, raw = config_mod.load(args.params, args.profile)
     except config_mod.ConfigError as e:
@@ -131,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     if error := _seed_error(args, cfg, objective, seed):
         print(f"error: {args.params}: train_seeds: {error}", file=sys.stderr)
         return 2
+    if args.stage == "resolve":
+        from diffpref.config.dvc import RESOLVED, write_resolved
+
+        names = write_resolved(cfg, Path(RESOLVED))
+        log.info(
+            "resolved params of %d jobs in %s/ (profile %s)", len(names), RESOLVED, cfg.profile
+        )
+        return 0
     if args.stage == "check":
         from diffpref.datasources import check_inputs
 
@@ -150,6 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     if n > 1 and not launch.is_launched():
         launch.relaunch(argv, n)
     return run_stage(args.stage, cfg, raw, objective, args.threads, seed)
+
+
+def dvc_yaml(check: bool) -> int:
+    """``dvc.yaml`` as the DAG table says (:mod:`diffpref.config.dvc`)."""
+    from diffpref.config.dvc import dvc_yaml as generate
+
+    want, path = generate(), Path("dvc.yaml")
+    if check:
+        if path.is_file() and path.read_text() == want:
+            print("dvc.yaml: current")
+            return 0
+        print(
+            "error: dvc.yaml differs from the DAG table: run `diffpref dvc-yaml`", file=sys.stderr
+        )
+        return 1
+    path.write_text(want)
+    print("dvc.yaml: written")
+    return 0
 
 
 def tracking_init(replay_only: bool = False) -> int:
@@ -212,12 +239,11 @@ def run_stage(
 ) -> int:
     import torch
 
-    from diffpref import tracking
+    from diffpref import stages, tracking
 
     threads = threads or int(os.environ.get("DIFFPREF_THREADS", 0)) or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    key_obj = None if objective == "base" else objective
-    params = dag.params(stage, cfg, key_obj)
+    params = dag.params(stage, cfg, objective)
+    loaded = set(sys.modules)  # what the stage imports beyond: recorded (stages.run)
     module = importlib.import_module(f"diffpref.stages.{stage}")
     inputs = {name: cfg.path(name) for name in getattr(module, "INPUTS", ())}
     options = {
@@ -228,11 +254,11 @@ def run_stage(
     with tracking.stage_run(stage, objective, params, phash, seed, inputs, options) as run:
         start = time.perf_counter()
         run.log_metric("start_s", start - _T0)  # imports: what every stage pays before work
-        with settings.recording() as reads:
-            module.run(Ctx(cfg, raw, objective, run, threads, seed, phash))
+        ctx = stages.Ctx(cfg, objective, run, threads, seed, phash)
+        reads, imported = stages.run(stage, ctx, loaded)
         if launch.is_main():  # what the stage read, beside its outputs and in its record
-            dag.write_reads(dag.output_dir(stage, cfg, objective, seed), reads)
-            run.log_dict(reads, dag.READS_FILE)
+            settings.write_reads(dag.output_dir(stage, cfg, objective, seed), reads)
+            run.log_dict({"params": reads, "imports": imported}, settings.READS_FILE)
         work = time.perf_counter() - start
     log.info(
         "%s finished: start %.1f s, work %.1f s, MLflow record %.1f s",

@@ -10,13 +10,16 @@ its leaves; iterating a mapping of models (``objectives``) logs the mapping's na
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from pydantic_core import to_jsonable_python
 
+READS_FILE = "reads.json"  # in a stage's output folder: the keys it read, with their values
 _log: dict[str, Any] | None = None  # one stage per process: a module-level log suffices
 
 
@@ -47,6 +50,14 @@ def record(key: str, value: Any) -> None:
     """Log a read made without attribute access (a whole mapping dumped at once)."""
     if _log is not None:
         _log[key] = to_jsonable_python(value)
+
+
+def write_reads(folder: Path, reads: dict[str, Any]) -> None:
+    """The keys a stage read with their values, sorted (byte-identical across equal runs),
+    written atomically into its output ``folder``."""
+    tmp = folder / f".{READS_FILE}.tmp"
+    tmp.write_text(json.dumps(dict(sorted(reads.items())), indent=2, sort_keys=True) + "\n")
+    tmp.replace(folder / READS_FILE)
 
 
 def join(prefix: str, name: str) -> str:

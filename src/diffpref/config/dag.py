@@ -75,7 +75,12 @@ STAGES: dict[str, Stage] = {
     "report": Stage(
         "report",
         ("results/world", "results/adapters", "results/eval"),
-        ("results/report", "results/metrics", "results/plots"),
+        (
+            "results/report",
+            "results/metrics",
+            "results/plots/win_vs_base.png",
+            "results/plots/training_loss.png",
+        ),
     ),
 }
 
@@ -296,19 +301,9 @@ def user_data(cfg: Config, stage: str) -> list[str]:
     return []
 
 
-READS_FILE = "reads.json"
-
-
 def output_dir(stage: str, cfg: Config, objective: str | None, seed: int | None) -> Path:
-    """The folder a job writes first (where its :data:`READS_FILE` goes)."""
+    """The folder a job writes first (where its keys read go: :func:`settings.write_reads`)."""
     row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
     out = STAGES[row].outs[0].format(objective=objective, seed=seed)
     with paused():
         return Path(cfg.results, Path(out).relative_to("results"))
-
-
-def write_reads(folder: Path, reads: dict[str, Any]) -> None:
-    """The keys a job read with their values, sorted (byte-identical across equal runs)."""
-    from diffpref.io import write_json_atomic
-
-    write_json_atomic(folder / READS_FILE, dict(sorted(reads.items())))

@@ -1,3 +1,45 @@
-"""One module per stage: thin glue from validated params to library calls to artifacts."""
+"""One module per stage: thin glue from validated params to library calls to artifacts.
+
+What every stage computes with lives here too (the context it gets, its torch threads, the
+record of the keys it reads), so that it is in each stage's import closure: a change to it
+reruns every stage (:mod:`diffpref.config.dag`). How a stage is invoked and recorded in MLflow
+(``diffpref.cli``, ``diffpref.tracking``) changes no output and reruns nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from diffpref import settings
+from diffpref.config.schema import Config
 
 STAGES = ["world", "prompts", "candidates", "rewards", "labels", "train", "evaluate", "report"]
+
+
+@dataclass
+class Ctx:
+    """What a stage gets: the validated config, its objective and MLflow record."""
+
+    cfg: Config
+    objective: str | None
+    run: Any  # tracking.StageRun
+    threads: int
+    seed: int | None = None  # the training replicate (train, evaluate of an objective)
+    params_hash: str = ""  # of the job's resolved params (a checkpoint resumes only under it)
+
+
+def run(stage: str, ctx: Ctx, loaded: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """Run ``stage`` on ``ctx`` with ``ctx.threads`` torch threads. Returns the keys it read and
+    the ``diffpref`` modules imported since ``loaded`` (``sys.modules`` before the stage
+    module was first imported): what tests hold the computed dependencies to."""
+    import torch
+
+    torch.set_num_threads(ctx.threads)
+    module = importlib.import_module(f"diffpref.stages.{stage}")
+    with settings.recording() as reads:
+        module.run(ctx)
+    imported = sorted(m for m in set(sys.modules) - loaded if m.split(".")[0] == "diffpref")
+    return reads, imported

@@ -29,9 +29,7 @@ def run(ctx) -> None:
     backbone = load_backbone(cfg, device)
     data = training.load_train_data(cfg.path(), objective.labels)
     ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
-    result = training.train(
-        backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash
-    )
+    result = training.train(backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash)
     if not launch.is_main():
         return
     with atomic_dir(cfg.model_dir("adapters", name, ctx.seed)) as tmp:

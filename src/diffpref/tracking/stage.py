@@ -43,6 +43,7 @@ class StageRun:
     metrics: list[tuple[str, float, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[tuple[str, str, Callable[[], tuple]]] = field(default_factory=list)
     _scratch: str | None = None
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
@@ -58,18 +59,21 @@ class StageRun:
         self.artifacts.append((str(path), name or Path(path).name))
 
     def log_figure(self, name: str, draw: str, args: Callable[[], tuple] = tuple) -> None:
-        """A figure for the record only, skipped when nothing is recorded: ``draw``
-        (``"module:function"``) is called with ``*args(), path`` and writes it to a scratch
-        folder kept until the record is written. No stage output depends on it, so the
-        plotting code is imported here, by name (not in the stage's import closure), and the
-        settings it reads are no params dependency (:func:`diffpref.settings.paused`)."""
-        if not self.enabled:
-            return
-        module, _, function = draw.partition(":")
-        path = Path(self._scratch_dir(), name)
-        with settings.paused():
-            getattr(importlib.import_module(module), function)(*args(), path)
-        self.log_artifact(path)
+        """A figure for the record only, drawn when the stage's work is done (skipped when
+        nothing is recorded): ``draw`` (``"module:function"``) is called with ``*args(), path``
+        and writes it to a scratch folder kept until the record is written. No stage output
+        depends on it, so the plotting code is imported then, by name (never by the stage
+        module), and the settings it reads are no params dependency."""
+        if self.enabled:
+            self.figures.append((name, draw, args))
+
+    def _draw_figures(self) -> None:
+        for name, draw, args in self.figures:
+            module, _, function = draw.partition(":")
+            path = Path(self._scratch_dir(), name)
+            with settings.paused():
+                getattr(importlib.import_module(module), function)(*args(), path)
+            self.log_artifact(path)
 
     def log_dict(self, obj: dict[str, Any], name: str) -> None:
         """A JSON file for the record only."""
@@ -105,6 +109,7 @@ def stage_run(
     status = "FINISHED"
     try:
         yield run
+        run._draw_figures()
     except BaseException:
         status = "FAILED"
         raise
