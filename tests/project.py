@@ -4,6 +4,7 @@ what its MLflow store recorded."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -102,3 +103,19 @@ def stage_runs(root: Path, uri: str | None = None) -> list:
 
 def runs(root: Path) -> Counter:
     return Counter(r.info.run_name for r in stage_runs(root))
+
+
+def snakemake_plan(out: str) -> dict[str, dict[str, str]]:
+    """A Snakemake dry run's jobs by DVC's stage names (``train@dpo-0``), each job's fields
+    (``input``, ``output``, ``reason``, ...) as printed."""
+    jobs = {}
+    for block in re.split(r"\n(?=\[.*\]\nrule )", out):
+        m = re.search(r"^rule (\w+):", block, re.M)
+        if not m or m.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.M))
+        name = m.group(1)
+        if w := fields.get("wildcards"):  # "objective=dpo, seed=0" -> "dpo-0"
+            name += "@" + "-".join(kv.split("=")[1] for kv in w.split(", "))
+        jobs[name] = fields
+    return jobs

@@ -11,6 +11,7 @@ from tests.conftest import REPO
 
 from diffpref import config
 from diffpref.cli import main
+from diffpref.config import dag
 
 
 def write(tmp_path, mutate):
@@ -120,33 +121,39 @@ def test_console_script_check_reports_ok():
 
 def test_params_hash_changes_only_for_stages_that_read_the_key():
     raw = config.read_raw(REPO / "params.yaml")
-    before = {s: config.params_hash(raw, s, "dpo") for s in config.STAGE_KEYS}
+
+    def hashes() -> dict[str, str]:
+        cfg = config.validate(raw)
+        return {s: dag.params_hash(s, cfg, "dpo") for s in dag.PARAMS}
+
+    before = hashes()
     raw["objectives"]["dpo"]["beta"] = 1234
-    after = {s: config.params_hash(raw, s, "dpo") for s in config.STAGE_KEYS}
+    after = hashes()
     assert [s for s in before if before[s] != after[s]] == ["train"]
     raw["train_seeds"] = [0, 1, 2, 3]  # a new replicate: only the report reads the list
-    again = {s: config.params_hash(raw, s, "dpo") for s in config.STAGE_KEYS}
+    again = hashes()
     assert [s for s in after if after[s] != again[s]] == ["report"]
 
 
 def test_job_resources_follow_the_backbone_and_default_under_each_stage():
-    raw = config.read_raw(REPO / "params.yaml")
-    smoke, sd15, sdxl = ({**raw, "profile": p} for p in ("smoke", "sd15", "sdxl"))
-    cpu = config.job_resources(smoke, "train")
+    smoke, sd15, sdxl = (config.load(REPO / "params.yaml", p)[0] for p in ("smoke", "sd15", "sdxl"))
+    cpu = dag.job_resources(smoke, "train")
     assert cpu.gpu == 0  # the embedded world runs on any node
-    assert config.job_resources(smoke, "world").cpus > cpu.cpus  # world's entry over default
+    assert dag.job_resources(smoke, "world").cpus > cpu.cpus  # world's entry over default
     for stage in ("candidates", "rewards", "train", "evaluate"):
-        small, big = config.job_resources(sd15, stage), config.job_resources(sdxl, stage)
+        small, big = dag.job_resources(sd15, stage), dag.job_resources(sdxl, stage)
         assert small.gpu == big.gpu == 1
         assert big.mem_mb >= small.mem_mb and big.runtime >= small.runtime
-    assert config.job_resources(sdxl, "train").runtime > config.job_resources(sd15, "train").runtime
+    assert dag.job_resources(sdxl, "train").runtime > dag.job_resources(sd15, "train").runtime
     for stage in ("prompts", "labels", "report"):
-        assert config.job_resources(sdxl, stage).gpu == 0
+        assert dag.job_resources(sdxl, stage).gpu == 0
     # a stage entry per stage the pipeline has, no more
-    assert set(config.BackboneResources.model_fields) == {"default", *config.STAGE_KEYS}
-    assert config.job_resources({}, "train") == config.JobResources()  # no section: defaults
+    assert set(config.BackboneResources.model_fields) == {"default", *dag.PARAMS}
 
 
-def test_job_resources_name_a_bad_entry():
-    with pytest.raises(config.ConfigError, match=r"resources\.embedded\.train\.cpus"):
-        config.job_resources({"resources": {"embedded": {"train": {"cpus": 0}}}}, "train")
+def test_job_resources_name_a_bad_entry(tmp_path, capsys):
+    p = write(tmp_path, lambda r: r["resources"]["embedded"].update(train={"cpus": 0}))
+    assert main(["check", "--params", str(p)]) == 2
+    assert "resources.embedded.train.cpus: Input should be greater than or equal to 1" in (
+        capsys.readouterr().err
+    )

@@ -26,6 +26,7 @@ from tests.project import edit_params, make_project, runs, sh, stage_runs
 from tests.slurm_cluster import Cluster, cluster, missing
 
 from diffpref import config
+from diffpref.config import dag
 
 pytestmark = pytest.mark.slow
 
@@ -172,14 +173,14 @@ def test_local_profile_hands_each_rule_its_params_resources(tmp_path):
     tsv.write_text("Prompt\tCategory\na cat\tAnimals\n")
     cmd = ["snakemake", "-n", "--workflow-profile", "workflow/profiles/local"]
     out = sh([*cmd, "--config", "profile=sdxl"], root)
-    raw = config.read_raw(root / "params.yaml", "sdxl")
+    cfg, _ = config.load(root / "params.yaml", "sdxl")
     seen = set()
     for block in re.split(r"\n(?=\[.*\]\n)", out):
         m = re.search(r"^rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
         stage = m.group(1).replace("evaluate_base", "evaluate")
-        want = config.job_resources(raw, stage)
+        want = dag.job_resources(cfg, stage)
         got = dict(re.findall(r"(\w+)=(\d+)", re.search(r"resources: (.*)", block).group(1)))
         assert (got["mem_mb"], got["runtime"], got["gpu"]) == tuple(
             str(v) for v in (want.mem_mb, want.runtime, want.gpu)
@@ -187,4 +188,4 @@ def test_local_profile_hands_each_rule_its_params_resources(tmp_path):
         threads = re.search(r"threads: (\d+)", block)
         assert int(threads.group(1) if threads else 1) == min(want.cpus, os.cpu_count()), block
         seen.add(stage)
-    assert seen == set(config.STAGE_KEYS)
+    assert seen == set(dag.PARAMS)

@@ -1,5 +1,6 @@
-"""Snakefile and dvc.yaml describe the same stages, dependencies, outputs and params keys,
-including the (objective x training seed) dimension of train and evaluate."""
+"""Snakefile and dvc.yaml describe the same stages, dependencies and outputs, from one DAG
+table (dvc.yaml is generated and must be current), including the (objective x training seed)
+dimension of train and evaluate; the code a job depends on is its import closure."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pandas as pd
 import pytest
 from dvc.repo import Repo
 from tests.conftest import REPO
-from tests.project import edit_params, make_project, sh
+from tests.project import edit_params, make_project, sh, snakemake_plan
 
 from diffpref import config
+from diffpref.config import dag
+from diffpref.config import dvc as dvc_mod
 
 
 def snakemake_jobs() -> dict[str, tuple[set[str], set[str]]]:
@@ -24,22 +27,10 @@ def snakemake_jobs() -> dict[str, tuple[set[str], set[str]]]:
         text=True,
         check=True,
     ).stdout
-    jobs = {}
-    for block in re.split(r"\n(?=\[.*\]\nrule )", out):
-        m = re.search(r"^rule (\w+):", block, re.M)
-        if not m or m.group(1) == "all":
-            continue
-
-        def field(k: str, block: str = block) -> re.Match | None:
-            return re.search(rf"^\s+{k}: (.*)$", block, re.M)
-
-        ins = set(field("input").group(1).split(", ")) if field("input") else set()
-        outs = set(field("output").group(1).split(", "))
-        name = m.group(1)
-        if w := field("wildcards"):  # "objective=dpo, seed=0" -> DVC's matrix name "dpo-0"
-            name += "@" + "-".join(kv.split("=")[1] for kv in w.group(1).split(", "))
-        jobs[name] = (ins, outs)
-    return jobs
+    return {
+        name: (set(f["input"].split(", ")) if "input" in f else set(), set(f["output"].split(", ")))
+        for name, f in snakemake_plan(out).items()
+    }
 
 
 def dvc_stages() -> dict[str, tuple[set[str], set[str], list[str]]]:
@@ -53,41 +44,92 @@ def dvc_stages() -> dict[str, tuple[set[str], set[str], list[str]]]:
     return stages
 
 
-def expand_dvc_deps(deps: set[str], all_outs: set[str]) -> set[str]:
-    """DVC folder deps as Snakemake sees them: source folders as .py files, result folders as
-    the stage outputs inside them."""
-    out = set()
-    for d in deps:
-        p = REPO / d
-        if d in config.DATA_DIRS.values():
-            continue  # the user's data folder: Snakemake lists the configured file, if any
-        if d.startswith("src/") and p.is_dir():
-            out |= {str(f.relative_to(REPO)) for f in p.rglob("*.py")}
-        elif d in all_outs:
-            out.add(d)
-        else:
-            inner = {o for o in all_outs if o.startswith(d + "/")}
-            out |= inner or {d}
-    return out
-
-
 def test_both_tools_have_the_same_stages_deps_and_outs():
+    """Snakemake's inputs are DVC's deps, with what DVC cannot name in dvc.yaml in its place:
+    the config-picked modules (DVC: their digests in the job's resolved file) and the user's
+    data file (DVC: its folder)."""
     smk = snakemake_jobs()
     dvc = dvc_stages()
-    assert set(smk) == set(dvc), set(smk) ^ set(dvc)
+    assert set(dvc) - set(smk) == {"resolve"}  # DVC's first stage: Snakemake resolves itself
+    cfg, _ = config.load(REPO / "params.yaml")
     all_outs = {o for _, outs, _ in dvc.values() for o in outs}
+
+    def as_outputs(dep: str) -> set[str]:  # a folder of outputs (report: results/eval/)
+        return {dep} if dep in all_outs else {o for o in all_outs if o.startswith(dep + "/")}
+
     for name, (deps, outs, _) in dvc.items():
+        if name == "resolve":
+            continue
+        row, _, job = name.partition("@")
+        objective = job.rpartition("-")[0] or None
         s_in, s_out = smk[name]
         assert s_out == outs, name
-        assert s_in == expand_dvc_deps(deps, all_outs), name
+        resolved = {d for d in deps if d.startswith(dvc_mod.RESOLVED + "/")}
+        assert resolved == {dvc_mod.job_file(row, objective if row == "train" else None)}, name
+        data = {d for d in deps if d in dag.DATA_DIRS.values()}
+        results = {d for d in deps if d.startswith("results/")} - resolved
+        want = deps - resolved - data - results | set(dag.dynamic_code(row, cfg, objective))
+        want |= {o for d in results for o in as_outputs(d)}
+        assert s_in == want | set(dag.user_data(cfg, row)), name
 
 
-def test_dvc_params_are_exactly_the_keys_each_stage_reads():
-    for name, (_, _, params) in dvc_stages().items():
-        stage, _, objective = name.partition("@")
-        objective = objective.rpartition("-")[0]  # drop the matrix's training seed
-        stage = "evaluate" if stage == "evaluate_base" else stage
-        assert sorted(params) == sorted(config.stage_keys(stage, objective or None)), name
+def test_dvc_yaml_is_what_the_dag_table_generates(tmp_path):
+    """dvc.yaml is written by `diffpref dvc-yaml` from the same table the Snakefile reads; the
+    committed file must be current (and --check says when it is not)."""
+    assert (REPO / "dvc.yaml").read_text() == dvc_mod.dvc_yaml()
+    ok = subprocess.run(["diffpref", "dvc-yaml", "--check"], cwd=REPO, capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+    root = make_project(tmp_path / "p")
+    with (root / "dvc.yaml").open("a") as f:
+        f.write("# a hand edit\n")
+    stale = subprocess.run(["diffpref", "dvc-yaml", "--check"], cwd=root, capture_output=True)
+    assert stale.returncode == 1
+    assert b"dvc.yaml differs from the DAG table: run `diffpref dvc-yaml`" in stale.stderr
+
+
+def test_the_code_each_job_depends_on_is_its_import_closure():
+    """Static: every stage module's imports, lazy ones included, with their packages; a job
+    adds the modules the config picks by name (its loss, backbone, reward models) and no
+    other alternative."""
+    cfg, _ = config.load(REPO / "params.yaml")
+    train_dpo, train_kto = (set(dag.code("train", cfg, o)) for o in ("dpo", "kto"))
+    assert {"src/diffpref/adapters.py", "src/diffpref/config/schema.py"} <= train_dpo
+    assert "src/diffpref/objectives/kto.py" in train_kto - train_dpo
+    assert "src/diffpref/objectives/mapo.py" not in train_dpo | train_kto
+    assert "src/diffpref/backbones/embedded.py" in train_dpo
+    assert "src/diffpref/backbones/sd.py" not in train_dpo  # the embedded profile
+    sd15, _ = config.load(REPO / "params.yaml", "sd15")
+    assert "src/diffpref/backbones/sd.py" in dag.code("train", sd15, "dpo")
+    assert "src/diffpref/rewards/pickscore.py" in dag.code("rewards", sd15)
+    assert "src/diffpref/rewards/pickscore.py" not in dag.code("rewards", cfg)
+    stage_files = {f"src/diffpref/stages/{dag.stage_of(r)}.py" for r in dag.STAGES}
+    for row in dag.STAGES:  # the invocation and the MLflow record are no stage's code
+        code = set(dag.static_code(row))
+        assert "src/diffpref/cli.py" not in code, row
+        assert "src/diffpref/tracking/writer.py" not in code or row == "report", row
+        own = f"src/diffpref/stages/{dag.stage_of(row)}.py"
+        assert code & stage_files == {own}, f"{row} imports another stage"
+
+
+def test_no_module_is_imported_by_a_name_the_closure_cannot_see():
+    """The import closure reads import statements; a computed import (importlib) is allowed
+    only in the registries whose modules the DAG table adds per job, where the stage module
+    itself is imported, and in the MLflow record's figure drawing (no output depends on it)."""
+    allowed = {
+        "src/diffpref/objectives/__init__.py",
+        "src/diffpref/rewards/__init__.py",
+        "src/diffpref/backbones/__init__.py",
+        "src/diffpref/rewards/base.py",  # optional third-party extras, not diffpref modules
+        "src/diffpref/stages/__init__.py",
+        "src/diffpref/cli.py",
+        "src/diffpref/tracking/stage.py",
+    }
+    found = {
+        str(f.relative_to(REPO))
+        for f in (REPO / "src" / "diffpref").rglob("*.py")
+        if re.search(r"import_module\(|__import__\(", f.read_text())
+    }
+    assert found <= allowed, found - allowed
 
 
 def test_every_objective_and_training_seed_gets_train_and_evaluate_jobs():
