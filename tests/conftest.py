@@ -62,6 +62,16 @@ class TinyBackbone(Backbone):
         return {"hidden": torch.stack(out)}
 
 
+def train_params(**kw):
+    """Training settings for loop tests: params.yaml's ``train:`` (where every default lives)
+    with ``kw`` over it."""
+    import yaml
+
+    from diffpref.config import TrainParams
+
+    return TrainParams(**{**yaml.safe_load((REPO / "params.yaml").read_text())["train"], **kw})
+
+
 @pytest.fixture(scope="session")
 def _empty_store(tmp_path_factory) -> Path:
     """An MLflow SQLite store with its schema created once (the migrations take seconds)."""

@@ -59,7 +59,7 @@ def _set(section: str, **kv):
 
 
 def _objective(name: str, entry: dict | None = None):
-    return lambda r: r["objectives"].update({name: entry or {"loss": "dpo"}})
+    return lambda r: r["objectives"].update({name: entry or {"loss": "dpo", "beta": 2500}})
 
 
 def _smoke_with(raw: dict, **train) -> None:
@@ -81,9 +81,12 @@ PARAMS_CASES = {
     "objective_unknown_loss": (_objective("x", {"loss": "nope"}), "objectives.x: loss:"),
     "objective_wrong_type": (_set("objectives", dpo={"loss": "dpo", "beta": "big"}), "dpo.beta"),
     "objective_range": (_set("objectives", dpo={"loss": "dpo", "beta": 0}), "dpo.beta"),
-    "objective_unknown_key": (_set("objectives", dpo={"loss": "dpo", "betta": 1}), "dpo.betta"),
+    "objective_unknown_key": (
+        _set("objectives", dpo={"loss": "dpo", "beta": 1, "betta": 1}),
+        "dpo.betta",
+    ),
     "objective_train_range": (
-        _set("objectives", dpo={"loss": "dpo", "train": {"steps": 0}}),
+        _set("objectives", dpo={"loss": "dpo", "beta": 2500, "train": {"steps": 0}}),
         "objectives.dpo.train.steps",
     ),
     # the top level and every section: wrong type, out of range, unknown key
@@ -244,7 +247,7 @@ def test_repeated_prompts_are_dropped_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert run("prompts", p, "--threads", "1") == 0
     assert f"{path}: line 3: repeated prompts dropped" in caplog.text
-    out = pd.concat(pd.read_parquet(f) for f in (tmp_path / "results" / "prompts").iterdir())
+    out = pd.concat(map(pd.read_parquet, (tmp_path / "results" / "prompts").glob("*.parquet")))
     assert out.prompt.is_unique and len(out) == 32
 
 
@@ -375,7 +378,7 @@ def test_a_prompt_with_a_single_candidate_is_left_out_of_every_label_file(tmp_pa
     with caplog.at_level(logging.WARNING):
         assert run("labels", p, "--threads", "1") == 0
     assert "1 prompts with a single 'fidelity' score left out" in caplog.text
-    for f in (results / "labels").iterdir():
+    for f in (results / "labels").glob("*.parquet"):
         assert set(pd.read_parquet(f).prompt_id) == {"p1"}, f.name
 
 
@@ -477,8 +480,8 @@ def test_training_checkpoint_state_loads_weights_only(tmp_path):
 
 
 def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path):
-    """The same rule as config.py, for a target asked of Snakemake directly: no rule makes
-    ``results/adapters/<name>/seed0`` unless ``<name>`` is a valid objective name."""
+    """For a target asked of Snakemake directly: no rule makes ``results/adapters/<name>/seed0``
+    unless ``<name>`` is a configured objective (whose name the schema validated)."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "src").symlink_to(REPO / "src")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -492,11 +495,11 @@ def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for name in ("baseline", "base", "a.b")
+        for name in ("dpo", "baseline", "base", "a.b", "dpo|x")
     }
     out = {name: p.communicate()[0] for name, p in runs.items()}
-    assert runs["baseline"].returncode == 0 and "rule train:" in out["baseline"], out["baseline"]
-    for name in ("base", "a.b"):
+    assert runs["dpo"].returncode == 0 and "rule train:" in out["dpo"], out["dpo"]
+    for name in ("baseline", "base", "a.b", "dpo|x"):
         assert f"No rule to produce results/adapters/{name}/seed0" in out[name], out[name]
 
 

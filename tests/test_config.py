@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 
+import pydantic
 import pytest
 import yaml
 from tests.conftest import REPO
@@ -157,3 +159,69 @@ def test_job_resources_name_a_bad_entry(tmp_path, capsys):
     assert "resources.embedded.train.cpus: Input should be greater than or equal to 1" in (
         capsys.readouterr().err
     )
+
+
+def _leaves(node: object, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and (node or not prefix):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")]
+
+
+def _field(model: type | None, path: list[str]):
+    """The schema field at ``path`` under ``model``: a mapping of models (``resources``) skips
+    its key, an optional model (``rethinking``) is its model."""
+    field, parts = None, list(path)
+    while parts:
+        if model is None or (field := model.model_fields.get(parts.pop(0))) is None:
+            return None
+        tp = field.annotation
+        if typing.get_origin(tp) is dict:  # the next part is the mapping's key
+            tp = typing.get_args(tp)[1]
+            if parts:
+                parts.pop(0)
+        models = [a for a in (typing.get_args(tp) or (tp,)) if _is_model(a)]
+        model = models[0] if models else None
+    return field
+
+
+def _is_model(tp: object) -> bool:
+    return isinstance(tp, type) and issubclass(tp, pydantic.BaseModel)
+
+
+def test_every_default_lives_in_one_place():
+    """What params.yaml sets has no default in the schema (deleting its line is an error
+    naming the key, not a silent change of the experiment); an objective entry never restates
+    its loss's default (the loss module holds it; the entry only what it changes)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    overrides = (config.schema.ResourceOverrides, config.TrainOverrides)  # None: inherit
+    checked = 0
+    for leaf in _leaves({k: v for k, v in raw.items() if k not in ("profiles", "objectives")}):
+        path = leaf.split(".")
+        field = _field(config.Config, path)
+        assert field is not None, leaf
+        parent = _field(config.Config, path[:-1]) if len(path) > 1 else None
+        if parent is not None and parent.annotation in overrides:
+            continue
+        assert field.is_required(), f"{leaf}: set in params.yaml and defaulted in the schema"
+        checked += 1
+    assert checked > 40
+    for name, entry in raw["objectives"].items():
+        params = config.schema._loss_module(entry["loss"]).Params
+        for leaf in _leaves({k: v for k, v in entry.items() if k not in ("loss", "train")}):
+            field = _field(params, leaf.split("."))
+            assert field is not None, (name, leaf)
+            value = entry
+            for part in leaf.split("."):
+                value = value[part]
+            assert field.is_required() or field.default != value, (
+                f"objectives.{name}.{leaf}: restates the default of loss {entry['loss']}"
+            )
+
+
+def test_a_deleted_line_is_an_error_naming_its_key(tmp_path, capsys):
+    p = write(tmp_path, lambda r: r["train"].pop("steps"))
+    assert main(["check", "--params", str(p)]) == 2
+    assert f"{p}: train.steps: Field required" in capsys.readouterr().err
+    p = write(tmp_path, lambda r: r["objectives"]["dpo"].pop("beta"))
+    assert main(["check", "--params", str(p)]) == 2
+    assert f"{p}: objectives.dpo.beta: Field required" in capsys.readouterr().err

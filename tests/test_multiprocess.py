@@ -18,8 +18,10 @@ import torch
 import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file, save_file
+from tests.conftest import REPO
 
 from diffpref import cli, distributed
+from diffpref.config import deep_merge
 from diffpref.objectives import agsm, kto, softrepa
 from diffpref.objectives.base import Errors
 
@@ -70,7 +72,7 @@ def project(inputs: Path, root: Path, **train) -> Path:
     results.mkdir(parents=True)
     for name in INPUTS:
         (results / name).symlink_to(inputs / name)
-    raw = {
+    over = {
         "results": str(results),
         "device": "cpu",
         "train_seeds": [0],
@@ -84,8 +86,13 @@ def project(inputs: Path, root: Path, **train) -> Path:
             "checkpoint_every": 2,
             **train,
         },
-        "objectives": {"dpo": {"loss": "dpo"}, "agsm": {"loss": "agsm", "n_tokens": 2}},
+        "objectives": {
+            "dpo": {"loss": "dpo", "beta": 2500},
+            "agsm": {"loss": "agsm", "n_tokens": 2},
+        },
     }
+    raw = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
+    raw["objectives"] = over["objectives"]
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     return root / "params.yaml"
 
@@ -220,7 +227,9 @@ def test_dpo_on_two_processes_killed_and_resumed_trains_the_adapter_of_one(
 
 def test_batch_size_must_split_evenly_over_the_processes(tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    raw = {"train": {"batch_size": 4, "num_processes": 3}, "objectives": {"dpo": {"loss": "dpo"}}}
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = deep_merge(base, {"train": {"batch_size": 4, "num_processes": 3}})
+    raw["objectives"] = {"dpo": {"loss": "dpo", "beta": 2500}}
     params.write_text(yaml.safe_dump(raw))
     assert cli.main(["check", "--params", str(params)]) == 2
     err = capsys.readouterr().err
@@ -228,7 +237,8 @@ def test_batch_size_must_split_evenly_over_the_processes(tmp_path, capsys):
     assert "train.batch_size" in err and "train.num_processes" in err
 
     entry = {"loss": "softrepa", "train": {"batch_size": 3}}  # the override is named
-    raw = {"train": {"num_processes": 2}, "objectives": {"s": entry}}
+    raw = deep_merge(base, {"train": {"num_processes": 2}})
+    raw["objectives"] = {"s": entry}
     params.write_text(yaml.safe_dump(raw))
     assert cli.main(["check", "--params", str(params)]) == 2
     assert "objectives.s.train: batch_size 3 is not a multiple of num_processes 2" in (

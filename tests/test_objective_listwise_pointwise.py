@@ -95,7 +95,7 @@ def test_lair_closed_form_optimum_is_advantage_over_lambda() -> None:
 def test_lair_requires_advantages_per_candidate() -> None:
     e = Errors(model=torch.zeros(2, 3), ref=torch.zeros(2, 3), advantage=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="advantage"):
-        lair.loss(e, lair.Params())
+        lair.loss(e, lair.Params(beta=1.0))
 
 
 # -- KTO ------------------------------------------------------------------------------------

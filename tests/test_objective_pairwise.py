@@ -127,9 +127,9 @@ def test_dpo_gradient_flows_to_model_only() -> None:
 
 def test_dpo_requires_reference_and_pairs() -> None:
     with pytest.raises(ValueError, match="ref"):
-        dpo.loss(Errors(model=torch.zeros(2, 2)), dpo.Params())
+        dpo.loss(Errors(model=torch.zeros(2, 2)), dpo.Params(beta=1.0))
     with pytest.raises(ValueError, match=r"\[B, 2\]"):
-        dpo.loss(Errors(model=torch.zeros(2, 3), ref=torch.zeros(2, 3)), dpo.Params())
+        dpo.loss(Errors(model=torch.zeros(2, 3), ref=torch.zeros(2, 3)), dpo.Params(beta=1.0))
 
 
 # -- SmPO -----------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_smpo_honours_beta_scale_and_reduces_to_scaled_dpo() -> None:
 
 def test_smpo_requires_probabilities() -> None:
     with pytest.raises(ValueError, match="prob"):
-        smpo.loss(pair_errors(), smpo.Params())
+        smpo.loss(pair_errors(), smpo.Params(beta=1.0))
 
 
 # -- MaPO -----------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_registry_names_every_loss() -> None:
     assert {n for n, r in refs.items() if r} == {"dpo", "smpo", "lair", "kto"}
     for name in names:
         module = objectives.get(name)
-        assert module.Params().labels in LABELS
+        assert module.Params.model_fields["labels"].default in LABELS
         assert callable(module.loss)
 
 
@@ -249,6 +249,6 @@ def test_registry_unknown_name_lists_known_losses() -> None:
 
 def test_params_reject_unknown_keys() -> None:
     with pytest.raises(pydantic.ValidationError):
-        dpo.Params(betta=1.0)
+        dpo.Params(beta=1.0, betta=1.0)
     with pytest.raises(pydantic.ValidationError):
-        dpo.Params(rethinking={"tua": 3})
+        dpo.Params(beta=1.0, rethinking={"delta": 1.0, "tua": 3})

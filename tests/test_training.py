@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from tests.conftest import train_params
 
 from diffpref import adapters, training
-from diffpref.config import Objective, TrainParams, _objective
+from diffpref.config import Objective, TrainParams
+from diffpref.config.schema import _objective
 
 
 def toy_data(backbone, n_prompts=6, k=2):
@@ -33,7 +35,7 @@ def tp(**kw) -> TrainParams:
     base = dict(
         steps=6, batch_size=4, lr=5e-3, warmup_steps=1, lora_rank=4, log_every=1, checkpoint_every=3
     )
-    return TrainParams(**{**base, **kw})
+    return train_params(**{**base, **kw})
 
 
 def lora_state(unet):

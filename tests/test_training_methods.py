@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import TinyBackbone
+from tests.conftest import TinyBackbone, train_params
 
 from diffpref import adapters, training
-from diffpref.config import TrainParams, _objective
+from diffpref.config import TrainParams
+from diffpref.config.schema import _objective
 
 
 def data_for(backbone, labels: str, n_prompts: int = 6, k: int = 3) -> training.TrainData:
@@ -44,7 +45,7 @@ def data_for(backbone, labels: str, n_prompts: int = 6, k: int = 3) -> training.
 
 
 def tp(**kw) -> TrainParams:
-    return TrainParams(
+    return train_params(
         **{
             "steps": 4,
             "batch_size": 3,
@@ -64,11 +65,11 @@ def tp(**kw) -> TrainParams:
         {"loss": "mapo"},
         {"loss": "mapo", "param": "paper"},
         {"loss": "smpo", "beta": 2000, "inversion_steps": 0},
-        {"loss": "lair"},
-        {"loss": "kto"},
+        {"loss": "lair", "beta": 250},
+        {"loss": "kto", "beta": 1000},
         {"loss": "sft"},
-        {"loss": "dpo", "variant": "hinge"},
-        {"loss": "dpo", "variant": "ipo"},
+        {"loss": "dpo", "beta": 2500, "variant": "hinge"},
+        {"loss": "dpo", "beta": 2500, "variant": "ipo"},
     ],
     ids=lambda e: "-".join(str(v) for v in e.values()),
 )
@@ -136,7 +137,9 @@ def test_rethinking_reference_copies_the_policy_every_tau_steps(tmp_path):
 
 def test_rethinking_reference_freezes_above_delta(tmp_path, monkeypatch):
     bb = TinyBackbone()
-    obj = _objective("r", {"loss": "dpo", "rethinking": {"reference_every": 1, "delta": 0.5}})
+    obj = _objective(
+        "r", {"loss": "dpo", "beta": 2500, "rethinking": {"reference_every": 1, "delta": 0.5}}
+    )
     method = training.make_method(bb, obj, tp(), data_for(bb, "pairwise"))
     values = iter([0.1, 0.9, 5.0])
     monkeypatch.setattr(method, "divergence", lambda gen: next(values))
@@ -154,7 +157,9 @@ def test_rethinking_reference_freezes_above_delta(tmp_path, monkeypatch):
 
 def test_rethinking_timesteps_are_skewed_to_noisy_steps():
     bb = TinyBackbone()
-    obj = _objective("r", {"loss": "dpo", "rethinking": {"timestep_gamma": 0.5}})
+    obj = _objective(
+        "r", {"loss": "dpo", "beta": 2500, "rethinking": {"delta": 5.0, "timestep_gamma": 0.5}}
+    )
     method = training.make_method(bb, obj, tp(), data_for(bb, "pairwise"))
     t = method.sample_t(4000, torch.Generator().manual_seed(0))
     assert (t >= 900).float().mean() > 0.45  # bin 0 has probability ~0.5 at gamma 0.5

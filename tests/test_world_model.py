@@ -84,10 +84,11 @@ def test_tiny_build_writes_the_tree_and_evaluates(tmp_path: Path) -> None:
 
 def test_params_reject_unknown_keys() -> None:
     with pytest.raises(ValueError):
-        WorldParams(unet_stepz=3)
+        WorldParams(source="packaged", unet_stepz=3)
     with pytest.raises(ValueError):
-        WorldParams(category_mix={"colour": 1.0})
-    assert WorldParams().source == "packaged"
+        WorldParams(source="packaged", category_mix={"colour": 1.0})
+    with pytest.raises(ValueError, match="source"):  # params.yaml is where its value lives
+        WorldParams()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from pydantic_core import to_jsonable_python
 
-READS_FILE = "reads.json"  # in a stage's output folder: the keys it read, with their values
+READS_FILE = "_reads.json"  # in a stage's output folder: the keys it read, with their values
 _log: dict[str, Any] | None = None  # one stage per process: a module-level log suffices
 
 

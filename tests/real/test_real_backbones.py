@@ -8,10 +8,12 @@ import types
 
 import pytest
 import torch
+from tests.conftest import train_params
 
 from diffpref import adapters, training
 from diffpref.backbones.sd import SD15Backbone, SDXLBackbone
-from diffpref.config import TrainParams, _objective
+from diffpref.config import TrainParams
+from diffpref.config.schema import _objective
 
 CPU = torch.device("cpu")
 
@@ -43,7 +45,7 @@ def toy_data(bb, n_prompts: int = 3) -> training.TrainData:
 
 
 def tp(**kw) -> TrainParams:
-    return TrainParams(
+    return train_params(
         **{
             "steps": 2,
             "batch_size": 2,
@@ -79,7 +81,13 @@ def test_text_conditioning_is_what_the_stock_pipeline_computes(models, kind):
 def test_trained_lora_loads_into_the_stock_pipeline_exactly(models, kind, tmp_path):
     bb = backbone(models, kind)
     res = training.train(
-        bb, toy_data(bb), _objective("dpo", {"loss": "dpo"}), tp(), 0, tmp_path / "ck", "h"
+        bb,
+        toy_data(bb),
+        _objective("dpo", {"loss": "dpo", "beta": 2500}),
+        tp(),
+        0,
+        tmp_path / "ck",
+        "h",
     )
     res.method.save(tmp_path)
     pipe = pipeline(models, kind)
@@ -133,7 +141,7 @@ def test_replacement_vae_is_read_from_its_own_directory_and_upcast_for_fp16(mode
 
 def _grads(bb, checkpointing: bool) -> dict[str, torch.Tensor]:
     data = toy_data(bb)
-    method = training.make_method(bb, _objective("dpo", {"loss": "dpo"}), tp(), data)
+    method = training.make_method(bb, _objective("dpo", {"loss": "dpo", "beta": 2500}), tp(), data)
     with torch.no_grad():
         for p in method.params:
             p.normal_(0, 0.1)  # lora_B starts at 0: give every LoRA weight a gradient

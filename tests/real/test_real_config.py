@@ -25,7 +25,7 @@ def test_real_model_profiles_pass_check(profile, capsys, tmp_path, monkeypatch):
 
 
 def test_new_fields_default_to_the_embedded_world():
-    cfg = config.Config()
+    cfg, _ = config.load(REPO / "params.yaml")
     assert cfg.backbone.kind == "embedded" and cfg.backbone.vae is None
     assert cfg.prompts.source == "world" and cfg.candidates.source == "generate"
     assert cfg.rewards.sources == {} and cfg.rewards.dtype == "float32"
@@ -45,7 +45,8 @@ def test_new_fields_default_to_the_embedded_world():
 )
 def test_incomplete_real_model_params_name_the_key(tmp_path, over, needle):
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"objectives": {"dpo": {"loss": "dpo"}}, **over}))
+    raw = config.deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
+    p.write_text(yaml.safe_dump(raw))
     with pytest.raises(config.ConfigError) as e:
         config.load(p)
     assert str(p) in str(e.value) and needle in str(e.value)

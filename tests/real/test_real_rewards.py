@@ -24,7 +24,7 @@ class Cfg:
     """The two attributes the reward registry reads from a Config."""
 
     def __init__(self, **rewards):
-        self.rewards = RewardParams(**rewards)
+        self.rewards = RewardParams(**{"models": ["pickscore"], "batch_size": 8, **rewards})
 
 
 def images(n: int = 3, h: int = 40, w: int = 56) -> torch.Tensor:
@@ -120,7 +120,7 @@ def test_aesthetic_errors_name_the_missing_head_and_a_wrong_clip(models, tmp_pat
 
 
 def test_sources_default_to_the_official_hub_ids():
-    cfg = RewardParams(sources={"pickscore": {"model": "/local/pickscore"}})
+    cfg = Cfg(sources={"pickscore": {"model": "/local/pickscore"}}).rewards
     from diffpref.rewards.clip_score import ClipScore
     from diffpref.rewards.pickscore import PickScore
 

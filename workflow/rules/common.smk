@@ -65,9 +65,10 @@ def res(row):
     return dag.job_resources(CFG, dag.stage_of(row))
 
 
+# only the configured objectives and training seeds (names validated by the schema)
 wildcard_constraints:
-    objective="(?!base(?![A-Za-z0-9_-]))[A-Za-z0-9][A-Za-z0-9_-]*",
-    seed=r"\d+",
+    objective="|".join(OBJECTIVES) or "(?!)",
+    seed="|".join(map(str, SEEDS)),
 
 
 onstart:

@@ -44,7 +44,7 @@ def main() -> None:
     ctx = torch.randn(2 * p, 77, 768, device=dev, dtype=torch.bfloat16)
     noise = torch.randn_like(x).float()
     t = torch.randint(0, 1000, (p,), device=dev).repeat(2)
-    objective = dpo.Params()
+    objective = dpo.Params(beta=5000.0)  # the official launchers' value
 
     def errors(model, xi) -> torch.Tensor:  # [pairs, 2]: winners, losers
         err = (model(xi, t, ctx).sample.float() - noise).pow(2).mean((1, 2, 3))

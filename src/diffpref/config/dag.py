@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diffpref.config import imports
-from diffpref.config.schema import BackboneResources, Config, JobResources, TrainParams
+from diffpref.config.schema import Config, JobResources, TrainParams
 from diffpref.datasources import DATA_DIRS
 from diffpref.settings import paused
 
@@ -285,8 +285,7 @@ def file_hash(raw: Any) -> str:
 def job_resources(cfg: Config, stage: str) -> JobResources:
     """A stage's job resources under the active profile: ``resources.<backbone kind>``."""
     with paused():
-        table = cfg.resources.get(cfg.backbone.kind, BackboneResources())
-        return table.of(stage)
+        return cfg.resources[cfg.backbone.kind].of(stage)  # validated: the kind has an entry
 
 
 def user_data(cfg: Config, stage: str) -> list[str]:

@@ -19,8 +19,6 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from diffpref.settings import Settings, bind, record
 from diffpref.world.settings import WorldParams
 
-DEFAULT_TRAIN_SEEDS = (0, 1, 2)
-
 
 class ConfigError(Exception):
     """A bad ``params.yaml``: the CLI prints it and exits with code 2."""
@@ -30,11 +28,11 @@ BackboneKind = Literal["embedded", "sd15", "sdxl"]
 
 
 class BackboneParams(Settings):
-    kind: BackboneKind = "embedded"
+    kind: BackboneKind
     pretrained: str | None = Field(
         None, description="local diffusers directory or hub id (sd15/sdxl); embedded: world"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"]
     vae: str | None = Field(
         None,
         description="sd15/sdxl: VAE directory or hub id replacing the pipeline's "
@@ -53,15 +51,15 @@ class BackboneParams(Settings):
 
 
 class SamplingParams(Settings):
-    scheduler: Literal["ddim", "dpmsolver"] = "dpmsolver"
-    steps: int = Field(20, ge=1)
-    guidance: float = Field(4.0, ge=0)
+    scheduler: Literal["ddim", "dpmsolver"]
+    steps: int = Field(ge=1)
+    guidance: float = Field(ge=0)
 
 
 class PromptParams(Settings):
-    source: Literal["world", "file"] = "world"
-    n_train: int = Field(512, ge=1, description="at most this many train prompts (file order)")
-    n_eval: int = Field(128, ge=1)
+    source: Literal["world", "file"]
+    n_train: int = Field(ge=1, description="at most this many train prompts (file order)")
+    n_eval: int = Field(ge=1)
     file: str | None = Field(
         None,
         description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "
@@ -83,8 +81,8 @@ class PromptParams(Settings):
 
 
 class CandidateParams(Settings):
-    k: int = Field(4, ge=2, description="candidates per training prompt")
-    batch_size: int = Field(256, ge=1)
+    k: int = Field(ge=2, description="candidates per training prompt")
+    batch_size: int = Field(ge=1)
     source: Literal["generate", "pickapic"] = Field(
         "generate", description="generate: sample the base model | pickapic: import human pairs"
     )
@@ -114,8 +112,8 @@ class RewardSource(Settings):
 
 
 class RewardParams(Settings):
-    models: list[str] = Field(default_factory=lambda: ["fidelity", "quality"], min_length=1)
-    batch_size: int = Field(512, ge=1)
+    models: list[str] = Field(min_length=1)
+    batch_size: int = Field(ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     sources: dict[str, RewardSource | str] = Field(
         default_factory=dict,
@@ -135,37 +133,36 @@ class RewardParams(Settings):
 
 
 class LabelParams(Settings):
-    reward: str = Field("fidelity", description="reward model that ranks candidates")
-    tie_threshold: float = Field(0.05, ge=0, description="pairs closer than this are dropped")
-    pairs: Literal["all", "best_worst"] = "all"
-    listwise_tau: float = Field(0.1, gt=0, description="softmax temperature of LAIR advantages")
-    listwise_standardize: bool = True
+    reward: str = Field(description="reward model that ranks candidates")
+    tie_threshold: float = Field(ge=0, description="pairs closer than this are dropped")
+    pairs: Literal["all", "best_worst"]
+    listwise_tau: float = Field(gt=0, description="softmax temperature of LAIR advantages")
+    listwise_standardize: bool
     pointwise_threshold: float | None = Field(
-        None, description="desirable if reward >= this; None: above the prompt's median"
+        description="desirable if reward >= this; None: above the prompt's median"
     )
 
 
 class TrainParams(Settings):
     """Shared training settings; an objective may override any of them under ``train:``."""
 
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(16, ge=1, description="pairs / lists / images per step")
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="pairs / lists / images per step")
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
     weight_decay: float = Field(1e-2, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    lora_rank: int = Field(8, ge=1)
+    lora_rank: int = Field(ge=1)
     lora_alpha: float | None = Field(None, description="None: equal to the rank")
-    caption_dropout: float = Field(0.0, ge=0, le=1)
-    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    caption_dropout: float = Field(ge=0, le=1)
+    mixed_precision: Literal["fp32", "bf16", "fp16"]
     gradient_checkpointing: bool = Field(False, description="recompute UNet activations")
     optimizer: Literal["adamw", "adamw8bit"] = Field(
         "adamw", description="adamw8bit: bitsandbytes (GPU, optional dependency)"
     )
-    checkpoint_every: int = Field(100, ge=1)
-    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
     num_processes: int = Field(
-        1,
         ge=1,
         description="data-parallel processes (one GPU each, or CPU processes); batch_size is "
         "the global batch, split evenly over them",
@@ -183,12 +180,12 @@ class TrainOverrides(Settings):
 
 
 class EvaluateParams(Settings):
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
-    batch_size: int = Field(256, ge=1)
-    bootstrap: int = Field(1000, ge=10)
-    win_reward: str = Field("fidelity", description="reward whose per-sample wins define win rate")
+    seeds: list[int] = Field(min_length=1)
+    batch_size: int = Field(ge=1)
+    bootstrap: int = Field(ge=10)
+    win_reward: str = Field(description="reward whose per-sample wins define win rate")
     tie_threshold: float = Field(
-        0.0, ge=0, description="reward differences up to this count as ties in win rates"
+        ge=0, description="reward differences up to this count as ties in win rates"
     )
     export_geneval: bool = Field(
         False, description="also write samples in GenEval's <%05d>/samples/%04d.png layout"
@@ -196,7 +193,7 @@ class EvaluateParams(Settings):
 
 
 class ReportParams(Settings):
-    grid_prompts: int = Field(8, ge=1)
+    grid_prompts: int = Field(ge=1)
 
 
 class TrackingParams(Settings):
@@ -204,9 +201,9 @@ class TrackingParams(Settings):
     in no stage's params hash: changing it reruns nothing)."""
 
     log_large_artifacts: bool = Field(
-        True, description="false: artifacts over large_artifact_mb are logged by reference"
+        description="false: artifacts over large_artifact_mb are logged by reference"
     )
-    large_artifact_mb: float = Field(100.0, gt=0)
+    large_artifact_mb: float = Field(gt=0)
 
 
 class JobResources(Settings):
@@ -214,10 +211,10 @@ class JobResources(Settings):
     ``--cpus-per-task``, ``--mem``, ``--time``, ``--gpus``). Run locally, only ``cpus`` counts,
     capped by ``--cores``."""
 
-    cpus: int = Field(1, ge=1, description="threads (torch CPU threads)")
-    mem_mb: int = Field(4000, ge=1, description="host memory, MB")
-    runtime: int = Field(60, ge=1, description="wall-time limit, minutes")
-    gpu: int = Field(0, ge=0, description="GPUs on one node")
+    cpus: int = Field(ge=1, description="threads (torch CPU threads)")
+    mem_mb: int = Field(ge=1, description="host memory, MB")
+    runtime: int = Field(ge=1, description="wall-time limit, minutes")
+    gpu: int = Field(ge=0, description="GPUs on one node")
 
     @property
     def scheduler(self) -> dict[str, int]:
@@ -236,7 +233,7 @@ class BackboneResources(Settings):
     """One backbone kind's jobs: ``default`` for every stage, each stage's entry over it
     (``evaluate`` covers the base model's evaluation too)."""
 
-    default: JobResources = Field(default_factory=JobResources)
+    default: JobResources
     world: ResourceOverrides = Field(default_factory=ResourceOverrides)
     prompts: ResourceOverrides = Field(default_factory=ResourceOverrides)
     candidates: ResourceOverrides = Field(default_factory=ResourceOverrides)
@@ -280,29 +277,28 @@ class Objective(Settings):
 class Config(Settings):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    profile: str = "default"
+    profile: str
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    seed: int = Field(0, description="data seed: prompts, candidates, labels")
+    seed: int = Field(description="data seed: prompts, candidates, labels")
     train_seeds: list[int] = Field(
-        default_factory=lambda: list(DEFAULT_TRAIN_SEEDS),
         min_length=1,
         description="training replicates: one adapter per (objective, seed); top level, not "
         "under train:, so that adding a seed reruns only that seed's jobs",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"]
     results: str = "results"
-    world: WorldParams = Field(default_factory=WorldParams)
-    backbone: BackboneParams = Field(default_factory=BackboneParams)
-    sampling: SamplingParams = Field(default_factory=SamplingParams)
-    prompts: PromptParams = Field(default_factory=PromptParams)
-    candidates: CandidateParams = Field(default_factory=CandidateParams)
-    rewards: RewardParams = Field(default_factory=RewardParams)
-    labels: LabelParams = Field(default_factory=LabelParams)
-    train: TrainParams = Field(default_factory=TrainParams)
+    world: WorldParams
+    backbone: BackboneParams
+    sampling: SamplingParams
+    prompts: PromptParams
+    candidates: CandidateParams
+    rewards: RewardParams
+    labels: LabelParams
+    train: TrainParams
     objectives: dict[str, Objective] = Field(default_factory=dict)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    report: ReportParams = Field(default_factory=ReportParams)
-    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    evaluate: EvaluateParams
+    report: ReportParams
+    tracking: TrackingParams
     resources: Resources = Field(
         default_factory=dict,
         description="per backbone kind, what each stage's job asks a scheduler for; in no "
@@ -313,6 +309,15 @@ class Config(Settings):
     def _distinct_seeds(self) -> Config:
         if len(set(self.train_seeds)) != len(self.train_seeds):
             raise ValueError(f"train_seeds: repeated seeds in {self.train_seeds}")
+        return self
+
+    @model_validator(mode="after")
+    def _resources_of_the_backbone(self) -> Config:
+        if self.backbone.kind not in self.resources:
+            raise ValueError(
+                f"resources: no entry for backbone.kind {self.backbone.kind!r}: say what its "
+                f"jobs need (resources.{self.backbone.kind}.default: cpus, mem_mb, runtime, gpu)"
+            )
         return self
 
     def model_dir(self, kind: str, objective: str, seed: int | None) -> Path:

@@ -50,7 +50,9 @@ Variant = Literal["sigmoid", "hinge", "ipo"]
 
 class Params(ParamsBase):
     labels: Literal["pairwise"] = "pairwise"
-    beta: float = Field(5000.0, gt=0, description="official launchers 5000; paper SD1.5 2000")
+    beta: float = Field(
+        gt=0, description="no default, units differ: official launchers 5000, paper SD1.5 2000"
+    )
     variant: Variant = Field("sigmoid", description="sigmoid (DPO) | hinge | ipo")
     ipo_tau: float = Field(0.5, gt=0, description="IPO regularisation, target 1/(2·tau)")
     rethinking: RethinkingParams | None = Field(

@@ -43,7 +43,7 @@ NEEDS_REFERENCE = True
 
 class Params(ParamsBase):
     labels: Literal["pointwise"] = "pointwise"
-    beta: float = Field(1000.0, gt=0, description="official beta_dpo default")
+    beta: float = Field(gt=0, description="no default: official beta_dpo 1000")
     lambda_d: float = Field(1.0, ge=0, description="weight of desirable images")
     lambda_u: float = Field(1.0, ge=0, description="weight of undesirable images")
 

@@ -46,7 +46,7 @@ NEEDS_REFERENCE = True
 
 class Params(ParamsBase):
     labels: Literal["listwise"] = "listwise"
-    beta: float = Field(2500.0, gt=0, description="scale of the implicit reward β·r̂")
+    beta: float = Field(gt=0, description="scale of the implicit reward β·r̂")
     lam: float = Field(1.0, gt=0, description="λ: quadratic penalty; optimum β·r̂ = A/λ")
     reduction: Literal["sum", "mean"] = Field("sum", description="over the K candidates")
 

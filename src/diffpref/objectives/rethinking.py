@@ -37,7 +37,7 @@ class Params(Settings):
     """Rethinking-DPO settings; embedded as ``rethinking:`` in a pairwise objective's params."""
 
     reference_every: int = Field(32, ge=1, description="τ: copy the policy into the reference")
-    delta: float = Field(0.005, gt=0, description="freeze threshold on D(ref, init); recalibrate")
+    delta: float = Field(gt=0, description="freeze threshold on D(ref, init), in our units")
     divergence_images: int = Field(4, ge=1, description="winner latents used to estimate D")
     timestep_bins: int = Field(10, ge=1, description="grid of the Cat(γ^k) timestep sampler")
     timestep_gamma: float = Field(0.9, gt=0, le=1, description="γ; 1 = uniform timesteps")

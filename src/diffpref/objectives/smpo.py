@@ -41,7 +41,7 @@ EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 class Params(ParamsBase):
     labels: Literal["smoothed"] = "smoothed"
-    beta: float = Field(5000.0, gt=0, description="code: 2000 SD1.5, 5000 SDXL")
+    beta: float = Field(gt=0, description="no default: code 2000 SD1.5, 5000 SDXL")
     gamma: float = Field(10.0, gt=0, description="sensitivity of the smoothed label")
     inversion_steps: int = Field(
         5, ge=0, description="DDIM inversion grid size (code: 5 SD1.5, 10 SDXL); 0 = add_noise"

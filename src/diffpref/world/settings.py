@@ -19,7 +19,7 @@ class WorldParams(Settings):
     """Parameters of the embedded world. ``source: packaged`` copies the shipped world;
     ``train`` pretrains it from Fashion-MNIST with these settings."""
 
-    source: Literal["packaged", "train"] = "packaged"
+    source: Literal["packaged", "train"]  # no default: params.yaml sets it
     fashion_mnist_dir: Path = DEFAULT_FASHION_MNIST_DIR
     seed: int = 0
     device: str = "cpu"
