@@ -1,7 +1,7 @@
 """Exact reruns: after a finished smoke run, each tool reruns a job when, and only when, a
 file it imports or a params value it read changed, and says which.
 
-The truth is what the stages recorded while they ran (``reads.json``: each key read and its
+The truth is what the stages recorded while they ran (``_reads.json``: each key read and its
 resolved value; the modules they imported) and the import closure computed from the source.
 The tools are asked as a user would (``snakemake -n``; ``dvc repro resolve`` then ``dvc status``)
 on copies of the shared clean runs. Every module under ``src/diffpref`` gets a one-line change,
@@ -231,10 +231,15 @@ def test_editing_any_module_reruns_exactly_the_jobs_whose_code_holds_it(copies):
     modules = imports.all_modules(copies["snakemake"] / "src" / "diffpref")
     assert {"diffpref.adapters", "diffpref.cli", "diffpref.config.dag"} <= set(modules)
     src = copies["snakemake"] / "src" / "diffpref"
-    want = {job_name(row, o, s): set(dag.code(row, cfg, o, src)) for row, o, s in SMOKE_JOBS}
+    # every module, and the report's template (package data: the world's weights count too)
+    edited = [*src.rglob("*.py"), *src.glob("templates/*.j2")]
+    names = {f"src/diffpref/{f.relative_to(src)}" for f in edited}
+    want = {
+        job_name(row, o, s): set(dag.code(row, cfg, o, src)) & names for row, o, s in SMOKE_JOBS
+    }
     for root in copies.values():
-        for f in (root / "src" / "diffpref").rglob("*.py"):
-            with f.open("a") as fh:
+        for name in names:
+            with (root / name).open("a") as fh:
                 fh.write("# an edit\n")
     try:
         smk = {job: updated_files(r) for job, r in snakemake_reasons(copies["snakemake"]).items()}
@@ -249,6 +254,7 @@ def test_editing_any_module_reruns_exactly_the_jobs_whose_code_holds_it(copies):
     users = {j for j, files in want.items() if "src/diffpref/adapters.py" in files}
     assert users == {"train@dpo-0", "evaluate@dpo-0", "evaluate_base"}
     assert not any("src/diffpref/cli.py" in files for files in want.values())
+    assert "src/diffpref/templates/report.html.j2" in want["report"]
     edited = {f for files in want.values() for f in files}
     assert "src/diffpref/objectives/mapo.py" not in edited  # no configured objective's loss
 

@@ -102,6 +102,9 @@ def test_the_code_each_job_depends_on_is_its_import_closure():
     assert "src/diffpref/backbones/sd.py" in dag.code("train", sd15, "dpo")
     assert "src/diffpref/rewards/pickscore.py" in dag.code("rewards", sd15)
     assert "src/diffpref/rewards/pickscore.py" not in dag.code("rewards", cfg)
+    # package data a module names (PACKAGE_DATA) is code: the shipped world, the page template
+    assert "src/diffpref/world/pretrained/base/unet/config.json" in dag.static_code("world")
+    assert "src/diffpref/templates/report.html.j2" in dag.static_code("report")
     stage_files = {f"src/diffpref/stages/{dag.stage_of(r)}.py" for r in dag.STAGES}
     for row in dag.STAGES:  # the invocation and the MLflow record are no stage's code
         code = set(dag.static_code(row))

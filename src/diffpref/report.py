@@ -46,6 +46,7 @@ class Section:
     figures: list[Path] = field(default_factory=list)
 
 
+PACKAGE_DATA = ("templates",)  # the page's template: a dependency of the report stage
 FIGURE_CAPTIONS = {
     "win_vs_base": "Win rate vs base per objective, 95% CI over training seeds x prompts",
     "rewards": "Held-out mean rewards per model, 95% CI",
@@ -73,7 +74,7 @@ def to_html(title: str, subtitle: str, sections: list[Section]) -> str:
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
     env = Environment(
-        loader=PackageLoader("diffpref", "templates"), autoescape=select_autoescape(["html"])
+        loader=PackageLoader("diffpref", PACKAGE_DATA[0]), autoescape=select_autoescape(["html"])
     )
     rendered = [
         {

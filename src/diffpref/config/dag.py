@@ -134,7 +134,7 @@ def dynamic_code(row: str, cfg: Config, objective: str | None = None) -> list[st
 # The keys each stage reads, as a function of the config (a prompt file's columns are read only
 # when prompts come from a file). A key names a leaf of params.yaml, a whole section or entry
 # (every leaf under it), or a mapping of models (``objectives``: which names it holds).
-# tests/test_reads.py holds this table to what the stages really read (their reads.json).
+# tests/test_reruns.py holds this table to what the stages really read (their _reads.json).
 
 
 def _backbone(c: Config) -> list[str]:

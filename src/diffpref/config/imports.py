@@ -3,9 +3,11 @@
 Read from the source, not by importing it: every ``import diffpref...`` / ``from diffpref...``
 statement, at module level or inside a function (a lazy import still runs), closed
 transitively, with the ``__init__`` of every package on the way (Python runs those too).
-Imports under ``if TYPE_CHECKING:`` never run and are left out. What a module imports by a
-computed name (the registries of losses, reward models and backbones) is not seen here: the
-DAG table adds those per job (:func:`diffpref.config.dag.plugins`).
+Imports under ``if TYPE_CHECKING:`` never run and are left out. Files a module reads from the
+package itself (weights, templates) it names in ``PACKAGE_DATA``, paths relative to its folder;
+they count as its code. What a module imports by a computed name (the registries of losses,
+reward models and backbones) is not seen here: the DAG table adds those per job
+(:func:`diffpref.config.dag.plugins`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,30 @@ def imports_of(name: str, src: Path) -> frozenset[str]:
     return frozenset(m for m in found if m == PACKAGE or m.startswith(PACKAGE + "."))
 
 
+@cache
+def package_data(name: str, src: Path) -> tuple[Path, ...]:
+    """The files under the paths module ``name`` lists in ``PACKAGE_DATA``."""
+    path = module_file(name, src)
+    if path is None:
+        return ()
+    found: list[Path] = []
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple | ast.List)):
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "PACKAGE_DATA" for t in node.targets):
+            for item in node.value.elts:
+                assert isinstance(item, ast.Constant), f"{path}: PACKAGE_DATA holds literal paths"
+                data = path.parent / item.value
+                found += (
+                    [data]
+                    if data.is_file()
+                    else sorted(
+                        f for f in data.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                    )
+                )
+    return tuple(found)
+
+
 def _with_parents(name: str) -> set[str]:
     parts = name.split(".")
     return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
@@ -99,13 +125,14 @@ def closure(roots: list[str] | tuple[str, ...], src: Path | None = None) -> set[
 
 
 def files(modules: set[str], src: Path | None = None) -> list[str]:
-    """The modules' source files as project paths (``src/diffpref/...``), sorted."""
+    """The modules' source files and package data as project paths (``src/diffpref/...``)."""
     src = src or package_dir()
     out = []
     for m in modules:
         path = module_file(m, src)
         assert path is not None, m
-        out.append(Path("src", PACKAGE, path.relative_to(src)).as_posix())
+        for f in (path, *package_data(m, src)):
+            out.append(Path("src", PACKAGE, f.relative_to(src)).as_posix())
     return sorted(out)
 
 

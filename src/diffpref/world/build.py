@@ -37,7 +37,8 @@ from diffpref.world.settings import WorldParams
 from diffpref.world.spec import CATEGORIES, Spec
 from diffpref.world.text import MiniLMEncoder
 
-PACKAGED_DIR = Path(__file__).parent / "pretrained"
+PACKAGE_DATA = ("pretrained",)  # the shipped world: a dependency of the world stage
+PACKAGED_DIR = Path(__file__).parent / PACKAGE_DATA[0]
 
 
 def _setup(p: WorldParams) -> None:
