@@ -28,6 +28,7 @@ from tests.project import sh, snakemake_plan, stage_runs, user_env
 from diffpref import config, settings
 from diffpref.config import dag, imports
 from diffpref.config import dvc as dvc_mod
+from diffpref.config.why import explain
 
 SMOKE_JOBS = [  # (DAG row, objective, training seed) of the smoke project: dpo on seed 0
     ("world", None, None),
@@ -244,6 +245,7 @@ def test_editing_any_module_reruns_exactly_the_jobs_whose_code_holds_it(copies):
     try:
         smk = {job: updated_files(r) for job, r in snakemake_reasons(copies["snakemake"]).items()}
         dvc = {job: files for job, (files, _) in dvc_changes(copies["dvc"]).items()}
+        why = {tool: explain("train@dpo-0", cfg, root) for tool, root in copies.items()}
     finally:
         for root in copies.values():
             restore(root)
@@ -255,6 +257,10 @@ def test_editing_any_module_reruns_exactly_the_jobs_whose_code_holds_it(copies):
     assert users == {"train@dpo-0", "evaluate@dpo-0", "evaluate_base"}
     assert not any("src/diffpref/cli.py" in files for files in want.values())
     assert "src/diffpref/templates/report.html.j2" in want["report"]
+    # `diffpref why` names the same files, by mtime (Snakemake) or content (dvc.lock)
+    for tool, lines in why.items():
+        named = {line.split()[1] for line in lines if line.startswith("code: ")}
+        assert named == want["train@dpo-0"], tool
     edited = {f for files in want.values() for f in files}
     assert "src/diffpref/objectives/mapo.py" not in edited  # no configured objective's loss
 
@@ -307,10 +313,14 @@ def test_editing_params_reruns_exactly_the_jobs_that_read_a_changed_value(copies
                 want[job] = {next(d for d in declared[job] if covered(k, [d])) for k in changed}
         reasons = snakemake_reasons(copies["snakemake"])
         dvc = {job: keys for job, (_, keys) in dvc_changes(copies["dvc"]).items() if keys}
+        why = {tool: explain("train@dpo-0", edited, root) for tool, root in copies.items()}
     finally:
         for root in copies.values():
             restore(root)
     assert want["train@dpo-0"] == {"backbone.dtype", "device", "objectives.dpo", "train.lr"}
+    for lines in why.values():  # `diffpref why` names each changed value, old and new
+        assert "params: objectives.dpo.beta: 2500.0 -> 2000.0" in lines, lines
+        assert "params: train.lr: 0.001 -> 0.002" in lines, lines
     assert {"world", "prompts", "candidates", "rewards", "labels", "report"} <= set(want)
     smk = {job: changed_keys(r, set(declared[job])) for job, r in reasons.items()}
     assert {job: keys for job, keys in smk.items() if keys} == want

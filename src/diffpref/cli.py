@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--profile", default=None)
+    w = sub.add_parser(
+        "why",
+        help="say why a job would rerun: the params values, code files and inputs that changed "
+        "since it ran (jobs named as DVC names them: train@dpo-0, evaluate_base, report)",
+    )
+    w.add_argument("job")
+    w.add_argument("--params", default="params.yaml")
+    w.add_argument("--profile", default=None)
     d = sub.add_parser(
         "dvc-yaml", help="write dvc.yaml from the DAG table (run in the project root)"
     )
@@ -132,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     if error := _seed_error(args, cfg, objective, seed):
         print(f"error: {args.params}: train_seeds: {error}", file=sys.stderr)
         return 2
+    if args.stage == "why":
+        from diffpref.config.why import explain
+
+        try:
+            lines = explain(args.job, cfg)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(lines) if lines else f"{args.job}: up to date (nothing it reads changed)")
+        return 0
     if args.stage == "resolve":
         from diffpref.config.dvc import RESOLVED, write_resolved
 
