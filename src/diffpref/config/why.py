@@ -3,7 +3,9 @@
 - **params**: each key the job read last time (its ``_reads.json``) whose resolved value
   differs now, and keys it would now read that it did not (from :func:`dag.params`);
 - **code**: the files of its computed code changed since it ran: by content against
-  ``dvc.lock`` when DVC ran it, else by modification time against its outputs (Snakemake's rule);
+  ``dvc.lock`` when DVC ran it (a config-picked module against the job's resolved file, so ask
+  before ``dvc repro`` rewrites it), else by modification time against its outputs
+  (Snakemake's rule);
 - **inputs**: upstream outputs newer than its own (Snakemake; DVC hashes them, see
   ``dvc status``).
 """
@@ -76,6 +78,9 @@ def explain(job: str, cfg: Config, root: Path = Path(".")) -> list[str]:
                 lines.append(f"code: {f} changed (differs from its resolved file)")
             elif f not in lock and f not in picked:
                 lines.append(f"code: {f} is new among its code")
+        resolved = job_file(row, objective if row == "train" else None)
+        if resolved in lock and _md5(root / resolved) != lock[resolved] and not lines:
+            lines.append(f"resolved: {resolved} differs from the one it ran with (`dvc status`)")
     else:
         ran = reads_file.stat().st_mtime
         lines += [
