@@ -3,6 +3,7 @@ what its MLflow store recorded."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -119,3 +120,27 @@ def snakemake_plan(out: str) -> dict[str, dict[str, str]]:
             name += "@" + "-".join(kv.split("=")[1] for kv in w.split(", "))
         jobs[name] = fields
     return jobs
+
+
+def covered(key: str, declared: list[str]) -> bool:
+    return any(key == d or key.startswith(d + ".") for d in declared)
+
+
+def check_reads(params: Path, jobs: list[tuple[str, str | None, int | None]], root: Path) -> None:
+    """Each job read exactly the keys the DAG table declares for it, both ways (its
+    ``_reads.json``): nothing read undeclared (a stale result), nothing declared unread (a
+    needless rerun); and what it read is the resolved value. ``jobs``: (stage, objective or
+    "base", training seed)."""
+    from diffpref import config, settings
+    from diffpref.config import dag
+
+    cfg, _ = config.load(params)
+    for stage, objective, seed in jobs:
+        folder = root / dag.output_dir(stage, cfg, objective, seed)
+        reads = json.loads((folder / settings.READS_FILE).read_text())
+        declared = dag.keys(stage, cfg, objective)
+        job = (stage, objective, seed)
+        assert [k for k in reads if not covered(k, declared)] == [], job
+        assert [d for d in declared if not any(covered(k, [d]) for k in reads)] == [], job
+        tree = dag.resolved(cfg)
+        assert all(dag.value_at(tree, k) == v for k, v in reads.items()), job

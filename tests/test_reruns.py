@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.project import sh, snakemake_plan, stage_runs, user_env
+from tests.project import check_reads, covered, sh, snakemake_plan, stage_runs, user_env
 
 from diffpref import config, settings
 from diffpref.config import dag, imports
@@ -57,10 +57,6 @@ def recorded_reads(root: Path, cfg: config.Config) -> dict[str, dict]:
     return out
 
 
-def covered(key: str, declared: list[str]) -> bool:
-    return any(key == d or key.startswith(d + ".") for d in declared)
-
-
 @pytest.fixture(scope="module")
 def copies(clean_runs, tmp_path_factory) -> dict[str, Path]:
     """Copies of both clean runs (mtimes kept: Snakemake compares them), for editing."""
@@ -74,22 +70,12 @@ def copies(clean_runs, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_each_stage_reads_exactly_the_keys_the_table_declares(smoke_reference):
-    """What drives reruns (dag.PARAMS) is what the stages really read, both ways: nothing
-    read is undeclared (a stale result), nothing declared goes unread (a needless rerun)."""
-    cfg, _ = config.load(smoke_reference / "params.yaml")
-    for job, reads in recorded_reads(smoke_reference, cfg).items():
-        row, _, rest = job.partition("@")
-        objective = rest.rpartition("-")[0] or ("base" if row == "evaluate_base" else None)
-        declared = dag.keys(dag.stage_of(row), cfg, objective)
-        assert [k for k in reads if not covered(k, declared)] == [], job
-        assert [d for d in declared if not any(covered(k, [d]) for k in reads)] == [], job
-        resolved = dag.params(dag.stage_of(row), cfg, objective)
-        for key, value in reads.items():  # the value read is the resolved one
-            d = next(d for d in declared if covered(key, [d]))
-            node = resolved[d]
-            for part in key.removeprefix(d).strip(".").split(".") if key != d else []:
-                node = node[part]
-            assert node == value, (job, key)
+    """What drives reruns (dag.PARAMS) is what the stages really read, both ways, on the
+    embedded world (tests/real checks the real-model profiles' keys the same way)."""
+    jobs = [
+        (dag.stage_of(row), "base" if row == "evaluate_base" else o, s) for row, o, s in SMOKE_JOBS
+    ]
+    check_reads(smoke_reference / "params.yaml", jobs, smoke_reference)
 
 
 def test_each_stage_imports_only_modules_of_its_computed_code(smoke_reference):

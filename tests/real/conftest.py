@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tests.conftest import REPO
 
 from diffpref import datasources as ds
 from diffpref.backbones.random_init import build_clip, build_sd_pipeline
@@ -103,12 +104,16 @@ def write_params(path: Path, models: TinyModels, pipeline: Path, kind: str, **ov
         "objectives": {
             "dpo": {"loss": "dpo", "beta": 2500},
             "mapo": {"loss": "mapo"},
-            "lair": {"loss": "lair"},
+            "lair": {"loss": "lair", "beta": 250},
         },
         "evaluate": {"seeds": [0, 1], "batch_size": 8, "bootstrap": 20, "win_reward": "pickscore"},
         "report": {"grid_prompts": 2},
     }
-    path.write_text(yaml.safe_dump(deep_merge(params, over)))
+    # the rest as params.yaml has it (where every default lives), its objectives replaced
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base.pop("profiles")
+    base["objectives"] = {}
+    path.write_text(yaml.safe_dump(deep_merge(deep_merge(base, params), over)))
     return path
 
 

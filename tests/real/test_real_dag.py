@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
+from tests.project import check_reads
 from tests.real.conftest import PROMPTS, jpeg, pickapic, write_params
 
 from diffpref.cli import main
@@ -39,6 +40,10 @@ def run_dag(params, results) -> None:
     (results / "world").mkdir(exist_ok=True)
     (results / "world" / "metrics.json").write_text("{}")
     run(params, "report")
+    # the real-model keys (weights, prompt file, reward sources) read as the DAG table says
+    jobs = [(s, None, None) for s in ("prompts", "candidates", "rewards", "labels", "report")]
+    jobs += [(s, o, 0) for s in ("train", "evaluate") for o in OBJECTIVES]
+    check_reads(params, [*jobs, ("evaluate", "base", None)], results.parent)
 
 
 def stock_pipeline(kind, path):
