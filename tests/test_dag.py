@@ -256,6 +256,8 @@ def dvc_ran(out: str) -> set[str]:
     """Stages DVC ran, named as their MLflow runs (``train@dpo-1`` -> ``train@dpo/seed1``)."""
     names = set()
     for m in re.findall(r"Running stage '([^']+)'", out):
+        if m == "resolve":  # DVC's first stage: each job's resolved params, no MLflow run
+            continue
         m = m.replace("evaluate_base", "evaluate@base")
         names.add(re.sub(r"^((?:train|evaluate)@.+)-(\d+)$", r"\1/seed\2", m))
     return names

@@ -49,7 +49,8 @@ MEASURED = ["train_time_s", "groups_per_s", "images_per_s", "peak_memory_mb"]
 
 def result_files(root: Path) -> dict[Path, Path]:
     """The outputs under results/, by relative path; without the checkpoints (a training job's
-    scratch) and hidden entries (Snakemake's `.snakemake_timestamp`; what a killed writer
+    scratch), DVC's resolved params (Snakemake resolves them itself) and hidden entries
+    (Snakemake's `.snakemake_timestamp`; what a killed writer
     left, checked on their own)."""
     out = {}
     for f in (root / "results").rglob("*"):
@@ -58,7 +59,7 @@ def result_files(root: Path) -> dict[Path, Path]:
         if (
             f.is_file()
             and not hidden
-            and rel.parts[0] != "checkpoints"
+            and rel.parts[0] not in ("checkpoints", "resolved")  # DVC's resolved params
             and f.name not in NOT_COMPARED
         ):
             out[rel] = f
@@ -119,6 +120,13 @@ KILL_WITHIN = {
     "train": 0.3,
     "evaluate": 2.0,
     "report": 2.0,
+}
+KILL_TARGET = {  # how each tool names a stage's job (default: the stage's own name)
+    "snakemake": {
+        s: f"results/{s}" for s in ("world", "prompts", "candidates", "rewards", "labels", "report")
+    }
+    | {"train": "results/adapters/dpo/seed0", "evaluate": "results/eval/dpo/seed0"},
+    "dvc": {"train": "train@dpo-0", "evaluate": "evaluate@dpo-0"},
 }
 CHECKPOINT = Path("results/checkpoints/dpo/seed0/state")
 TOOLS = {  # the command, and its environment (one torch thread, as the reference)
@@ -241,7 +249,11 @@ def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
     killed, outputs = [], {}
     for stage, within in KILL_WITHIN.items():
         group = tool == "dvc" and stage == "labels"
-        name, outputs[stage] = kill_during(cmd, root, stage, rng.uniform(0, within), env, group)
+        # the stage as the target (with what it needs): which of two ready jobs a tool starts
+        # first is its own choice, and the stage to kill must not have run already
+        target = [KILL_TARGET[tool].get(stage, stage)]
+        delay = rng.uniform(0, within)
+        name, outputs[stage] = kill_during([*cmd, *target], root, stage, delay, env, group)
         killed.append(name)
         assert_same_results(root, smoke_reference, partial=True)
     final = sh(cmd, root, env=env)
@@ -307,7 +319,7 @@ def test_an_unreachable_mlflow_store_warns_keeps_the_record_and_replays_it(
 
 LOCKED = {
     "snakemake": "Error: Directory cannot be locked.",
-    "dvc": "/results/prompts' is busy, it is being blocked by:",
+    "dvc": "/results/resolved' is busy, it is being blocked by:",  # its first stage's output
 }
 
 

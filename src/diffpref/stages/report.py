@@ -169,9 +169,8 @@ def _run_links(cfg) -> Section:
 
     rows = [("base", None)] + [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
     keys = {}
-    evaluate = params_hash("evaluate", cfg)  # the same for every model
     for obj, seed in rows:
-        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, evaluate)
+        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, params_hash("evaluate", cfg, obj))
         if seed is not None:
             keys[obj, seed, "train"] = ("train", obj, seed, params_hash("train", cfg, obj))
     uri = tracking.tracking_uri()
