@@ -159,6 +159,12 @@ def test_job_resources_name_a_bad_entry(tmp_path, capsys):
     assert "resources.embedded.train.cpus: Input should be greater than or equal to 1" in (
         capsys.readouterr().err
     )
+    p = write(tmp_path, lambda r: r["resources"].pop("embedded"))
+    assert main(["check", "--params", str(p)]) == 2
+    assert (
+        f"{p}: resources: no entry for backbone.kind 'embedded': say what "
+        "its jobs need (resources.embedded.default: cpus, mem_mb, runtime, gpu)"
+    ) in capsys.readouterr().err
 
 
 def _leaves(node: object, prefix: str = "") -> list[str]:
@@ -225,3 +231,11 @@ def test_a_deleted_line_is_an_error_naming_its_key(tmp_path, capsys):
     p = write(tmp_path, lambda r: r["objectives"]["dpo"].pop("beta"))
     assert main(["check", "--params", str(p)]) == 2
     assert f"{p}: objectives.dpo.beta: Field required" in capsys.readouterr().err
+
+
+def test_why_names_the_jobs_there_are(tmp_path, capsys):
+    p = write(tmp_path, lambda r: None)
+    assert main(["why", "train@x-0", "--params", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no job 'train@x-0' in this DAG (jobs: world, prompts, ")
+    assert "train@dpo-0" in err and "evaluate_base" in err

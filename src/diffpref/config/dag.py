@@ -9,8 +9,9 @@ A job (a stage, and for ``train`` / ``evaluate`` an objective) depends on
   recorded while it runs (:mod:`diffpref.settings`) and tests hold the table to them.
 
 Snakemake reads both per job; DVC, which cannot resolve profiles, gets the static code in
-the generated ``dvc.yaml`` and the rest from the ``params`` stage, which writes each job's
-resolved params (and its config-picked modules' digests) to ``results/params/<job>.yaml``.
+the generated ``dvc.yaml`` and the rest from its ``resolve`` stage, which writes each job's
+resolved params (and its config-picked modules' digests) to ``results/resolved/<job>.yaml``
+(:mod:`.dvc`).
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from diffpref.settings import paused
 
 @dataclass(frozen=True)
 class Stage:
-    """One row of the DAG. ``deps``/``outs`` are paths with Snakemake's ``{objective}`` and
-    ``{seed}`` wildcards; ``per_model``: one job per (objective, training seed)."""
+    """One row of the DAG: ``module``, the stage it runs (``diffpref <module>``); ``deps``
+    and ``outs``, upstream and own results with Snakemake's ``{objective}`` and ``{seed}``
+    wildcards; ``per_model``: one job per (objective, training seed)."""
 
     module: str
     deps: tuple[str, ...]
     outs: tuple[str, ...]
     per_model: bool = False
     data: str | None = None  # the user's data folder (DVC dependency; Snakemake: the file)
-    command: str = ""  # the stage's CLI name when not the row's name (evaluate_base)
 
 
 STAGES: dict[str, Stage] = {

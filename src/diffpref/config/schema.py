@@ -381,7 +381,10 @@ def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
     for err in e.errors():
         loc = [prefix] if prefix else []
         loc += [str(p) for p in err["loc"]]
-        out.append(f"{path}: {'.'.join(loc)}: {err['msg']}")
+        if not loc:  # a check across keys: its message names them
+            out.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            out.append(f"{path}: {'.'.join(loc)}: {err['msg']}")
     return out
 
 
