@@ -495,11 +495,11 @@ def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for name in ("dpo", "baseline", "base", "a.b", "dpo|x")
+        for name in ("dpo", "baseline", "base", "a.b")
     }
     out = {name: p.communicate()[0] for name, p in runs.items()}
     assert runs["dpo"].returncode == 0 and "rule train:" in out["dpo"], out["dpo"]
-    for name in ("baseline", "base", "a.b", "dpo|x"):
+    for name in ("baseline", "base", "a.b"):
         assert f"No rule to produce results/adapters/{name}/seed0" in out[name], out[name]
 
 
