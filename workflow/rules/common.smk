@@ -2,6 +2,7 @@
 # reads (diffpref.config.dag): its code (the stage module's import closure plus the modules the
 # config picks), its params (each resolved key as its own "key=value" param, so that a rerun's
 # reason names the keys that changed), the user's data files and the job's resources.
+import functools
 import json
 import os
 import uuid
@@ -28,6 +29,7 @@ def cmd(row, objective=None, seed=None):
     return out + (f" --seed {seed}" if seed is not None else "")
 
 
+@functools.cache  # one evaluation per job, however many param slots read it
 def _key_values(row, objective=None):
     params = dag.params(dag.stage_of(row), CFG, objective)
     return [f"{k}={json.dumps(v, sort_keys=True)}" for k, v in params.items()]
