@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from diffpref import registry
 from diffpref.backbones.base import Backbone, Cond
 
 if TYPE_CHECKING:
@@ -23,18 +24,9 @@ def resolve_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-# backbone.kind -> (module, class), imported when asked for: a job's code dependencies hold
-# its own backbone's module only (:mod:`diffpref.config.dag`)
-KINDS = {
-    "embedded": ("diffpref.backbones.embedded", "EmbeddedBackbone"),
-    "sd15": ("diffpref.backbones.sd", "SD15Backbone"),
-    "sdxl": ("diffpref.backbones.sd", "SDXLBackbone"),
-}
-
-
 def load_backbone(cfg: Config, device: torch.device) -> Backbone:
     dtype = getattr(torch, cfg.backbone.dtype)
-    module, cls_name = KINDS[cfg.backbone.kind]
+    module, cls_name = registry.BACKBONES[cfg.backbone.kind]  # imported when asked for
     cls = getattr(importlib.import_module(module), cls_name)
     if cfg.backbone.kind == "embedded":
         return cls(cfg.path("world"), device, dtype)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffpref import registry
 from diffpref.config import imports
 from diffpref.config.schema import Config, JobResources, TrainParams
 from diffpref.datasources import DATA_DIRS
@@ -97,18 +98,15 @@ def stage_of(row: str) -> str:
 def plugins(stage: str, cfg: Config, objective: str | None = None) -> list[str]:
     """The modules a job imports by a name from the config: its backbone, its reward models,
     its loss. Registry lookups, so that a job depends on these and not on every alternative."""
-    from diffpref.backbones import KINDS
-    from diffpref.objectives import module_name
-    from diffpref.rewards import REGISTRY
-
     with paused():
-        backbone = [KINDS[cfg.backbone.kind][0]]
-        rewards = [REGISTRY[r][0] for r in cfg.rewards.models if r in REGISTRY]
-        loss = [module_name(cfg.objectives[objective].loss)] if objective in cfg.objectives else []
+        backbone = [registry.BACKBONES[cfg.backbone.kind][0]]
+        rewards = [registry.REWARDS[r][0] for r in cfg.rewards.models if r in registry.REWARDS]
+        loss = cfg.objectives[objective].loss if objective in cfg.objectives else None
+    loss_module = [registry.loss_module(loss)] if loss else []
     return {
         "candidates": backbone,
         "rewards": rewards,
-        "train": backbone + loss,
+        "train": backbone + loss_module,
         "evaluate": backbone + rewards,
     }.get(stage, [])
 
@@ -144,9 +142,9 @@ def _backbone(c: Config) -> list[str]:
 
 
 def _reward_models(c: Config) -> list[str]:
-    from diffpref.rewards import WORLD
-
-    real = set(c.rewards.models) - set(WORLD)  # the world's judges need no weights source
+    real = set(c.rewards.models) - set(
+        registry.WORLD_REWARDS
+    )  # the world's judges need no weights source
     return ["rewards.models", *(["rewards.dtype", "rewards.sources"] if real else [])]
 
 

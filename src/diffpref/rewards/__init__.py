@@ -17,25 +17,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from diffpref import registry
+
 if TYPE_CHECKING:
     from diffpref.config import Config
 
 
-# name -> (module, class). The world's own judges live with the world (its ``world`` stage
-# trains them); the real reward models here. Each module is imported only when its reward is
-# asked for, so a job's code dependencies hold just the rewards it scores with
-# (:mod:`diffpref.config.dag`) and optional extras stay optional.
-WORLD = {
-    "fidelity": ("diffpref.world.fidelity", "FidelityReward"),
-    "quality": ("diffpref.world.quality", "QualityReward"),
-}
-REGISTRY = WORLD | {
-    "pickscore": ("diffpref.rewards.pickscore", "PickScore"),
-    "clip_score": ("diffpref.rewards.clip_score", "ClipScore"),
-    "aesthetic": ("diffpref.rewards.aesthetic", "Aesthetic"),
-    "hpsv2": ("diffpref.rewards.hpsv2", "HPSv2"),
-    "imagereward": ("diffpref.rewards.imagereward", "ImageReward"),
-}
+REGISTRY, WORLD = registry.REWARDS, registry.WORLD_REWARDS  # name -> (module, class)
 
 
 def load_reward(name: str, cfg: Config, device: torch.device):
