@@ -117,7 +117,7 @@ KILL_WITHIN = {
     "candidates": 2.0,
     "rewards": 0.2,
     "labels": 0.05,
-    "train": 0.3,
+    "train": 0.02,  # from its first checkpoint: killed mid-training, so it must resume
     "evaluate": 2.0,
     "report": 2.0,
 }
