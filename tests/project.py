@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -60,6 +61,24 @@ def make_project(root: Path) -> Path:
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-qm", "init"], root)
     return root
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    """A copy of a finished project to go on working in (mtimes kept: Snakemake compares
+    them). Its MLflow store is re-pointed at the copy's own artifacts folder (the store keeps
+    absolute artifact paths), so that new runs write there and not into ``src``."""
+    shutil.copytree(src, dst, symlinks=True)
+    db = dst / "mlflow.db"
+    if db.is_file():
+        old, new = (f"{(p / 'mlartifacts').resolve().as_uri()}" for p in (src, dst))
+        with sqlite3.connect(db) as con:
+            con.execute(
+                "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                (old, new),
+            )
+            con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+        con.close()
+    return dst
 
 
 def smoke_project(root: Path) -> Path:

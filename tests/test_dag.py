@@ -1,8 +1,9 @@
 """The real smoke DAG on two training seeds, end to end, with Snakemake and with DVC (no
 mocks), the seed-aware report, and make-like reruns (params, a new training seed, sources).
 
-Each tool runs in its own fresh copy of the project (git + DVC initialised) with the smoke
-profile. MLflow's SQLite store is the witness of what ran: every executed stage adds one run.
+Each tool goes on in a copy of its shared clean smoke run (one training seed, tests/conftest.py)
+and adds the second seed. MLflow's SQLite store is the witness of what ran: every executed
+stage adds one run.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from tests.browser import dump_dom, inspect, screenshot
 from tests.conftest import REPO
 from tests.mlflow_server import api, serve
 from tests.project import (
+    copy_project,
     edit_params,
     expected_runs,
-    make_project,
     replicas,
     runs,
     sh,
@@ -52,7 +53,9 @@ def new_runs(before: Counter, after: Counter) -> set[str]:
     return {k for k in after if after[k] > before.get(k, 0)}
 
 
-def check_outputs(root: Path) -> None:
+def check_outputs(root: Path, links: bool = True) -> None:
+    """The report, metrics and MLflow runs of a finished two-seed run; ``links``: the report
+    links each model's runs (every job of the run was recorded)."""
     report = root / "results" / "report"
     for f in ("report.html", "report.md", "comparison.csv", "image_grid.png", "rewards.png"):
         assert (report / f).stat().st_size > 0, f
@@ -79,7 +82,8 @@ def check_outputs(root: Path) -> None:
     poi = pd.read_csv(report / "probability_of_improvement.csv")
     assert set(zip(poi.model, poi.versus)) == {("base", "dpo"), ("dpo", "base")}
     assert (report / "poi.png").stat().st_size > 0
-    check_report_links(root)
+    if links:
+        check_report_links(root)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     for r in stage_runs(root):
         assert {"stage", "objective", "train_seed", "git_commit", "params_hash"} <= set(r.data.tags)
@@ -134,9 +138,9 @@ def train_seeds(root: Path) -> list[int]:
     return yaml.safe_load((root / "params.yaml").read_text())["train_seeds"]
 
 
-EXPECTED = expected_runs(0, 1)
-AFTER_BETA = {*replicas(0, 1), "report"}
-NEW_SEED = {*replicas(2), "report"}
+EXPECTED = expected_runs(0, 1)  # after the Snakemake test's new seed
+AFTER_BETA = {*replicas(0), "report"}
+NEW_SEED = {*replicas(1), "report"}
 
 
 def smk_planned(root: Path) -> set[str]:
@@ -216,12 +220,13 @@ def check_mlflow_ui(root: Path) -> None:
     assert any(f">{d}<" in run_page for d in shown), shown  # the data it read, by digest
 
 
-def test_snakemake_smoke_dag_and_reruns(tmp_path):
-    root = make_project(tmp_path / "smk")
-    sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
-    check_outputs(root)
+def test_snakemake_smoke_dag_and_reruns(smoke_reference, tmp_path):
+    """Goes on from the shared clean Snakemake run (one training seed; tests/conftest.py):
+    nothing to redo, a params edit plans its readers, a new training seed runs only its own
+    jobs and the report, a source edit plans its stage and what follows."""
+    root = copy_project(smoke_reference, tmp_path / "smk")
     first = runs(root)
-    assert set(first) == EXPECTED and all(v == 1 for v in first.values())
+    assert set(first) == expected_runs(0) and all(v == 1 for v in first.values())
 
     assert smk_planned(root) == set()  # nothing changed: nothing reruns
 
@@ -231,15 +236,16 @@ def test_snakemake_smoke_dag_and_reruns(tmp_path):
     edit_params(root, lambda r: r["objectives"]["dpo"].update(beta=2500))
 
     # a new training seed adds only its own jobs and the report; dropping it reruns the report
-    edit_params(root, lambda r: r.update(train_seeds=[0, 1, 2]))
+    edit_params(root, lambda r: r.update(train_seeds=[0, 1]))
     assert smk_planned(root) == NEW_SEED
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
     assert new_runs(first, runs(root)) == NEW_SEED
     # one parent run per snakemake invocation; the rerun's has only the stages it ran
-    assert executions(root) == [EXPECTED, NEW_SEED]
+    assert executions(root) == [expected_runs(0), NEW_SEED]
     check_outputs(root)
-    edit_params(root, lambda r: r.update(train_seeds=[0, 1]))
+    edit_params(root, lambda r: r.update(train_seeds=[0]))
     assert smk_planned(root) == {"report"}
+    edit_params(root, lambda r: r.update(train_seeds=[0, 1]))
 
     with open(root / "src/diffpref/stages/labels.py", "a") as f:
         f.write("\n# a change to the labels stage's source\n")
@@ -261,15 +267,21 @@ def dvc_ran(out: str) -> set[str]:
     return names
 
 
-def test_dvc_smoke_experiment_and_reruns(tmp_path):
-    root = make_project(tmp_path / "dvc")
-    out = sh(["dvc", "exp", "run", "-S", "profile=smoke"], root)
-    assert dvc_ran(out) == EXPECTED
-    check_outputs(root)
-    first = runs(root)
-    assert set(first) == EXPECTED
-
+def test_dvc_smoke_experiment_and_reruns(smoke_dvc, tmp_path):
+    """Goes on from the shared clean DVC run (committed with its dvc.lock; tests/conftest.py):
+    `dvc exp run -S` of one objective's hyper-parameter and a new training seed runs exactly
+    their jobs, each recorded in MLflow; the experiment's numbers are in `dvc exp show`; a
+    source edit reruns its stage."""
+    root = copy_project(smoke_dvc, tmp_path / "dvc")
     assert dvc_ran(sh(["dvc", "repro"], root)) == set()  # nothing changed: nothing reruns
+    # a hyper-parameter and a new training seed (DVC's matrix expands it)
+    out = sh(
+        ["dvc", "exp", "run", "-S", "objectives.dpo.beta=1234", "-S", "train_seeds=[0,1]"], root
+    )
+    assert dvc_ran(out) == AFTER_BETA | NEW_SEED
+    assert set(runs(root)) == AFTER_BETA | NEW_SEED  # the clean run kept no MLflow record
+    assert dvc_ran(sh(["dvc", "repro"], root)) == set()
+    check_outputs(root, links=False)  # the base's evaluation ran unrecorded (links: Snakemake's)
 
     sh(["dvc", "plots", "show", "-o", "dvc_plots"], root)  # offline: images, no Vega from a CDN
     page = (root / "dvc_plots" / "index.html").read_text()
@@ -296,4 +308,4 @@ def test_dvc_smoke_experiment_and_reruns(tmp_path):
     assert dvc_ran(sh(["dvc", "repro"], root)) == {"labels"}
     # one parent run per dvc execution, holding the stages it ran (a new training seed's own
     # jobs: the Snakemake test, and DVC's matrix expansion of it: tests/test_workflow_sync.py)
-    assert executions(root) == [EXPECTED, {"labels"}]
+    assert executions(root) == [AFTER_BETA | NEW_SEED, {"labels"}]
