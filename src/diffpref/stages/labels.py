@@ -21,11 +21,9 @@ def run(ctx) -> None:
         )
         scores, pairs = datasources.human_labels(prefs)
     else:
-        rewards = read_table(
-            ctx.cfg.path("rewards", "rewards.parquet"),
-            ["prompt_id", "cand_idx", "reward", "score"],
-        )
-        scores = labels.score_matrix(rewards, cfg.reward)
+        path = ctx.cfg.path("rewards", "rewards.parquet")
+        rewards = read_table(path, ["prompt_id", "cand_idx", "reward", "score"])
+        scores = labels.score_matrix(rewards, cfg.reward, str(path))
         pairs = labels.pairwise(scores, cfg.tie_threshold, cfg.pairs)
     if pairs.empty:
         raise InputError(
