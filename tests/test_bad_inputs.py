@@ -68,77 +68,339 @@ def _smoke_with(raw: dict, **train) -> None:
     raw["profiles"]["smoke"]["train"].update(train)
 
 
+# The rule of objective and profile names, as the messages state it (written out here, not
+# imported, so that a change of the rule shows in this file)
+RULE = "use letters, digits, '_' and '-', starting with a letter, at most 64 characters"
+OBJ = f"{RULE} (it names folders and DVC stages)"
+PROF = f"{RULE} (it is passed on every stage's command line and recorded in MLflow)"
+NOT_INT = "Input should be a valid integer, unable to parse string as an integer"
+NOT_NUM = "Input should be a valid number, unable to parse string as a number"
+EXTRA = "Extra inputs are not permitted"
+BOOL_INT = (
+    "Input should be a valid integer, not a boolean "
+    "(YAML reads true/false, yes/no and on/off as booleans)"
+)
+BOOL_NUM = BOOL_INT.replace("valid integer", "valid number")
+REWARDS = "'fidelity', 'quality', 'pickscore', 'clip_score', 'aesthetic', 'hpsv2' or 'imagereward'"
+INF, NAN = float("inf"), float("nan")
+
+
+def _profile(name):
+    """A copy of the smoke profile named ``name``, active."""
+    return lambda r: r.update(
+        profile=name, profiles={**r["profiles"], name: r["profiles"]["smoke"]}
+    )
+
+
+# case: (mutation of the repo's params.yaml, the whole message after "error: <params>: ")
 PARAMS_CASES = {
     # objective names become folders, DVC stage names and params keys
-    "objective_dotdot": (_objective(".."), "'..' is not a valid objective name"),
-    "objective_slash": (_objective("a/b"), "'a/b' is not a valid objective name"),
-    "objective_space": (_objective("a b"), "'a b' is not a valid objective name"),
-    "objective_empty": (_objective(""), "'' is not a valid objective name"),
-    "objective_leading_dot": (_objective(".dpo"), "'.dpo' is not a valid objective name"),
-    "objective_base": (_objective("base"), "'base' is reserved"),
-    "objective_case_clash": (_objective("DPO"), "objectives.dpo: same folder as objectives.DPO"),
-    "objective_no_loss": (_objective("x", {"beta": 1}), "objectives.x: needs a 'loss' key"),
-    "objective_unknown_loss": (_objective("x", {"loss": "nope"}), "objectives.x: loss:"),
-    "objective_wrong_type": (_set("objectives", dpo={"loss": "dpo", "beta": "big"}), "dpo.beta"),
-    "objective_range": (_set("objectives", dpo={"loss": "dpo", "beta": 0}), "dpo.beta"),
+    "objective_dotdot": (
+        _objective(".."),
+        f"objectives...: '..' is not a valid objective name: {OBJ}",
+    ),
+    "objective_slash": (
+        _objective("a/b"),
+        f"objectives.a/b: 'a/b' is not a valid objective name: {OBJ}",
+    ),
+    "objective_space": (
+        _objective("a b"),
+        f"objectives.a b: 'a b' is not a valid objective name: {OBJ}",
+    ),
+    "objective_empty": (_objective(""), f"objectives.: '' is not a valid objective name: {OBJ}"),
+    "objective_leading_dot": (
+        _objective(".dpo"),
+        f"objectives..dpo: '.dpo' is not a valid objective name: {OBJ}",
+    ),
+    "objective_digit": (
+        _objective("1e3"),
+        f"objectives.1e3: '1e3' is not a valid objective name: {OBJ}",
+    ),
+    "objective_long": (
+        _objective("o" * 65),
+        f"objectives.{'o' * 65}: '{'o' * 65}' is not a valid objective name: {OBJ}",
+    ),
+    "objective_base": (
+        _objective("base"),
+        "objectives.base: 'base' is reserved for the untrained model",
+    ),
+    "objective_case_clash": (
+        _objective("DPO"),
+        "objectives.dpo: same folder as objectives.DPO on a case-insensitive file system; "
+        "rename one",
+    ),
+    "objective_no_loss": (
+        _objective("x", {"beta": 1}),
+        "objectives.x: needs a 'loss' key naming a registered loss",
+    ),
+    "objective_unknown_loss": (
+        _objective("x", {"loss": "nope"}),
+        "objectives.x: loss: unknown loss 'nope'; known losses: agsm, dpo, kto, lair, mapo, "
+        "sft, smpo, softrepa",
+    ),
+    "objective_wrong_type": (
+        _set("objectives", dpo={"loss": "dpo", "beta": "big"}),
+        f"objectives.dpo.beta: {NOT_NUM}",
+    ),
+    "objective_range": (
+        _set("objectives", dpo={"loss": "dpo", "beta": 0}),
+        "objectives.dpo.beta: Input should be greater than 0",
+    ),
     "objective_unknown_key": (
         _set("objectives", dpo={"loss": "dpo", "beta": 1, "betta": 1}),
-        "dpo.betta",
+        f"objectives.dpo.betta: {EXTRA}",
     ),
     "objective_train_range": (
         _set("objectives", dpo={"loss": "dpo", "beta": 2500, "train": {"steps": 0}}),
-        "objectives.dpo.train.steps",
+        "objectives.dpo.train.steps: Input should be greater than or equal to 1",
     ),
     # the top level and every section: wrong type, out of range, unknown key
-    "top_wrong_type": (lambda r: r.update(seed="zero"), ": seed:"),
-    "top_range": (lambda r: r.update(train_seeds=[]), ": train_seeds:"),
-    "top_unknown_key": (lambda r: r.update(sed=1), ": sed:"),
-    "world_wrong_type": (_set("world", item_size="big"), "world.item_size"),
-    "world_unknown_key": (_set("world", itemsize=14), "world.itemsize"),
-    "backbone_wrong_type": (_set("backbone", kind="sd3"), "backbone.kind"),
-    "backbone_range": (_set("backbone", resolution=4), "backbone.resolution"),
-    "backbone_unknown_key": (_set("backbone", weights="x"), "backbone.weights"),
-    "sampling_wrong_type": (_set("sampling", steps="many"), "sampling.steps"),
-    "sampling_range": (_set("sampling", steps=0), "sampling.steps"),
-    "sampling_unknown_key": (_set("sampling", step=8), "sampling.step"),
-    "prompts_wrong_type": (_set("prompts", n_train="all"), "prompts.n_train"),
-    "prompts_range": (_set("prompts", eval_fraction=1.0), "prompts.eval_fraction"),
-    "prompts_unknown_key": (_set("prompts", path="p.txt"), "prompts.path"),
-    "candidates_wrong_type": (_set("candidates", k="four"), "candidates.k"),
-    "candidates_range": (_set("candidates", k=1), "candidates.k"),
-    "candidates_unknown_key": (_set("candidates", K=4), "candidates.K"),
-    "rewards_wrong_type": (_set("rewards", batch_size="big"), "rewards.batch_size"),
-    "rewards_range": (_set("rewards", models=[]), "rewards.models"),
-    "rewards_unknown_key": (_set("rewards", model=["x"]), "rewards.model"),
+    "top_wrong_type": (lambda r: r.update(seed="zero"), f"seed: {NOT_INT}"),
+    "top_range": (
+        lambda r: r.update(train_seeds=[]),
+        "train_seeds: List should have at least 1 item after validation, not 0",
+    ),
+    "top_unknown_key": (lambda r: r.update(sed=1), f"sed: {EXTRA}"),
+    "world_wrong_type": (_set("world", item_size="big"), f"world.item_size: {NOT_INT}"),
+    "world_unknown_key": (_set("world", itemsize=14), f"world.itemsize: {EXTRA}"),
+    "backbone_wrong_type": (
+        _set("backbone", kind="sd3"),
+        "backbone.kind: Input should be 'embedded', 'sd15' or 'sdxl'",
+    ),
+    "backbone_range": (
+        _set("backbone", resolution=4),
+        "backbone.resolution: Input should be greater than or equal to 8",
+    ),
+    "backbone_unknown_key": (_set("backbone", weights="x"), f"backbone.weights: {EXTRA}"),
+    "sampling_wrong_type": (_set("sampling", steps="many"), f"sampling.steps: {NOT_INT}"),
+    "sampling_range": (
+        _set("sampling", steps=0),
+        "sampling.steps: Input should be greater than or equal to 1",
+    ),
+    "sampling_unknown_key": (_set("sampling", step=8), f"sampling.step: {EXTRA}"),
+    "prompts_wrong_type": (_set("prompts", n_train="all"), f"prompts.n_train: {NOT_INT}"),
+    "prompts_range": (
+        _set("prompts", eval_fraction=1.0),
+        "prompts.eval_fraction: Input should be less than 1",
+    ),
+    "prompts_unknown_key": (_set("prompts", path="p.txt"), f"prompts.path: {EXTRA}"),
+    "candidates_wrong_type": (_set("candidates", k="four"), f"candidates.k: {NOT_INT}"),
+    "candidates_range": (
+        _set("candidates", k=1),
+        "candidates.k: Input should be greater than or equal to 2",
+    ),
+    "candidates_unknown_key": (_set("candidates", K=4), f"candidates.K: {EXTRA}"),
+    "rewards_wrong_type": (_set("rewards", batch_size="big"), f"rewards.batch_size: {NOT_INT}"),
+    "rewards_range": (
+        _set("rewards", models=[]),
+        "rewards.models: List should have at least 1 item after validation, not 0",
+    ),
+    "rewards_unknown_key": (_set("rewards", model=["x"]), f"rewards.model: {EXTRA}"),
     "rewards_source_wrong_type": (
         _set("rewards", sources={"hpsv2": {"trust_pickle": "maybe"}}),
-        "rewards.sources.hpsv2",
+        "rewards.sources.hpsv2.RewardSource.trust_pickle: Input should be a valid boolean, "
+        "unable to interpret input",
     ),
-    "labels_wrong_type": (_set("labels", tie_threshold="small"), "labels.tie_threshold"),
-    "labels_range": (_set("labels", tie_threshold=-1), "labels.tie_threshold"),
-    "labels_unknown_key": (_set("labels", tie=0.1), "labels.tie"),
-    "train_wrong_type": (_set("train", lr="fast"), "train.lr"),
-    "train_range": (_set("train", lr=0), "train.lr"),
-    "train_unknown_key": (_set("train", learning_rate=1e-3), "train.learning_rate"),
-    "evaluate_wrong_type": (_set("evaluate", seeds="0,1"), "evaluate.seeds"),
-    "evaluate_range": (_set("evaluate", bootstrap=5), "evaluate.bootstrap"),
-    "evaluate_unknown_key": (_set("evaluate", seed=[0]), "evaluate.seed"),
-    "report_wrong_type": (_set("report", grid_prompts="all"), "report.grid_prompts"),
-    "report_range": (_set("report", grid_prompts=0), "report.grid_prompts"),
-    "report_unknown_key": (_set("report", grid=4), "report.grid"),
-    # profiles
-    "unknown_profile": (lambda r: r.update(profile="huge"), "profile: unknown profile 'huge'"),
-    "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), "train.lr_x"),
+    "labels_wrong_type": (
+        _set("labels", tie_threshold="small"),
+        f"labels.tie_threshold: {NOT_NUM}",
+    ),
+    "labels_range": (
+        _set("labels", tie_threshold=-1),
+        "labels.tie_threshold: Input should be greater than or equal to 0",
+    ),
+    "labels_unknown_key": (_set("labels", tie=0.1), f"labels.tie: {EXTRA}"),
+    "train_wrong_type": (_set("train", lr="fast"), f"train.lr: {NOT_NUM}"),
+    "train_range": (_set("train", lr=0), "train.lr: Input should be greater than 0"),
+    "train_unknown_key": (_set("train", learning_rate=1e-3), f"train.learning_rate: {EXTRA}"),
+    "evaluate_wrong_type": (
+        _set("evaluate", seeds="0,1"),
+        "evaluate.seeds: Input should be a valid list",
+    ),
+    "evaluate_range": (
+        _set("evaluate", bootstrap=5),
+        "evaluate.bootstrap: Input should be greater than or equal to 10",
+    ),
+    "evaluate_unknown_key": (_set("evaluate", seed=[0]), f"evaluate.seed: {EXTRA}"),
+    "report_wrong_type": (_set("report", grid_prompts="all"), f"report.grid_prompts: {NOT_INT}"),
+    "report_range": (
+        _set("report", grid_prompts=0),
+        "report.grid_prompts: Input should be greater than or equal to 1",
+    ),
+    "report_unknown_key": (_set("report", grid=4), f"report.grid: {EXTRA}"),
+    # floats are finite (YAML reads .inf, .nan; 1e309 overflows to inf)
+    "beta_inf": (
+        _set("objectives", dpo={"loss": "dpo", "beta": INF}),
+        "objectives.dpo.beta: Input should be a finite number (got inf)",
+    ),
+    "listwise_tau_inf": (
+        _set("labels", listwise_tau=INF),
+        "labels.listwise_tau: Input should be a finite number (got inf)",
+    ),
+    "pointwise_threshold_nan": (
+        _set("labels", pointwise_threshold=NAN),
+        "labels.pointwise_threshold: Input should be a finite number (got nan)",
+    ),
+    "train_override_inf": (
+        _set("objectives", mapo={"loss": "mapo", "train": {"lr": -INF}}),
+        "objectives.mapo.train.lr: Input should be a finite number (got -inf)",
+    ),
+    "rethinking_inf": (
+        _set("objectives", dpo={"loss": "dpo", "beta": 1, "rethinking": {"delta": INF}}),
+        "objectives.dpo.rethinking.delta: Input should be a finite number (got inf)",
+    ),
+    "world_nan": (
+        _set("world", unet_lr=NAN),
+        "world.unet_lr: Input should be a finite number (got nan)",
+    ),
+    "category_mix_inf": (
+        _set("world", category_mix={"single": INF}),
+        "world.category_mix.single: Input should be a finite number (got inf)",
+    ),
+    "tracking_inf": (
+        _set("tracking", large_artifact_mb=INF),
+        "tracking.large_artifact_mb: Input should be a finite number (got inf)",
+    ),
+    # booleans are no numbers (pydantic would read true as 1)
+    "steps_true": (_set("train", steps=True), f"train.steps: {BOOL_INT}"),
+    "k_true": (_set("candidates", k=True), f"candidates.k: {BOOL_INT}"),
+    "threshold_false": (_set("labels", tie_threshold=False), f"labels.tie_threshold: {BOOL_NUM}"),
+    "seed_list_true": (lambda r: r.update(train_seeds=[0, True]), f"train_seeds.1: {BOOL_INT}"),
+    "objective_param_true": (
+        _set("objectives", smpo={"loss": "smpo", "beta": 1, "inversion_steps": True}),
+        f"objectives.smpo.inversion_steps: {BOOL_INT}",
+    ),
+    "override_true": (
+        _set("objectives", sft={"loss": "sft", "train": {"steps": True}}),
+        f"objectives.sft.train.steps: {BOOL_INT}",
+    ),
+    # sizes that allocate or loop have an upper bound
+    "bootstrap_huge": (
+        _set("evaluate", bootstrap=10**9),
+        "evaluate.bootstrap: Input should be less than or equal to 100000",
+    ),
+    "n_train_huge": (
+        _set("prompts", n_train=10**9),
+        "prompts.n_train: Input should be less than or equal to 1000000",
+    ),
+    "k_huge": (
+        _set("candidates", k=10**4),
+        "candidates.k: Input should be less than or equal to 64",
+    ),
+    "batch_huge": (
+        _set("train", batch_size=10**8),
+        "train.batch_size: Input should be less than or equal to 65536",
+    ),
+    "sampling_steps_huge": (
+        _set("sampling", steps=10**6),
+        "sampling.steps: Input should be less than or equal to 1000",
+    ),
+    "grid_huge": (
+        _set("report", grid_prompts=10**4),
+        "report.grid_prompts: Input should be less than or equal to 64",
+    ),
+    "world_huge": (
+        _set("world", n_canvases=10**10),
+        "world.n_canvases: Input should be less than or equal to 1000000",
+    ),
+    "objective_size_huge": (
+        _set("objectives", agsm={"loss": "agsm", "n_tokens": 10**6}),
+        "objectives.agsm.n_tokens: Input should be less than or equal to 256",
+    ),
+    "train_seeds_many": (
+        lambda r: r.update(train_seeds=list(range(100))),
+        "train_seeds: List should have at most 32 items after validation, not 100",
+    ),
+    "eval_seeds_many": (
+        _set("evaluate", seeds=list(range(1000))),
+        "evaluate.seeds: List should have at most 64 items after validation, not 1000",
+    ),
+    "seed_negative": (
+        lambda r: r.update(seed=-1),
+        "seed: Input should be greater than or equal to 0",
+    ),
+    "seed_huge": (
+        lambda r: r.update(seed=2**40),
+        "seed: Input should be less than or equal to 4294967295",
+    ),
+    "resources_huge": (
+        lambda r: r["resources"]["embedded"]["default"].update(mem_mb=10**12),
+        "resources.embedded.default.mem_mb: Input should be less than or equal to 100000000",
+    ),
+    # free text that names things
+    "reward_unknown": (
+        _set("rewards", models=["fidelity", "qualty"]),
+        f"rewards.models.1: Input should be {REWARDS}",
+    ),
+    "reward_repeated": (
+        _set("rewards", models=["fidelity", "fidelity"]),
+        "rewards.models: repeated reward models in ['fidelity', 'fidelity']: score each once",
+    ),
+    "reward_source_unknown": (
+        _set("rewards", sources={"pickscor": "models/pickscore"}),
+        f"rewards.sources.pickscor.[key]: Input should be {REWARDS}",
+    ),
+    "label_reward_unscored": (
+        _set("labels", reward="pickscore"),
+        "labels.reward: 'pickscore' is not scored: use one of rewards.models ['fidelity', "
+        "'quality'] (or 'human' for imported preferences)",
+    ),
+    "path_nul": (
+        _set("prompts", source="file", file="data/a\x00b.txt"),
+        "prompts.file: Text should hold no control characters (found '\\x00')",
+    ),
+    "path_long": (
+        _set("prompts", source="file", file="x" * 5000),
+        "prompts.file: String should have at most 4096 characters",
+    ),
+    "column_empty": (
+        _set("prompts", column=""),
+        "prompts.column: String should have at least 1 character",
+    ),
+    # profiles: their names pass on command lines and into MLflow, like objective names
+    "unknown_profile": (
+        lambda r: r.update(profile="huge"),
+        "profile: unknown profile 'huge' (known: default, sd15, sd15-bench, sdxl, smoke)",
+    ),
+    "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), f"train.lr_x: {EXTRA}"),
+    "profile_shell": (
+        _profile("$(touch pwned)smoke"),
+        f"profiles.$(touch pwned)smoke: '$(touch pwned)smoke' is not a valid profile name: {PROF}",
+    ),
+    "profile_space": (
+        _profile("smoke test!"),
+        f"profiles.smoke test!: 'smoke test!' is not a valid profile name: {PROF}",
+    ),
+    "profile_long": (
+        _profile("p" * 65),
+        f"profiles.{'p' * 65}: '{'p' * 65}' is not a valid profile name: {PROF}",
+    ),
+    "profile_digit": (
+        _profile("1smoke"),
+        f"profiles.1smoke: '1smoke' is not a valid profile name: {PROF}",
+    ),
+    "profile_number": (
+        lambda r: r.update(profile=1),
+        f"profile: 1 is not a valid profile name: YAML reads it as a number; {PROF}",
+    ),
+    "profile_default": (
+        lambda r: r["profiles"].update(default={"seed": 1}),
+        "profiles.default: 'default' is reserved for the values outside profiles:; rename it",
+    ),
+    "profile_not_mapping": (
+        lambda r: r["profiles"].update(smoke=3),
+        "profiles.smoke: must be a mapping of overrides",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", PARAMS_CASES)
 def test_bad_params_exit_2_naming_file_and_key_before_any_work(tmp_path, capsys, case):
-    mutate, needle = PARAMS_CASES[case]
+    mutate, message = PARAMS_CASES[case]
     p = params(tmp_path, mutate=mutate)
     assert run("check", p) == 2
     checked = capsys.readouterr().err
-    assert checked.startswith(f"error: {p}: ") and needle in checked, checked
+    assert checked == f"error: {p}: {message}\n"
     assert run("prompts", p) == 2
     assert capsys.readouterr().err == checked
     assert not (tmp_path / "results").exists()

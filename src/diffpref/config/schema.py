@@ -11,9 +11,17 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from diffpref import registry
 from diffpref.config import loader
@@ -135,13 +143,18 @@ class RewardSource(Settings):
 
 
 RewardName = Literal[tuple(registry.REWARDS)]  # a registered reward model
+# a source: one directory / hub id, or a mapping; errors are those of the kind given
+Source = Annotated[
+    Union[Annotated[RewardSource, Tag("RewardSource")], Annotated[PathText, Tag("path")]],  # noqa: UP007
+    Discriminator(lambda v: "path" if isinstance(v, str) else "RewardSource"),
+]
 
 
 class RewardParams(Settings):
     models: list[RewardName] = Field(min_length=1, max_length=16)
     batch_size: BatchSize
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    sources: dict[RewardName, RewardSource | PathText] = Field(
+    sources: dict[RewardName, Source] = Field(
         default_factory=dict,
         description="per reward: a directory/hub id, or {model, processor, head}; "
         "unset: the official hub ids",
@@ -450,12 +463,11 @@ def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
     for err in e.errors():
         loc = [prefix] if prefix else []
         loc += [str(p) for p in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' own messages
         if err["type"] == "finite_number":  # 1e309 has no dot: YAML reads text, pydantic inf
-            err["msg"] += f" (got {err['input']!r})"
-        if not loc:  # a check across keys: its message names them
-            out.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
-        else:
-            out.append(f"{path}: {'.'.join(loc)}: {err['msg']}")
+            msg += f" (got {err['input']!r})"
+        # no key: a check across keys, whose message names them
+        out.append(f"{path}: {'.'.join(loc)}: {msg}" if loc else f"{path}: {msg}")
     return out
 
 
