@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ import yaml
 from PIL import Image
 from tests.conftest import REPO
 
+from diffpref import config
 from diffpref import datasources as ds
 from diffpref.cli import main
 from diffpref.config import deep_merge
@@ -412,6 +414,272 @@ def test_check_finds_an_unknown_key_in_a_profile_that_is_not_active(tmp_path, ca
     assert f"error: profile smoke: {p}: train.lr_x: Extra inputs" in capsys.readouterr().err
 
 
+# --- the params file itself: what YAML would silently accept -----------------------------------
+
+REPO_TEXT = (REPO / "params.yaml").read_text()
+
+
+def _line(text: str, start: str) -> int:
+    """The number (from 1) of the first line starting with ``start``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(start))
+
+
+def _after(text: str, start: str, new: str) -> tuple[str, int]:
+    """``text`` with the lines ``new`` inserted after the line starting with ``start``, and
+    the number of the first inserted line."""
+    at = _line(text, start)
+    lines = text.splitlines(keepends=True)
+    return "".join([*lines[:at], new, *lines[at:]]), at + 1
+
+
+def _bomb(text: str) -> tuple[str, str]:
+    """A profile holding nine levels of ten aliases: 10^9 values once expanded."""
+    rows = ["  bomb:\n", "    x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"]
+    rows += [f"    x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)]
+    text, first = _after(text, "profiles:", "".join(rows))
+    return text, (  # the running count passes the budget within x4's aliases of x3
+        f"line {first + 5}: alias *a3 takes the file past 100,000 values (aliases expanded): "
+        "an alias bomb, or far more than params need"
+    )
+
+
+def _second_objectives(text: str) -> tuple[str, str]:
+    first = _line(text, "objectives:")
+    text += "objectives:\n  dpo: {loss: dpo, beta: 1}\n"
+    return (
+        text,
+        f"line {len(text.splitlines()) - 1}: duplicate key 'objectives' (first at line {first})",
+    )
+
+
+def _second_beta(text: str) -> tuple[str, str]:
+    text, at = _after(text, "  dpo: ", "    beta: 1\n")
+    first = at + next(i for i, line in enumerate(text.splitlines()[at:]) if "beta:" in line)
+    return text, f"line {first + 1}: duplicate key 'beta' (first at line {at})"
+
+
+def _key(key: str, kind: str, start: str = "objectives:", entry: str = "{loss: dpo, beta: 1}"):
+    def case(text: str) -> tuple[str, str]:
+        text, at = _after(text, start, f"  {key}: {entry}\n")
+        return text, f"line {at}: key '{key}' is read by YAML as {kind}; quote it ('{key}')"
+
+    return case
+
+
+def _replace(old: str, new: str, message: str):
+    def case(text: str) -> tuple[str, str]:
+        assert old in text
+        out = text.replace(old, new, 1)
+        return out, message.format(line=_line(out, new.strip("\n").split("\n")[0]))
+
+    return case
+
+
+def _cycle(text: str) -> tuple[str, str]:
+    text, at = _after(text, "profile:", "cycle: &c [*c]\n")
+    return text, f"line {at}: alias *c inside its own anchor (a cycle)"
+
+
+def _deep(text: str) -> tuple[str, str]:
+    text, at = _after(text, "profile:", f"deep: {'[' * 40}{']' * 40}\n")
+    return text, f"line {at}: nested more than 32 levels deep"
+
+
+def _not_utf8(text: str) -> tuple[bytes, str]:
+    data = text.encode().replace(b"# diffpref: the one", b"# diffpref: caf\xe9 the one", 1)
+    return data, f"line {_line(text, '# diffpref')}: not UTF-8 (byte 0xe9); save the file as UTF-8"
+
+
+def _control(text: str) -> tuple[str, str]:
+    text = text.replace("# diffpref: the one", "# diffpref:\x07 the one", 1)
+    message = "not valid YAML: control character #x0007 (special characters are not allowed)"
+    return text, f"line {_line(text, '# diffpref')}: {message}"
+
+
+def _big(text: str) -> tuple[str, str]:
+    return text + "# " + "x" * (1 << 20) + "\n", (
+        "over 1,048,576 bytes (1 MiB), the limit of a params file: is it the right file?"
+    )
+
+
+TEXT_CASES = {
+    "alias_bomb_in_profile": _bomb,
+    "duplicate_section": _second_objectives,
+    "duplicate_key": _second_beta,
+    "objective_named_1": _key("1", "a number"),
+    "objective_named_yes": _key("yes", "a boolean"),
+    "objective_named_date": _key("2024-01-01", "a date"),
+    "profile_named_null": _key("~", "null", "profiles:", "{seed: 1}"),
+    "alias_cycle": _cycle,
+    "nested_too_deep": _deep,
+    "not_utf8": _not_utf8,
+    "control_character": _control,
+    "too_big": _big,
+    "not_yaml": _replace(
+        "\nseed: 0 ",
+        "\nseed: @0 ",
+        "line {line}: not valid YAML: found character '@' that cannot start any token",
+    ),
+    "lr_1e309": _replace(
+        "  lr: 1.0e-3",
+        "  lr: 1e309",
+        "train.lr: Input should be a finite number (got '1e309')",
+    ),
+    "beta_dot_inf": _replace(
+        "    beta: 2500\n  dpo_hinge:",
+        "    beta: .inf\n  dpo_hinge:",
+        "objectives.dpo.beta: Input should be a finite number (got inf)",
+    ),
+    "steps_yes": _replace("  steps: 120", "  steps: yes", f"train.steps: {BOOL_INT}"),
+}
+
+
+@pytest.mark.parametrize("case", TEXT_CASES)
+def test_params_file_traps_exit_2_naming_the_line(tmp_path, capsys, case):
+    """The hardened reader (diffpref.config.loader): limits checked while composing, so an
+    alias bomb is refused in well under a second, never expanded."""
+    content, message = TEXT_CASES[case](f"results: {tmp_path / 'results'}\n{REPO_TEXT}")
+    p = tmp_path / "params.yaml"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    start = time.perf_counter()
+    assert run("check", p) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert err == f"error: {p}: {message}\n"
+    assert run("prompts", p) == 2
+    assert capsys.readouterr().err == err
+    assert not (tmp_path / "results").exists()
+
+
+def test_aliases_within_the_budget_still_work(tmp_path):
+    """The positive control of the alias budget: a profile that is an alias of another (a
+    merge key and a plain alias) loads as that profile."""
+    assert REPO_TEXT.rstrip().splitlines()[-1].startswith("    ")  # profiles: is the last key
+    text = REPO_TEXT.replace("  smoke: ", "  smoke: &smoke ", 1)
+    text += "  smoke_alias: *smoke\n  smoke_merged:\n    <<: *smoke\n    seed: 7\n"
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    smoke = config.load(p, "smoke")[0].model_dump(exclude={"profile"})
+    assert config.load(p, "smoke_alias")[0].model_dump(exclude={"profile"}) == smoke
+    merged = config.load(p, "smoke_merged")[0].model_dump(exclude={"profile"})
+    assert merged == {**smoke, "seed": 7}
+    assert main(["check", "--params", str(p)]) == 0
+
+
+# --- environment variables ------------------------------------------------------------------
+
+ENV_CASES = {
+    "mlflow_switch": (
+        "DIFFPREF_MLFLOW",
+        "maybe",
+        "DIFFPREF_MLFLOW='maybe': not a switch; use one of 1, true, yes, on (on) or 0, false, "
+        "no, off (off)",
+    ),
+    "threads_text": (
+        "DIFFPREF_THREADS",
+        "two",
+        "DIFFPREF_THREADS='two': not a whole number from 0 to 1,024",
+    ),
+    "threads_huge": (
+        "DIFFPREF_THREADS",
+        "99999",
+        "DIFFPREF_THREADS='99999': not a whole number from 0 to 1,024",
+    ),
+    "rank_negative": ("RANK", "-1", "RANK='-1': not a whole number from 0 to 65,535"),
+    "local_rank_text": (
+        "LOCAL_RANK",
+        "gpu0",
+        "LOCAL_RANK='gpu0': not a whole number from 0 to 65,535",
+    ),
+    "world_size_zero": ("WORLD_SIZE", "0", "WORLD_SIZE='0': not a whole number from 1 to 65,536"),
+    "pipeline_id_quote": (
+        "DIFFPREF_PIPELINE_ID",
+        "run' or '1'='1",
+        "DIFFPREF_PIPELINE_ID=\"run' or '1'='1\": use letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit, at most 100 characters (it names the pipeline's "
+        "MLflow run)",
+    ),
+    "pipeline_id_long": (
+        "DIFFPREF_PIPELINE_ID",
+        "r" * 101,
+        f"DIFFPREF_PIPELINE_ID='{'r' * 101}': use letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit, at most 100 characters (it names the pipeline's "
+        "MLflow run)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ENV_CASES)
+def test_bad_environment_variables_exit_2_naming_the_variable(tmp_path, capsys, monkeypatch, case):
+    name, value, message = ENV_CASES[case]
+    monkeypatch.setenv(name, value)
+    p = params(tmp_path)
+    assert run("check", p) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert run("prompts", p, "--threads", "1") == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("word", ["false", "0", "no", "off", "OFF", " False "])
+def test_diffpref_mlflow_false_means_off(tmp_path, monkeypatch, capsys, word):
+    """Before, only DIFFPREF_MLFLOW=0 was off: `false` created the store and logged."""
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("DIFFPREF_MLFLOW", word)
+    assert main(["tracking-init"]) == 0
+    assert not store.exists() and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("word", "on"), [("1", True), ("true", True), ("Yes", True), ("on", True), ("", True)]
+)
+def test_diffpref_mlflow_on_words(monkeypatch, word, on):
+    from diffpref import env
+
+    monkeypatch.setenv("DIFFPREF_MLFLOW", word)
+    assert env.mlflow_enabled() is on
+
+
+def test_snakemake_reads_params_yaml_through_diffpref_reader(tmp_path):
+    """The Snakefile has no `configfile:` (Snakemake's loader keeps the last of two keys and
+    checks no size, depth or alias count): common.smk reads params.yaml with diffpref's reader
+    before any rule exists, and validates the profile --config names. (That `--config
+    profile=smoke` still plans the smoke DAG: tests/test_dag.py.)"""
+    bomb, _ = _bomb(REPO_TEXT)
+    cases = {  # name: (params text, extra arguments, environment, message)
+        "bomb": (bomb, [], {}, "params.yaml: line "),
+        "shell_profile": (
+            REPO_TEXT,
+            ["--config", "profile=$(touch pwned)smoke"],
+            {},
+            "params.yaml: profile: '$(touch pwned)smoke' is not a valid profile name: ",
+        ),
+    }
+    keep = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DIFFPREF_"))
+    }
+    runs = {}
+    for name, (text, args, extra, _) in cases.items():
+        root = tmp_path / name
+        root.mkdir()
+        (root / "params.yaml").write_text(text)
+        (root / "src").symlink_to(REPO / "src")
+        runs[name] = subprocess.Popen(
+            ["snakemake", "-s", str(REPO / "Snakefile"), "-n", "-c1", *args],
+            cwd=root,
+            env={**keep, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    out = {name: p.communicate()[0] for name, p in runs.items()}
+    for name, (*_, message) in cases.items():
+        assert runs[name].returncode == 1 and message in out[name], out[name]
+        assert "alias *a3 takes the file past" in out["bomb"]
+        assert not (tmp_path / name / "pwned").exists()
+
+
 # --- prompt files ---------------------------------------------------------------------------
 
 GOOD = pd.DataFrame(
@@ -644,8 +912,30 @@ def test_a_prompt_with_a_single_candidate_is_left_out_of_every_label_file(tmp_pa
         assert set(pd.read_parquet(f).prompt_id) == {"p1"}, f.name
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_reward_stops_the_labels_stage_naming_prompt_and_candidate(
+    tmp_path, capsys, bad
+):
+    """One -inf made every smoothed (SmPO) label NaN (its min-max bounds), a NaN one an
+    "undesirable" pointwise image: refused, the previous labels kept."""
+    p = params(tmp_path)
+    results = tmp_path / "results"
+    rewards(results / "rewards", {"p1": [0.9, 0.1, 0.5], "p2": [0.2, 0.8, 0.5]})
+    assert run("labels", p, "--threads", "1") == 0
+    before = snapshot(results / "labels")
+    rewards(results / "rewards", {"p1": [0.9, 0.1, 0.5], "p2": [0.2, bad, 0.5]})
+    assert run("labels", p, "--threads", "1") == 2
+    assert capsys.readouterr().err == (
+        f"error: {results / 'rewards' / 'rewards.parquet'}: prompt 'p2' candidate 1: reward "
+        f"'fidelity' scored {bad}, not a finite number (1 such scores); fix the reward model "
+        "(float16 overflows to inf: rewards.dtype: float32) and rerun the rewards stage\n"
+    )
+    assert snapshot(results / "labels") == before
+
+
 def test_unknown_label_reward_exits_2(tmp_path, capsys):
-    p = params(tmp_path, {"labels": {"reward": "pickscore"}})
+    """A reward the params list (so `check` passes) that the rewards file lacks."""
+    p = params(tmp_path, {"labels": {"reward": "pickscore"}, "rewards": {"models": ["pickscore"]}})
     rewards(tmp_path / "results" / "rewards", {"p1": [0.9, 0.1]})
     assert run("labels", p, "--threads", "1") == 2
     assert "labels.reward: no scores for reward 'pickscore' (have ['fidelity'])" in (
