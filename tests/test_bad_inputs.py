@@ -641,6 +641,19 @@ def test_diffpref_mlflow_on_words(monkeypatch, word, on):
     assert env.mlflow_enabled() is on
 
 
+@pytest.mark.parametrize("threads", ["0", "-2", "99999", "two"])
+def test_threads_outside_1_to_1024_is_a_usage_error(tmp_path, capsys, threads):
+    p = params(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run("prompts", p, "--threads", threads)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"diffpref prompts: error: argument --threads: {threads!r}: use a whole number from 1 "
+        "to 1,024\n"
+    )
+    assert not (tmp_path / "results").exists()
+
+
 def test_snakemake_reads_params_yaml_through_diffpref_reader(tmp_path):
     """The Snakefile has no `configfile:` (Snakemake's loader keeps the last of two keys and
     checks no size, depth or alias count): common.smk reads params.yaml with diffpref's reader
