@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ import yaml
 from PIL import Image
 from tests.conftest import REPO
 
+from diffpref import config
 from diffpref import datasources as ds
 from diffpref.cli import main
 from diffpref.config import deep_merge
@@ -68,77 +70,339 @@ def _smoke_with(raw: dict, **train) -> None:
     raw["profiles"]["smoke"]["train"].update(train)
 
 
+# The rule of objective and profile names, as the messages state it (written out here, not
+# imported, so that a change of the rule shows in this file)
+RULE = "use letters, digits, '_' and '-', starting with a letter, at most 64 characters"
+OBJ = f"{RULE} (it names folders and DVC stages)"
+PROF = f"{RULE} (it is passed on every stage's command line and recorded in MLflow)"
+NOT_INT = "Input should be a valid integer, unable to parse string as an integer"
+NOT_NUM = "Input should be a valid number, unable to parse string as a number"
+EXTRA = "Extra inputs are not permitted"
+BOOL_INT = (
+    "Input should be a valid integer, not a boolean "
+    "(YAML reads true/false, yes/no and on/off as booleans)"
+)
+BOOL_NUM = BOOL_INT.replace("valid integer", "valid number")
+REWARDS = "'fidelity', 'quality', 'pickscore', 'clip_score', 'aesthetic', 'hpsv2' or 'imagereward'"
+INF, NAN = float("inf"), float("nan")
+
+
+def _profile(name):
+    """A copy of the smoke profile named ``name``, active."""
+    return lambda r: r.update(
+        profile=name, profiles={**r["profiles"], name: r["profiles"]["smoke"]}
+    )
+
+
+# case: (mutation of the repo's params.yaml, the whole message after "error: <params>: ")
 PARAMS_CASES = {
     # objective names become folders, DVC stage names and params keys
-    "objective_dotdot": (_objective(".."), "'..' is not a valid objective name"),
-    "objective_slash": (_objective("a/b"), "'a/b' is not a valid objective name"),
-    "objective_space": (_objective("a b"), "'a b' is not a valid objective name"),
-    "objective_empty": (_objective(""), "'' is not a valid objective name"),
-    "objective_leading_dot": (_objective(".dpo"), "'.dpo' is not a valid objective name"),
-    "objective_base": (_objective("base"), "'base' is reserved"),
-    "objective_case_clash": (_objective("DPO"), "objectives.dpo: same folder as objectives.DPO"),
-    "objective_no_loss": (_objective("x", {"beta": 1}), "objectives.x: needs a 'loss' key"),
-    "objective_unknown_loss": (_objective("x", {"loss": "nope"}), "objectives.x: loss:"),
-    "objective_wrong_type": (_set("objectives", dpo={"loss": "dpo", "beta": "big"}), "dpo.beta"),
-    "objective_range": (_set("objectives", dpo={"loss": "dpo", "beta": 0}), "dpo.beta"),
+    "objective_dotdot": (
+        _objective(".."),
+        f"objectives...: '..' is not a valid objective name: {OBJ}",
+    ),
+    "objective_slash": (
+        _objective("a/b"),
+        f"objectives.a/b: 'a/b' is not a valid objective name: {OBJ}",
+    ),
+    "objective_space": (
+        _objective("a b"),
+        f"objectives.a b: 'a b' is not a valid objective name: {OBJ}",
+    ),
+    "objective_empty": (_objective(""), f"objectives.: '' is not a valid objective name: {OBJ}"),
+    "objective_leading_dot": (
+        _objective(".dpo"),
+        f"objectives..dpo: '.dpo' is not a valid objective name: {OBJ}",
+    ),
+    "objective_digit": (
+        _objective("1e3"),
+        f"objectives.1e3: '1e3' is not a valid objective name: {OBJ}",
+    ),
+    "objective_long": (
+        _objective("o" * 65),
+        f"objectives.{'o' * 65}: '{'o' * 65}' is not a valid objective name: {OBJ}",
+    ),
+    "objective_base": (
+        _objective("base"),
+        "objectives.base: 'base' is reserved for the untrained model",
+    ),
+    "objective_case_clash": (
+        _objective("DPO"),
+        "objectives.dpo: same folder as objectives.DPO on a case-insensitive file system; "
+        "rename one",
+    ),
+    "objective_no_loss": (
+        _objective("x", {"beta": 1}),
+        "objectives.x: needs a 'loss' key naming a registered loss",
+    ),
+    "objective_unknown_loss": (
+        _objective("x", {"loss": "nope"}),
+        "objectives.x: loss: unknown loss 'nope'; known losses: agsm, dpo, kto, lair, mapo, "
+        "sft, smpo, softrepa",
+    ),
+    "objective_wrong_type": (
+        _set("objectives", dpo={"loss": "dpo", "beta": "big"}),
+        f"objectives.dpo.beta: {NOT_NUM}",
+    ),
+    "objective_range": (
+        _set("objectives", dpo={"loss": "dpo", "beta": 0}),
+        "objectives.dpo.beta: Input should be greater than 0",
+    ),
     "objective_unknown_key": (
         _set("objectives", dpo={"loss": "dpo", "beta": 1, "betta": 1}),
-        "dpo.betta",
+        f"objectives.dpo.betta: {EXTRA}",
     ),
     "objective_train_range": (
         _set("objectives", dpo={"loss": "dpo", "beta": 2500, "train": {"steps": 0}}),
-        "objectives.dpo.train.steps",
+        "objectives.dpo.train.steps: Input should be greater than or equal to 1",
     ),
     # the top level and every section: wrong type, out of range, unknown key
-    "top_wrong_type": (lambda r: r.update(seed="zero"), ": seed:"),
-    "top_range": (lambda r: r.update(train_seeds=[]), ": train_seeds:"),
-    "top_unknown_key": (lambda r: r.update(sed=1), ": sed:"),
-    "world_wrong_type": (_set("world", item_size="big"), "world.item_size"),
-    "world_unknown_key": (_set("world", itemsize=14), "world.itemsize"),
-    "backbone_wrong_type": (_set("backbone", kind="sd3"), "backbone.kind"),
-    "backbone_range": (_set("backbone", resolution=4), "backbone.resolution"),
-    "backbone_unknown_key": (_set("backbone", weights="x"), "backbone.weights"),
-    "sampling_wrong_type": (_set("sampling", steps="many"), "sampling.steps"),
-    "sampling_range": (_set("sampling", steps=0), "sampling.steps"),
-    "sampling_unknown_key": (_set("sampling", step=8), "sampling.step"),
-    "prompts_wrong_type": (_set("prompts", n_train="all"), "prompts.n_train"),
-    "prompts_range": (_set("prompts", eval_fraction=1.0), "prompts.eval_fraction"),
-    "prompts_unknown_key": (_set("prompts", path="p.txt"), "prompts.path"),
-    "candidates_wrong_type": (_set("candidates", k="four"), "candidates.k"),
-    "candidates_range": (_set("candidates", k=1), "candidates.k"),
-    "candidates_unknown_key": (_set("candidates", K=4), "candidates.K"),
-    "rewards_wrong_type": (_set("rewards", batch_size="big"), "rewards.batch_size"),
-    "rewards_range": (_set("rewards", models=[]), "rewards.models"),
-    "rewards_unknown_key": (_set("rewards", model=["x"]), "rewards.model"),
+    "top_wrong_type": (lambda r: r.update(seed="zero"), f"seed: {NOT_INT}"),
+    "top_range": (
+        lambda r: r.update(train_seeds=[]),
+        "train_seeds: List should have at least 1 item after validation, not 0",
+    ),
+    "top_unknown_key": (lambda r: r.update(sed=1), f"sed: {EXTRA}"),
+    "world_wrong_type": (_set("world", item_size="big"), f"world.item_size: {NOT_INT}"),
+    "world_unknown_key": (_set("world", itemsize=14), f"world.itemsize: {EXTRA}"),
+    "backbone_wrong_type": (
+        _set("backbone", kind="sd3"),
+        "backbone.kind: Input should be 'embedded', 'sd15' or 'sdxl'",
+    ),
+    "backbone_range": (
+        _set("backbone", resolution=4),
+        "backbone.resolution: Input should be greater than or equal to 8",
+    ),
+    "backbone_unknown_key": (_set("backbone", weights="x"), f"backbone.weights: {EXTRA}"),
+    "sampling_wrong_type": (_set("sampling", steps="many"), f"sampling.steps: {NOT_INT}"),
+    "sampling_range": (
+        _set("sampling", steps=0),
+        "sampling.steps: Input should be greater than or equal to 1",
+    ),
+    "sampling_unknown_key": (_set("sampling", step=8), f"sampling.step: {EXTRA}"),
+    "prompts_wrong_type": (_set("prompts", n_train="all"), f"prompts.n_train: {NOT_INT}"),
+    "prompts_range": (
+        _set("prompts", eval_fraction=1.0),
+        "prompts.eval_fraction: Input should be less than 1",
+    ),
+    "prompts_unknown_key": (_set("prompts", path="p.txt"), f"prompts.path: {EXTRA}"),
+    "candidates_wrong_type": (_set("candidates", k="four"), f"candidates.k: {NOT_INT}"),
+    "candidates_range": (
+        _set("candidates", k=1),
+        "candidates.k: Input should be greater than or equal to 2",
+    ),
+    "candidates_unknown_key": (_set("candidates", K=4), f"candidates.K: {EXTRA}"),
+    "rewards_wrong_type": (_set("rewards", batch_size="big"), f"rewards.batch_size: {NOT_INT}"),
+    "rewards_range": (
+        _set("rewards", models=[]),
+        "rewards.models: List should have at least 1 item after validation, not 0",
+    ),
+    "rewards_unknown_key": (_set("rewards", model=["x"]), f"rewards.model: {EXTRA}"),
     "rewards_source_wrong_type": (
         _set("rewards", sources={"hpsv2": {"trust_pickle": "maybe"}}),
-        "rewards.sources.hpsv2",
+        "rewards.sources.hpsv2.RewardSource.trust_pickle: Input should be a valid boolean, "
+        "unable to interpret input",
     ),
-    "labels_wrong_type": (_set("labels", tie_threshold="small"), "labels.tie_threshold"),
-    "labels_range": (_set("labels", tie_threshold=-1), "labels.tie_threshold"),
-    "labels_unknown_key": (_set("labels", tie=0.1), "labels.tie"),
-    "train_wrong_type": (_set("train", lr="fast"), "train.lr"),
-    "train_range": (_set("train", lr=0), "train.lr"),
-    "train_unknown_key": (_set("train", learning_rate=1e-3), "train.learning_rate"),
-    "evaluate_wrong_type": (_set("evaluate", seeds="0,1"), "evaluate.seeds"),
-    "evaluate_range": (_set("evaluate", bootstrap=5), "evaluate.bootstrap"),
-    "evaluate_unknown_key": (_set("evaluate", seed=[0]), "evaluate.seed"),
-    "report_wrong_type": (_set("report", grid_prompts="all"), "report.grid_prompts"),
-    "report_range": (_set("report", grid_prompts=0), "report.grid_prompts"),
-    "report_unknown_key": (_set("report", grid=4), "report.grid"),
-    # profiles
-    "unknown_profile": (lambda r: r.update(profile="huge"), "profile: unknown profile 'huge'"),
-    "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), "train.lr_x"),
+    "labels_wrong_type": (
+        _set("labels", tie_threshold="small"),
+        f"labels.tie_threshold: {NOT_NUM}",
+    ),
+    "labels_range": (
+        _set("labels", tie_threshold=-1),
+        "labels.tie_threshold: Input should be greater than or equal to 0",
+    ),
+    "labels_unknown_key": (_set("labels", tie=0.1), f"labels.tie: {EXTRA}"),
+    "train_wrong_type": (_set("train", lr="fast"), f"train.lr: {NOT_NUM}"),
+    "train_range": (_set("train", lr=0), "train.lr: Input should be greater than 0"),
+    "train_unknown_key": (_set("train", learning_rate=1e-3), f"train.learning_rate: {EXTRA}"),
+    "evaluate_wrong_type": (
+        _set("evaluate", seeds="0,1"),
+        "evaluate.seeds: Input should be a valid list",
+    ),
+    "evaluate_range": (
+        _set("evaluate", bootstrap=5),
+        "evaluate.bootstrap: Input should be greater than or equal to 10",
+    ),
+    "evaluate_unknown_key": (_set("evaluate", seed=[0]), f"evaluate.seed: {EXTRA}"),
+    "report_wrong_type": (_set("report", grid_prompts="all"), f"report.grid_prompts: {NOT_INT}"),
+    "report_range": (
+        _set("report", grid_prompts=0),
+        "report.grid_prompts: Input should be greater than or equal to 1",
+    ),
+    "report_unknown_key": (_set("report", grid=4), f"report.grid: {EXTRA}"),
+    # floats are finite (YAML reads .inf, .nan; 1e309 overflows to inf)
+    "beta_inf": (
+        _set("objectives", dpo={"loss": "dpo", "beta": INF}),
+        "objectives.dpo.beta: Input should be a finite number (got inf)",
+    ),
+    "listwise_tau_inf": (
+        _set("labels", listwise_tau=INF),
+        "labels.listwise_tau: Input should be a finite number (got inf)",
+    ),
+    "pointwise_threshold_nan": (
+        _set("labels", pointwise_threshold=NAN),
+        "labels.pointwise_threshold: Input should be a finite number (got nan)",
+    ),
+    "train_override_inf": (
+        _set("objectives", mapo={"loss": "mapo", "train": {"lr": -INF}}),
+        "objectives.mapo.train.lr: Input should be a finite number (got -inf)",
+    ),
+    "rethinking_inf": (
+        _set("objectives", dpo={"loss": "dpo", "beta": 1, "rethinking": {"delta": INF}}),
+        "objectives.dpo.rethinking.delta: Input should be a finite number (got inf)",
+    ),
+    "world_nan": (
+        _set("world", unet_lr=NAN),
+        "world.unet_lr: Input should be a finite number (got nan)",
+    ),
+    "category_mix_inf": (
+        _set("world", category_mix={"single": INF}),
+        "world.category_mix.single: Input should be a finite number (got inf)",
+    ),
+    "tracking_inf": (
+        _set("tracking", large_artifact_mb=INF),
+        "tracking.large_artifact_mb: Input should be a finite number (got inf)",
+    ),
+    # booleans are no numbers (pydantic would read true as 1)
+    "steps_true": (_set("train", steps=True), f"train.steps: {BOOL_INT}"),
+    "k_true": (_set("candidates", k=True), f"candidates.k: {BOOL_INT}"),
+    "threshold_false": (_set("labels", tie_threshold=False), f"labels.tie_threshold: {BOOL_NUM}"),
+    "seed_list_true": (lambda r: r.update(train_seeds=[0, True]), f"train_seeds.1: {BOOL_INT}"),
+    "objective_param_true": (
+        _set("objectives", smpo={"loss": "smpo", "beta": 1, "inversion_steps": True}),
+        f"objectives.smpo.inversion_steps: {BOOL_INT}",
+    ),
+    "override_true": (
+        _set("objectives", sft={"loss": "sft", "train": {"steps": True}}),
+        f"objectives.sft.train.steps: {BOOL_INT}",
+    ),
+    # sizes that allocate or loop have an upper bound
+    "bootstrap_huge": (
+        _set("evaluate", bootstrap=10**9),
+        "evaluate.bootstrap: Input should be less than or equal to 100000",
+    ),
+    "n_train_huge": (
+        _set("prompts", n_train=10**9),
+        "prompts.n_train: Input should be less than or equal to 1000000",
+    ),
+    "k_huge": (
+        _set("candidates", k=10**4),
+        "candidates.k: Input should be less than or equal to 64",
+    ),
+    "batch_huge": (
+        _set("train", batch_size=10**8),
+        "train.batch_size: Input should be less than or equal to 65536",
+    ),
+    "sampling_steps_huge": (
+        _set("sampling", steps=10**6),
+        "sampling.steps: Input should be less than or equal to 1000",
+    ),
+    "grid_huge": (
+        _set("report", grid_prompts=10**4),
+        "report.grid_prompts: Input should be less than or equal to 64",
+    ),
+    "world_huge": (
+        _set("world", n_canvases=10**10),
+        "world.n_canvases: Input should be less than or equal to 1000000",
+    ),
+    "objective_size_huge": (
+        _set("objectives", agsm={"loss": "agsm", "n_tokens": 10**6}),
+        "objectives.agsm.n_tokens: Input should be less than or equal to 256",
+    ),
+    "train_seeds_many": (
+        lambda r: r.update(train_seeds=list(range(100))),
+        "train_seeds: List should have at most 32 items after validation, not 100",
+    ),
+    "eval_seeds_many": (
+        _set("evaluate", seeds=list(range(1000))),
+        "evaluate.seeds: List should have at most 64 items after validation, not 1000",
+    ),
+    "seed_negative": (
+        lambda r: r.update(seed=-1),
+        "seed: Input should be greater than or equal to 0",
+    ),
+    "seed_huge": (
+        lambda r: r.update(seed=2**40),
+        "seed: Input should be less than or equal to 4294967295",
+    ),
+    "resources_huge": (
+        lambda r: r["resources"]["embedded"]["default"].update(mem_mb=10**12),
+        "resources.embedded.default.mem_mb: Input should be less than or equal to 100000000",
+    ),
+    # free text that names things
+    "reward_unknown": (
+        _set("rewards", models=["fidelity", "qualty"]),
+        f"rewards.models.1: Input should be {REWARDS}",
+    ),
+    "reward_repeated": (
+        _set("rewards", models=["fidelity", "fidelity"]),
+        "rewards.models: repeated reward models in ['fidelity', 'fidelity']: score each once",
+    ),
+    "reward_source_unknown": (
+        _set("rewards", sources={"pickscor": "models/pickscore"}),
+        f"rewards.sources.pickscor.[key]: Input should be {REWARDS}",
+    ),
+    "label_reward_unscored": (
+        _set("labels", reward="pickscore"),
+        "labels.reward: 'pickscore' is not scored: use one of rewards.models ['fidelity', "
+        "'quality'] (or 'human' for imported preferences)",
+    ),
+    "path_nul": (
+        _set("prompts", source="file", file="data/a\x00b.txt"),
+        "prompts.file: Text should hold no control characters (found '\\x00')",
+    ),
+    "path_long": (
+        _set("prompts", source="file", file="x" * 5000),
+        "prompts.file: String should have at most 4096 characters",
+    ),
+    "column_empty": (
+        _set("prompts", column=""),
+        "prompts.column: String should have at least 1 character",
+    ),
+    # profiles: their names pass on command lines and into MLflow, like objective names
+    "unknown_profile": (
+        lambda r: r.update(profile="huge"),
+        "profile: unknown profile 'huge' (known: default, sd15, sd15-bench, sdxl, smoke)",
+    ),
+    "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), f"train.lr_x: {EXTRA}"),
+    "profile_shell": (
+        _profile("$(touch pwned)smoke"),
+        f"profiles.$(touch pwned)smoke: '$(touch pwned)smoke' is not a valid profile name: {PROF}",
+    ),
+    "profile_space": (
+        _profile("smoke test!"),
+        f"profiles.smoke test!: 'smoke test!' is not a valid profile name: {PROF}",
+    ),
+    "profile_long": (
+        _profile("p" * 65),
+        f"profiles.{'p' * 65}: '{'p' * 65}' is not a valid profile name: {PROF}",
+    ),
+    "profile_digit": (
+        _profile("1smoke"),
+        f"profiles.1smoke: '1smoke' is not a valid profile name: {PROF}",
+    ),
+    "profile_number": (
+        lambda r: r.update(profile=1),
+        f"profile: 1 is not a valid profile name: YAML reads it as a number; {PROF}",
+    ),
+    "profile_default": (
+        lambda r: r["profiles"].update(default={"seed": 1}),
+        "profiles.default: 'default' is reserved for the values outside profiles:; rename it",
+    ),
+    "profile_not_mapping": (
+        lambda r: r["profiles"].update(smoke=3),
+        "profiles.smoke: must be a mapping of overrides",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", PARAMS_CASES)
 def test_bad_params_exit_2_naming_file_and_key_before_any_work(tmp_path, capsys, case):
-    mutate, needle = PARAMS_CASES[case]
+    mutate, message = PARAMS_CASES[case]
     p = params(tmp_path, mutate=mutate)
     assert run("check", p) == 2
     checked = capsys.readouterr().err
-    assert checked.startswith(f"error: {p}: ") and needle in checked, checked
+    assert checked == f"error: {p}: {message}\n"
     assert run("prompts", p) == 2
     assert capsys.readouterr().err == checked
     assert not (tmp_path / "results").exists()
@@ -148,6 +412,285 @@ def test_check_finds_an_unknown_key_in_a_profile_that_is_not_active(tmp_path, ca
     p = params(tmp_path, mutate=lambda r: r["profiles"]["smoke"]["train"].update(lr_x=1))
     assert run("check", p) == 2
     assert f"error: profile smoke: {p}: train.lr_x: Extra inputs" in capsys.readouterr().err
+
+
+# --- the params file itself: what YAML would silently accept -----------------------------------
+
+REPO_TEXT = (REPO / "params.yaml").read_text()
+
+
+def _line(text: str, start: str) -> int:
+    """The number (from 1) of the first line starting with ``start``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(start))
+
+
+def _after(text: str, start: str, new: str) -> tuple[str, int]:
+    """``text`` with the lines ``new`` inserted after the line starting with ``start``, and
+    the number of the first inserted line."""
+    at = _line(text, start)
+    lines = text.splitlines(keepends=True)
+    return "".join([*lines[:at], new, *lines[at:]]), at + 1
+
+
+def _bomb(text: str) -> tuple[str, str]:
+    """A profile holding nine levels of ten aliases: 10^9 values once expanded."""
+    rows = ["  bomb:\n", "    x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"]
+    rows += [f"    x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)]
+    text, first = _after(text, "profiles:", "".join(rows))
+    return text, (  # the running count passes the budget within x4's aliases of x3
+        f"line {first + 5}: alias *a3 takes the file past 100,000 values (aliases expanded): "
+        "an alias bomb, or far more than params need"
+    )
+
+
+def _second_objectives(text: str) -> tuple[str, str]:
+    first = _line(text, "objectives:")
+    text += "objectives:\n  dpo: {loss: dpo, beta: 1}\n"
+    return (
+        text,
+        f"line {len(text.splitlines()) - 1}: duplicate key 'objectives' (first at line {first})",
+    )
+
+
+def _second_beta(text: str) -> tuple[str, str]:
+    text, at = _after(text, "  dpo: ", "    beta: 1\n")
+    first = at + next(i for i, line in enumerate(text.splitlines()[at:]) if "beta:" in line)
+    return text, f"line {first + 1}: duplicate key 'beta' (first at line {at})"
+
+
+def _key(key: str, kind: str, start: str = "objectives:", entry: str = "{loss: dpo, beta: 1}"):
+    def case(text: str) -> tuple[str, str]:
+        text, at = _after(text, start, f"  {key}: {entry}\n")
+        return text, f"line {at}: key '{key}' is read by YAML as {kind}; quote it ('{key}')"
+
+    return case
+
+
+def _replace(old: str, new: str, message: str):
+    def case(text: str) -> tuple[str, str]:
+        assert old in text
+        out = text.replace(old, new, 1)
+        return out, message.format(line=_line(out, new.strip("\n").split("\n")[0]))
+
+    return case
+
+
+def _cycle(text: str) -> tuple[str, str]:
+    text, at = _after(text, "profile:", "cycle: &c [*c]\n")
+    return text, f"line {at}: alias *c inside its own anchor (a cycle)"
+
+
+def _deep(text: str) -> tuple[str, str]:
+    text, at = _after(text, "profile:", f"deep: {'[' * 40}{']' * 40}\n")
+    return text, f"line {at}: nested more than 32 levels deep"
+
+
+def _not_utf8(text: str) -> tuple[bytes, str]:
+    data = text.encode().replace(b"# diffpref: the one", b"# diffpref: caf\xe9 the one", 1)
+    return data, f"line {_line(text, '# diffpref')}: not UTF-8 (byte 0xe9); save the file as UTF-8"
+
+
+def _control(text: str) -> tuple[str, str]:
+    text = text.replace("# diffpref: the one", "# diffpref:\x07 the one", 1)
+    message = "not valid YAML: control character #x0007 (special characters are not allowed)"
+    return text, f"line {_line(text, '# diffpref')}: {message}"
+
+
+def _big(text: str) -> tuple[str, str]:
+    return text + "# " + "x" * (1 << 20) + "\n", (
+        "over 1,048,576 bytes (1 MiB), the limit of a params file: is it the right file?"
+    )
+
+
+TEXT_CASES = {
+    "alias_bomb_in_profile": _bomb,
+    "duplicate_section": _second_objectives,
+    "duplicate_key": _second_beta,
+    "objective_named_1": _key("1", "a number"),
+    "objective_named_yes": _key("yes", "a boolean"),
+    "objective_named_date": _key("2024-01-01", "a date"),
+    "profile_named_null": _key("~", "null", "profiles:", "{seed: 1}"),
+    "alias_cycle": _cycle,
+    "nested_too_deep": _deep,
+    "not_utf8": _not_utf8,
+    "control_character": _control,
+    "too_big": _big,
+    "not_yaml": _replace(
+        "\nseed: 0 ",
+        "\nseed: @0 ",
+        "line {line}: not valid YAML: found character '@' that cannot start any token",
+    ),
+    "lr_1e309": _replace(
+        "  lr: 1.0e-3",
+        "  lr: 1e309",
+        "train.lr: Input should be a finite number (got '1e309')",
+    ),
+    "beta_dot_inf": _replace(
+        "    beta: 2500\n  dpo_hinge:",
+        "    beta: .inf\n  dpo_hinge:",
+        "objectives.dpo.beta: Input should be a finite number (got inf)",
+    ),
+    "steps_yes": _replace("  steps: 120", "  steps: yes", f"train.steps: {BOOL_INT}"),
+}
+
+
+@pytest.mark.parametrize("case", TEXT_CASES)
+def test_params_file_traps_exit_2_naming_the_line(tmp_path, capsys, case):
+    """The hardened reader (diffpref.config.loader): limits checked while composing, so an
+    alias bomb is refused in well under a second, never expanded."""
+    content, message = TEXT_CASES[case](f"results: {tmp_path / 'results'}\n{REPO_TEXT}")
+    p = tmp_path / "params.yaml"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    start = time.perf_counter()
+    assert run("check", p) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert err == f"error: {p}: {message}\n"
+    assert run("prompts", p) == 2
+    assert capsys.readouterr().err == err
+    assert not (tmp_path / "results").exists()
+
+
+def test_aliases_within_the_budget_still_work(tmp_path):
+    """The positive control of the alias budget: a profile that is an alias of another (a
+    merge key and a plain alias) loads as that profile."""
+    assert REPO_TEXT.rstrip().splitlines()[-1].startswith("    ")  # profiles: is the last key
+    text = REPO_TEXT.replace("  smoke: ", "  smoke: &smoke ", 1)
+    text += "  smoke_alias: *smoke\n  smoke_merged:\n    <<: *smoke\n    seed: 7\n"
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    smoke = config.load(p, "smoke")[0].model_dump(exclude={"profile"})
+    assert config.load(p, "smoke_alias")[0].model_dump(exclude={"profile"}) == smoke
+    merged = config.load(p, "smoke_merged")[0].model_dump(exclude={"profile"})
+    assert merged == {**smoke, "seed": 7}
+    assert main(["check", "--params", str(p)]) == 0
+
+
+# --- environment variables ------------------------------------------------------------------
+
+ENV_CASES = {
+    "mlflow_switch": (
+        "DIFFPREF_MLFLOW",
+        "maybe",
+        "DIFFPREF_MLFLOW='maybe': not a switch; use one of 1, true, yes, on (on) or 0, false, "
+        "no, off (off)",
+    ),
+    "threads_text": (
+        "DIFFPREF_THREADS",
+        "two",
+        "DIFFPREF_THREADS='two': not a whole number from 0 to 1,024",
+    ),
+    "threads_huge": (
+        "DIFFPREF_THREADS",
+        "99999",
+        "DIFFPREF_THREADS='99999': not a whole number from 0 to 1,024",
+    ),
+    "rank_negative": ("RANK", "-1", "RANK='-1': not a whole number from 0 to 65,535"),
+    "local_rank_text": (
+        "LOCAL_RANK",
+        "gpu0",
+        "LOCAL_RANK='gpu0': not a whole number from 0 to 65,535",
+    ),
+    "world_size_zero": ("WORLD_SIZE", "0", "WORLD_SIZE='0': not a whole number from 1 to 65,536"),
+    "pipeline_id_quote": (
+        "DIFFPREF_PIPELINE_ID",
+        "run' or '1'='1",
+        "DIFFPREF_PIPELINE_ID=\"run' or '1'='1\": use letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit, at most 100 characters (it names the pipeline's "
+        "MLflow run)",
+    ),
+    "pipeline_id_long": (
+        "DIFFPREF_PIPELINE_ID",
+        "r" * 101,
+        f"DIFFPREF_PIPELINE_ID='{'r' * 101}': use letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit, at most 100 characters (it names the pipeline's "
+        "MLflow run)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ENV_CASES)
+def test_bad_environment_variables_exit_2_naming_the_variable(tmp_path, capsys, monkeypatch, case):
+    name, value, message = ENV_CASES[case]
+    monkeypatch.setenv(name, value)
+    p = params(tmp_path)
+    assert run("check", p) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert run("prompts", p, "--threads", "1") == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("word", ["false", "0", "no", "off", "OFF", " False "])
+def test_diffpref_mlflow_false_means_off(tmp_path, monkeypatch, capsys, word):
+    """Before, only DIFFPREF_MLFLOW=0 was off: `false` created the store and logged."""
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("DIFFPREF_MLFLOW", word)
+    assert main(["tracking-init"]) == 0
+    assert not store.exists() and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("word", "on"), [("1", True), ("true", True), ("Yes", True), ("on", True), ("", True)]
+)
+def test_diffpref_mlflow_on_words(monkeypatch, word, on):
+    from diffpref import env
+
+    monkeypatch.setenv("DIFFPREF_MLFLOW", word)
+    assert env.mlflow_enabled() is on
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "99999", "two"])
+def test_threads_outside_1_to_1024_is_a_usage_error(tmp_path, capsys, threads):
+    p = params(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run("prompts", p, "--threads", threads)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"diffpref prompts: error: argument --threads: {threads!r}: use a whole number from 1 "
+        "to 1,024\n"
+    )
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_reads_params_yaml_through_diffpref_reader(tmp_path):
+    """The Snakefile has no `configfile:` (Snakemake's loader keeps the last of two keys and
+    checks no size, depth or alias count): common.smk reads params.yaml with diffpref's reader
+    before any rule exists, and validates the profile --config names. (That `--config
+    profile=smoke` still plans the smoke DAG: tests/test_dag.py.)"""
+    bomb, _ = _bomb(REPO_TEXT)
+    cases = {  # name: (params text, extra arguments, environment, message)
+        "bomb": (bomb, [], {}, "params.yaml: line "),
+        "shell_profile": (
+            REPO_TEXT,
+            ["--config", "profile=$(touch pwned)smoke"],
+            {},
+            "params.yaml: profile: '$(touch pwned)smoke' is not a valid profile name: ",
+        ),
+    }
+    keep = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DIFFPREF_"))
+    }
+    runs = {}
+    for name, (text, args, extra, _) in cases.items():
+        root = tmp_path / name
+        root.mkdir()
+        (root / "params.yaml").write_text(text)
+        (root / "src").symlink_to(REPO / "src")
+        runs[name] = subprocess.Popen(
+            ["snakemake", "-s", str(REPO / "Snakefile"), "-n", "-c1", *args],
+            cwd=root,
+            env={**keep, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    out = {name: p.communicate()[0] for name, p in runs.items()}
+    for name, (*_, message) in cases.items():
+        assert runs[name].returncode == 1 and message in out[name], out[name]
+        assert "alias *a3 takes the file past" in out["bomb"]
+        assert not (tmp_path / name / "pwned").exists()
 
 
 # --- prompt files ---------------------------------------------------------------------------
@@ -382,8 +925,30 @@ def test_a_prompt_with_a_single_candidate_is_left_out_of_every_label_file(tmp_pa
         assert set(pd.read_parquet(f).prompt_id) == {"p1"}, f.name
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_reward_stops_the_labels_stage_naming_prompt_and_candidate(
+    tmp_path, capsys, bad
+):
+    """One -inf made every smoothed (SmPO) label NaN (its min-max bounds), a NaN one an
+    "undesirable" pointwise image: refused, the previous labels kept."""
+    p = params(tmp_path)
+    results = tmp_path / "results"
+    rewards(results / "rewards", {"p1": [0.9, 0.1, 0.5], "p2": [0.2, 0.8, 0.5]})
+    assert run("labels", p, "--threads", "1") == 0
+    before = snapshot(results / "labels")
+    rewards(results / "rewards", {"p1": [0.9, 0.1, 0.5], "p2": [0.2, bad, 0.5]})
+    assert run("labels", p, "--threads", "1") == 2
+    assert capsys.readouterr().err == (
+        f"error: {results / 'rewards' / 'rewards.parquet'}: prompt 'p2' candidate 1: reward "
+        f"'fidelity' scored {bad}, not a finite number (1 such scores); fix the reward model "
+        "(float16 overflows to inf: rewards.dtype: float32) and rerun the rewards stage\n"
+    )
+    assert snapshot(results / "labels") == before
+
+
 def test_unknown_label_reward_exits_2(tmp_path, capsys):
-    p = params(tmp_path, {"labels": {"reward": "pickscore"}})
+    """A reward the params list (so `check` passes) that the rewards file lacks."""
+    p = params(tmp_path, {"labels": {"reward": "pickscore"}, "rewards": {"models": ["pickscore"]}})
     rewards(tmp_path / "results" / "rewards", {"p1": [0.9, 0.1]})
     assert run("labels", p, "--threads", "1") == 2
     assert "labels.reward: no scores for reward 'pickscore' (have ['fidelity'])" in (

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from tests.conftest import REPO
 
-from diffpref import config
+from diffpref import config, registry
 from diffpref.cli import main
 from diffpref.config import dag
 
@@ -239,3 +239,50 @@ def test_why_names_the_jobs_there_are(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no job 'train@x-0' in this DAG (jobs: world, prompts, ")
     assert "train@dpo-0" in err and "evaluate_base" in err
+
+
+def _all_settings() -> list[type]:
+    """Every params model: the schema's, the world's, each loss's (and Rethinking's)."""
+    import importlib
+
+    from diffpref.settings import Settings
+
+    for loss in registry.LOSSES:
+        importlib.import_module(registry.loss_module(loss))
+    importlib.import_module("diffpref.objectives.rethinking")
+    found, todo = [], [Settings]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return [c for c in found if c.__module__.startswith("diffpref.")]
+
+
+def _bare_numbers(tp: object, meta: tuple = ()) -> list[object]:
+    """The ``int``/``float`` inside annotation ``tp`` that lack the no-boolean check of
+    :data:`diffpref.settings.Int` / ``Float``."""
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *more = typing.get_args(tp)
+        return _bare_numbers(base, (*meta, *more))
+    if tp in (int, float):
+        checked = any(
+            getattr(getattr(m, "func", None), "__qualname__", "").startswith("_not_bool")
+            for m in meta
+        )
+        return [] if checked else [tp]
+    return [b for arg in typing.get_args(tp) for b in _bare_numbers(arg)]
+
+
+def test_every_number_in_every_params_model_is_finite_and_no_boolean():
+    """Int/Float everywhere (a new field typed plain ``int`` fails here), and every model
+    refuses NaN and ±inf."""
+    models = _all_settings()
+    assert {m.__name__ for m in models} >= {"Config", "TrainParams", "WorldParams", "Params"}
+    assert len([m for m in models if m.__name__ == "Params"]) >= len(registry.LOSSES)
+    bare = {}
+    for model in models:
+        assert model.model_config.get("allow_inf_nan") is False, model
+        for name, field in model.model_fields.items():
+            if found := _bare_numbers(field.annotation, tuple(field.metadata)):
+                bare[f"{model.__module__}.{model.__name__}.{name}"] = found
+    assert not bare, bare

@@ -65,3 +65,38 @@ def test_unknown_reward_is_clear():
     df = pd.DataFrame({"prompt_id": ["a"], "cand_idx": [0], "reward": ["q"], "score": [1.0]})
     with pytest.raises(ValueError, match=r"labels\.reward"):
         labels.score_matrix(df, "fidelity")
+
+
+def test_a_candidate_without_a_score_gets_no_label_of_any_kind():
+    """A prompt scored on 2 of its 3 candidates: pairs among the two, no listwise list (LAIR
+    needs all K), and no pointwise label for the unscored one (it was "undesirable", with a
+    NaN score, before)."""
+    rewards = pd.DataFrame(
+        {
+            "prompt_id": ["a"] * 3 + ["b"] * 2,
+            "cand_idx": [0, 1, 2, 0, 2],
+            "reward": "fidelity",
+            "score": [0.9, 0.1, 0.5, 0.8, 0.2],
+        }
+    )
+    scores = labels.score_matrix(rewards, "fidelity")
+    pairs = labels.pairwise(scores, 0.05)
+    tables = {
+        "pairwise": pairs,
+        "smoothed": labels.smoothed(pairs, scores),
+        "listwise": labels.listwise(scores, 0.5, True),
+        "pointwise": labels.pointwise(scores, None),
+        "pointwise_threshold": labels.pointwise(scores, 0.3),
+    }
+    for name, df in tables.items():
+        assert not df.isna().any().any(), name
+    assert set(zip(pairs.prompt_id, pairs.winner, pairs.loser)) >= {("b", 0, 2)}
+    assert set(tables["listwise"].prompt_id) == {"a"}
+    for name in ("pointwise", "pointwise_threshold"):
+        assert set(zip(tables[name].prompt_id, tables[name].cand_idx)) == {
+            ("a", 0),
+            ("a", 1),
+            ("a", 2),
+            ("b", 0),
+            ("b", 2),
+        }, name

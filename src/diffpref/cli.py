@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffpref import config as config_mod
-from diffpref import launch, settings
+from diffpref import env, launch, settings
 from diffpref.config import dag
 from diffpref.stages import STAGES
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"run the {name} stage")
         s.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         s.add_argument("--profile", default=None, help="override the file's `profile`")
-        s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        s.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
         if name in ("train", "evaluate"):
             s.add_argument(
                 "--objective", required=True, help="objective name (evaluate also takes 'base')"
@@ -88,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _threads(text: str) -> int:
+    """``--threads``: 1 to 1024 (argparse reports anything else as a usage error, exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= env.MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a whole number from 1 to 1,024")
+    return n
+
+
 def _clean_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Bad input found by a stage or by ``check`` (:class:`diffpref.io.InputError`: a prompt
     file, a shard, a damaged artifact) ends like bad params: the message, no traceback, exit
@@ -101,15 +112,16 @@ def _clean_errors(main: Callable[..., int]) -> Callable[..., int]:
 
         try:
             return main(argv)
-        except (InputError, DiskFull) as e:
+        except (InputError, env.EnvError, DiskFull) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2 if isinstance(e, InputError) else 1
+            return 1 if isinstance(e, DiskFull) else 2
 
     return wrapped
 
 
 @_clean_errors
 def main(argv: list[str] | None = None) -> int:
+    env.check()  # a bad environment variable: one line, exit 2, before anything else
     launch.die_with_launcher()
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -202,7 +214,7 @@ def tracking_init(replay_only: bool = False) -> int:
     a store that cannot be used (out-of-date schema, server down) stops the workflow before any
     work rather than leaving each stage's record for later. Then write the records stages
     kept while the store was unreachable (:func:`diffpref.tracking.replay`)."""
-    if os.environ.get("DIFFPREF_MLFLOW", "1") == "0":
+    if not env.mlflow_enabled():
         return 0
     from mlflow.exceptions import MlflowException
 
@@ -259,7 +271,7 @@ def run_stage(
 
     from diffpref import stages, tracking
 
-    threads = threads or int(os.environ.get("DIFFPREF_THREADS", 0)) or torch.get_num_threads()
+    threads = threads or env.threads() or torch.get_num_threads()
     params = dag.params(stage, cfg, objective)
     loaded = set(sys.modules)  # what the stage imports beyond: recorded (stages.run)
     module = importlib.import_module(f"diffpref.stages.{stage}")

@@ -40,7 +40,6 @@ PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0"]
 # lost line break, a pasted document). The prompts stage cannot cut to the encoder's limit
 # itself: that limit is in tokens of a backbone it does not load.
 MAX_PROMPT_CHARS = 2_000
-HUMAN = "human"  # labels.reward naming the imported human preferences
 
 
 def text_hash(text: str) -> str:

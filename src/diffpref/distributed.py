@@ -14,11 +14,11 @@ Every function is the identity in a single process (no process group).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from diffpref import env
 
 
 def world_size() -> int:
@@ -36,9 +36,10 @@ def _device() -> torch.device:
 def process_device(device: torch.device) -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` under a multi-process launch (one GPU
     per process), else ``device``."""
-    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
+    local = env.local_rank()
+    if device.type != "cuda" or local is None:
         return device
-    local, visible = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+    visible = torch.cuda.device_count()
     if local >= visible:
         raise RuntimeError(
             f"train.num_processes: process {local} has no GPU of its own ({visible} visible); "

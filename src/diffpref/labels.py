@@ -19,14 +19,26 @@ from diffpref.objectives.smpo import preference_probability
 log = logging.getLogger(__name__)
 
 
-def score_matrix(rewards: pd.DataFrame, reward: str) -> pd.DataFrame:
-    """Scores of one reward model as a prompt x candidate frame. Labels compare candidates of
-    one prompt, so a prompt with a single score (a missing or NaN one) is left out, with a
-    warning: else it would be a lone "undesirable" pointwise label with nothing to compare."""
+def score_matrix(rewards: pd.DataFrame, reward: str, where: str = "rewards") -> pd.DataFrame:
+    """Scores of one reward model as a prompt x candidate frame (NaN: a candidate without a
+    score). A score that is NaN or ±inf is refused, naming ``where`` (the rewards file), the
+    prompt and the candidate: one ``-inf`` would make every smoothed label of the file NaN
+    (SmPO's min-max bounds) and a NaN one an "undesirable" image. Labels compare candidates
+    of one prompt, so a prompt with a single score is left out, with a warning: else it would
+    be a lone "undesirable" pointwise label with nothing to compare."""
     sub = rewards[rewards.reward == reward]
     if sub.empty:
         known = sorted(rewards.reward.unique())
         raise InputError(f"labels.reward: no scores for reward {reward!r} (have {known})")
+    bad = sub[~np.isfinite(sub.score.to_numpy(dtype=float))]
+    if len(bad):
+        first = bad.iloc[0]
+        raise InputError(
+            f"{where}: prompt {first.prompt_id!r} candidate {int(first.cand_idx)}: reward "
+            f"{reward!r} scored {first.score}, not a finite number ({len(bad)} such scores); "
+            "fix the reward model (float16 overflows to inf: rewards.dtype: float32) and rerun "
+            "the rewards stage"
+        )
     scores = sub.pivot(index="prompt_id", columns="cand_idx", values="score")
     alone = scores.notna().sum(axis=1) < 2
     if alone.any():
@@ -78,8 +90,9 @@ def listwise(scores: pd.DataFrame, tau: float, standardize: bool) -> pd.DataFram
 
 
 def pointwise(scores: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
-    """Desirable / undesirable per image: above ``threshold``, or above the prompt's median."""
-    long = scores.stack().rename("score").reset_index()
+    """Desirable / undesirable per scored image: above ``threshold``, or above the prompt's
+    median (a candidate without a score gets no label)."""
+    long = scores.stack().dropna().rename("score").reset_index()
     if threshold is None:
         med = scores.median(axis=1).rename("median")
         long = long.join(med, on="prompt_id")

@@ -16,12 +16,14 @@ import signal
 import sys
 from typing import NoReturn
 
-LAUNCHER = "DIFFPREF_LAUNCHER_PID"  # set by relaunch: the pid the launcher keeps across exec
+from diffpref import env
+
+LAUNCHER = env.LAUNCHER  # set by relaunch: the pid the launcher keeps across exec
 
 
 def rank() -> int:
     """This process's rank in a launched group; 0 outside one."""
-    return int(os.environ.get("RANK", "0"))
+    return env.rank()
 
 
 def is_main() -> bool:
@@ -30,7 +32,7 @@ def is_main() -> bool:
 
 def is_launched() -> bool:
     """Inside a process started by a distributed launcher (``accelerate launch``, torchrun)."""
-    return "WORLD_SIZE" in os.environ
+    return env.world_size() is not None
 
 
 def relaunch(argv: list[str], num_processes: int) -> NoReturn:
@@ -59,9 +61,10 @@ def die_with_launcher() -> None:
     """In a worker of :func:`relaunch`: be killed when the launcher dies. PyTorch's launcher
     starts each worker in its own session, so a launcher killed outright (SIGKILL, the OOM
     killer) would leave workers that go on training and write results behind its back."""
-    if LAUNCHER not in os.environ or not is_launched() or sys.platform != "linux":
+    launcher = env.launcher_pid()
+    if launcher is None or not is_launched() or sys.platform != "linux":
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != int(os.environ[LAUNCHER]):  # it died before prctl took effect
+    if os.getppid() != launcher:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)

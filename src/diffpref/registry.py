@@ -22,6 +22,8 @@ REWARDS = WORLD_REWARDS | {
     "imagereward": ("diffpref.rewards.imagereward", "ImageReward"),
 }
 
+HUMAN = "human"  # labels.reward naming imported human preferences (candidates.source: pickapic)
+
 BACKBONES = {  # backbone.kind
     "embedded": ("diffpref.backbones.embedded", "EmbeddedBackbone"),
     "sd15": ("diffpref.backbones.sd", "SD15Backbone"),

@@ -14,10 +14,18 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
-from pydantic_core import to_jsonable_python
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError, to_jsonable_python
 
 READS_FILE = "_reads.json"  # in a stage's output folder: the keys it read, with their values
 _log: dict[str, Any] | None = None  # one stage per process: a module-level log suffices
@@ -60,15 +68,65 @@ def write_reads(folder: Path, reads: dict[str, Any]) -> None:
     tmp.replace(folder / READS_FILE)
 
 
+def _not_bool(kind: str):
+    """A before-validator refusing booleans: pydantic's lax mode reads ``true`` as 1, so a
+    careless ``steps: true`` (or YAML's ``yes``/``on``) would silently train one step."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(
+                f"{kind}_not_bool",
+                f"Input should be a valid {kind}, not a boolean "
+                "(YAML reads true/false, yes/no and on/off as booleans)",
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+# Every number in params: ints that are no booleans, floats that are no booleans and finite
+# (``Settings`` refuses NaN and ±inf too, so a float annotated as plain ``float`` is covered).
+# A test walks every model and fails on a plain ``int`` or ``float`` field.
+Int = Annotated[int, _not_bool("integer")]
+Float = Annotated[float, _not_bool("number")]
+
+# Sizes that allocate or loop, bounded far above any real run of this benchmark, so that a
+# typo (three zeros too many) is an error naming the key, not an out-of-memory crash an hour in.
+Seed = Annotated[Int, Field(ge=0, le=2**32 - 1)]  # numpy's and torch's generators both take it
+Steps = Annotated[Int, Field(ge=1, le=1_000_000)]  # optimizer / training steps
+BatchSize = Annotated[Int, Field(ge=1, le=65_536)]
+LearningRate = Annotated[Float, Field(gt=0, le=1)]
+Probability = Annotated[Float, Field(ge=0, le=1)]
+
+
+def _printable(value: str) -> str:
+    """No control characters: a NUL ends a path at the C level, a newline splits a log line."""
+    if bad := next((c for c in value if ord(c) < 32 or ord(c) == 127), None):
+        raise PydanticCustomError(
+            "control_character",
+            "Text should hold no control characters (found {char})",
+            {"char": repr(bad)},
+        )
+    return value
+
+
+# Free text that names a thing (a reward, a column) or a place (a file, a hub id): bounded
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
+PathText = Annotated[
+    str, StringConstraints(min_length=1, max_length=4096), AfterValidator(_printable)
+]
+
+
 def join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
 class Settings(BaseModel):
-    """Strict (unknown keys are errors) and, once :func:`bind` placed it in the config tree,
-    logs each field read while :func:`recording` is active."""
+    """Strict (unknown keys are errors; floats finite: ``.inf``, ``.nan`` and ``1e309``, which
+    YAML reads as inf, are refused) and, once :func:`bind` placed it in the config tree, logs
+    each field read while :func:`recording` is active."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # fields that are no params.yaml key (an objective's name is its mapping key)
     UNRECORDED: ClassVar[frozenset[str]] = frozenset()

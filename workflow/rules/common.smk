@@ -7,13 +7,26 @@ import json
 import os
 import uuid
 
-from diffpref.config import ConfigError, validate, with_profile
+from diffpref import env
+from diffpref.config import ConfigError, read_raw, validate
 from diffpref.config import dag
 
 # one id per `snakemake` invocation: every stage's MLflow run nests under that execution's run
-os.environ.setdefault("DIFFPREF_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
+os.environ.setdefault(env.PIPELINE_ID, f"snakemake-{uuid.uuid4().hex[:12]}")
 try:
-    CFG = validate(with_profile(dict(config)))
+    env.check()
+except env.EnvError as e:
+    raise WorkflowError(str(e)) from None
+# params.yaml itself, through diffpref's reader (size, encoding, nesting, alias budget,
+# duplicate keys), not Snakemake's `configfile:` loader, which checks none of them; of
+# `--config` only `profile=NAME` counts (it reaches every stage as --profile)
+if other := sorted(set(config) - {"profile"}):
+    raise WorkflowError(
+        f"--config {', '.join(map(str, other))}: only --config profile=NAME is read; set other "
+        "values in params.yaml (every stage reads the file, not Snakemake's config)"
+    )
+try:
+    CFG = validate(read_raw("params.yaml", config.get("profile")))
 except ConfigError as e:
     raise WorkflowError(f"params.yaml is not valid:\n{e}") from None
 PROFILE = CFG.profile

@@ -185,10 +185,8 @@ def _rewards(c: Config, o: str | None) -> list[str]:
 
 
 def _labels(c: Config, o: str | None) -> list[str]:
-    from diffpref.datasources import HUMAN
-
     own = ["listwise_tau", "listwise_standardize", "pointwise_threshold"]
-    own += [] if c.labels.reward == HUMAN else ["tie_threshold", "pairs"]
+    own += [] if c.labels.reward == registry.HUMAN else ["tie_threshold", "pairs"]
     return ["results", "labels.reward", *(f"labels.{k}" for k in own)]
 
 

@@ -11,12 +11,34 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from diffpref.settings import Settings, bind, record
+from diffpref import registry
+from diffpref.config import loader
+from diffpref.settings import (
+    BatchSize,
+    Float,
+    Int,
+    LearningRate,
+    Name,
+    PathText,
+    Probability,
+    Seed,
+    Settings,
+    Steps,
+    bind,
+    record,
+)
 from diffpref.world.settings import WorldParams
 
 
@@ -29,18 +51,21 @@ BackboneKind = Literal["embedded", "sd15", "sdxl"]
 
 class BackboneParams(Settings):
     kind: BackboneKind
-    pretrained: str | None = Field(
+    pretrained: PathText | None = Field(
         None, description="local diffusers directory or hub id (sd15/sdxl); embedded: world"
     )
     dtype: Literal["float32", "bfloat16", "float16"]
-    vae: str | None = Field(
+    vae: PathText | None = Field(
         None,
         description="sd15/sdxl: VAE directory or hub id replacing the pipeline's "
         "(e.g. madebyollin/sdxl-vae-fp16-fix)",
     )
-    variant: str | None = Field(None, description="weights variant on the hub, e.g. fp16")
-    resolution: int | None = Field(
-        None, ge=8, description="sd15/sdxl: image size in pixels; None: the UNet's native size"
+    variant: Name | None = Field(None, description="weights variant on the hub, e.g. fp16")
+    resolution: Int | None = Field(
+        None,
+        ge=8,
+        le=4096,
+        description="sd15/sdxl: image size in pixels; None: the UNet's native size",
     )
 
     @model_validator(mode="after")
@@ -52,24 +77,26 @@ class BackboneParams(Settings):
 
 class SamplingParams(Settings):
     scheduler: Literal["ddim", "dpmsolver"]
-    steps: int = Field(ge=1)
-    guidance: float = Field(ge=0)
+    steps: Int = Field(ge=1, le=1000, description="denoising steps (DDPM has 1000 timesteps)")
+    guidance: Float = Field(ge=0, le=100)
 
 
 class PromptParams(Settings):
     source: Literal["world", "file"]
-    n_train: int = Field(ge=1, description="at most this many train prompts (file order)")
-    n_eval: int = Field(ge=1)
-    file: str | None = Field(
+    n_train: Int = Field(
+        ge=1, le=1_000_000, description="at most this many train prompts (file order)"
+    )
+    n_eval: Int = Field(ge=1, le=1_000_000)
+    file: PathText | None = Field(
         None,
         description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "
         "GenEval's evaluation_metadata.jsonl works as is",
     )
-    column: str = Field("prompt", description="prompt column (jsonl/csv/tsv/parquet)")
-    category_column: str | None = Field(
+    column: Name = Field("prompt", description="prompt column (jsonl/csv/tsv/parquet)")
+    category_column: Name | None = Field(
         None, description="None: 'category', else GenEval's 'tag', if the file has one"
     )
-    eval_fraction: float = Field(
+    eval_fraction: Float = Field(
         0.2, ge=0, lt=1, description="files without a 'split' column: hash split of the text"
     )
 
@@ -81,15 +108,17 @@ class PromptParams(Settings):
 
 
 class CandidateParams(Settings):
-    k: int = Field(ge=2, description="candidates per training prompt")
-    batch_size: int = Field(ge=1)
+    k: Int = Field(ge=2, le=64, description="candidates per training prompt")
+    batch_size: BatchSize
     source: Literal["generate", "pickapic"] = Field(
         "generate", description="generate: sample the base model | pickapic: import human pairs"
     )
-    preference_file: str | None = Field(
+    preference_file: PathText | None = Field(
         None, description="pickapic: parquet with caption, jpg_0, jpg_1, label_0"
     )
-    max_pairs: int | None = Field(None, ge=1, description="pickapic: import at most this many")
+    max_pairs: Int | None = Field(
+        None, ge=1, le=10_000_000, description="pickapic: import at most this many"
+    )
 
     @model_validator(mode="after")
     def _file_given(self) -> CandidateParams:
@@ -101,9 +130,11 @@ class CandidateParams(Settings):
 class RewardSource(Settings):
     """Where a real reward model's weights live: a local directory or a hub id."""
 
-    model: str | None = Field(None, description="None: the reward's official hub id")
-    processor: str | None = Field(None, description="tokenizer + image processor; None: model")
-    head: str | None = Field(None, description="aesthetic: MLP head weights (.pth/.safetensors)")
+    model: PathText | None = Field(None, description="None: the reward's official hub id")
+    processor: PathText | None = Field(None, description="tokenizer + image processor; None: model")
+    head: PathText | None = Field(
+        None, description="aesthetic: MLP head weights (.pth/.safetensors)"
+    )
     trust_pickle: bool = Field(
         False,
         description="hpsv2: unpickle the checkpoint in full (runs any code in it); default: "
@@ -111,15 +142,30 @@ class RewardSource(Settings):
     )
 
 
+RewardName = Literal[tuple(registry.REWARDS)]  # a registered reward model
+# a source: one directory / hub id, or a mapping; errors are those of the kind given
+Source = Annotated[
+    Union[Annotated[RewardSource, Tag("RewardSource")], Annotated[PathText, Tag("path")]],  # noqa: UP007
+    Discriminator(lambda v: "path" if isinstance(v, str) else "RewardSource"),
+]
+
+
 class RewardParams(Settings):
-    models: list[str] = Field(min_length=1)
-    batch_size: int = Field(ge=1)
+    models: list[RewardName] = Field(min_length=1, max_length=16)
+    batch_size: BatchSize
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    sources: dict[str, RewardSource | str] = Field(
+    sources: dict[RewardName, Source] = Field(
         default_factory=dict,
         description="per reward: a directory/hub id, or {model, processor, head}; "
         "unset: the official hub ids",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _once_each(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models):
+            raise ValueError(f"repeated reward models in {models}: score each once")
+        return models
 
     def source(self, name: str, default: RewardSource) -> RewardSource:
         """The configured source of ``name``: a plain string is one directory (or hub id)
@@ -133,58 +179,65 @@ class RewardParams(Settings):
 
 
 class LabelParams(Settings):
-    reward: str = Field(description="reward model that ranks candidates")
-    tie_threshold: float = Field(ge=0, description="pairs closer than this are dropped")
+    reward: Name = Field(
+        description="reward model that ranks candidates (one of rewards.models), or 'human'"
+    )
+    tie_threshold: Float = Field(ge=0, description="pairs closer than this are dropped")
     pairs: Literal["all", "best_worst"]
-    listwise_tau: float = Field(gt=0, description="softmax temperature of LAIR advantages")
+    listwise_tau: Float = Field(gt=0, description="softmax temperature of LAIR advantages")
     listwise_standardize: bool
-    pointwise_threshold: float | None = Field(
+    pointwise_threshold: Float | None = Field(
         description="desirable if reward >= this; None: above the prompt's median"
     )
+
+
+# what an objective's ``train:`` may override: one type per setting, shared by both models
+WarmupSteps = Annotated[Int, Field(ge=0, le=1_000_000)]
+LoraRank = Annotated[Int, Field(ge=1, le=1024)]
+Processes = Annotated[Int, Field(ge=1, le=64)]
 
 
 class TrainParams(Settings):
     """Shared training settings; an objective may override any of them under ``train:``."""
 
-    steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="pairs / lists / images per step")
-    lr: float = Field(gt=0)
-    warmup_steps: int = Field(ge=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    lora_rank: int = Field(ge=1)
-    lora_alpha: float | None = Field(None, description="None: equal to the rank")
-    caption_dropout: float = Field(ge=0, le=1)
+    steps: Steps
+    batch_size: BatchSize = Field(description="pairs / lists / images per step")
+    lr: LearningRate
+    warmup_steps: WarmupSteps
+    weight_decay: Float = Field(1e-2, ge=0)
+    max_grad_norm: Float = Field(1.0, gt=0)
+    lora_rank: LoraRank
+    lora_alpha: Float | None = Field(None, gt=0, description="None: equal to the rank")
+    caption_dropout: Probability
     mixed_precision: Literal["fp32", "bf16", "fp16"]
     gradient_checkpointing: bool = Field(False, description="recompute UNet activations")
     optimizer: Literal["adamw", "adamw8bit"] = Field(
         "adamw", description="adamw8bit: bitsandbytes (GPU, optional dependency)"
     )
-    checkpoint_every: int = Field(ge=1)
-    log_every: int = Field(ge=1)
-    num_processes: int = Field(
-        ge=1,
+    checkpoint_every: Steps
+    log_every: Steps
+    num_processes: Processes = Field(
         description="data-parallel processes (one GPU each, or CPU processes); batch_size is "
         "the global batch, split evenly over them",
     )
 
 
 class TrainOverrides(Settings):
-    steps: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    warmup_steps: int | None = Field(None, ge=0)
-    lora_rank: int | None = Field(None, ge=1)
-    caption_dropout: float | None = Field(None, ge=0, le=1)
-    num_processes: int | None = Field(None, ge=1)
+    steps: Steps | None = None
+    batch_size: BatchSize | None = None
+    lr: LearningRate | None = None
+    warmup_steps: WarmupSteps | None = None
+    lora_rank: LoraRank | None = None
+    caption_dropout: Probability | None = None
+    num_processes: Processes | None = None
 
 
 class EvaluateParams(Settings):
-    seeds: list[int] = Field(min_length=1)
-    batch_size: int = Field(ge=1)
-    bootstrap: int = Field(ge=10)
-    win_reward: str = Field(description="reward whose per-sample wins define win rate")
-    tie_threshold: float = Field(
+    seeds: list[Seed] = Field(min_length=1, max_length=64)
+    batch_size: BatchSize
+    bootstrap: Int = Field(ge=10, le=100_000, description="resamples of each interval")
+    win_reward: Name = Field(description="reward whose per-sample wins define win rate")
+    tie_threshold: Float = Field(
         ge=0, description="reward differences up to this count as ties in win rates"
     )
     export_geneval: bool = Field(
@@ -193,7 +246,7 @@ class EvaluateParams(Settings):
 
 
 class ReportParams(Settings):
-    grid_prompts: int = Field(ge=1)
+    grid_prompts: Int = Field(ge=1, le=64)
 
 
 class TrackingParams(Settings):
@@ -203,7 +256,13 @@ class TrackingParams(Settings):
     log_large_artifacts: bool = Field(
         description="false: artifacts over large_artifact_mb are logged by reference"
     )
-    large_artifact_mb: float = Field(gt=0)
+    large_artifact_mb: Float = Field(gt=0, le=10_000_000)
+
+
+Cpus = Annotated[Int, Field(ge=1, le=1024)]
+MemMb = Annotated[Int, Field(ge=1, le=100_000_000)]  # 100 TB
+Runtime = Annotated[Int, Field(ge=1, le=525_600)]  # a year, in minutes
+Gpus = Annotated[Int, Field(ge=0, le=64)]
 
 
 class JobResources(Settings):
@@ -211,10 +270,10 @@ class JobResources(Settings):
     ``--cpus-per-task``, ``--mem``, ``--time``, ``--gpus``). Run locally, only ``cpus`` counts,
     capped by ``--cores``."""
 
-    cpus: int = Field(ge=1, description="threads (torch CPU threads)")
-    mem_mb: int = Field(ge=1, description="host memory, MB")
-    runtime: int = Field(ge=1, description="wall-time limit, minutes")
-    gpu: int = Field(ge=0, description="GPUs on one node")
+    cpus: Cpus = Field(description="threads (torch CPU threads)")
+    mem_mb: MemMb = Field(description="host memory, MB")
+    runtime: Runtime = Field(description="wall-time limit, minutes")
+    gpu: Gpus = Field(description="GPUs on one node")
 
     @property
     def scheduler(self) -> dict[str, int]:
@@ -223,10 +282,10 @@ class JobResources(Settings):
 
 
 class ResourceOverrides(Settings):
-    cpus: int | None = Field(None, ge=1)
-    mem_mb: int | None = Field(None, ge=1)
-    runtime: int | None = Field(None, ge=1)
-    gpu: int | None = Field(None, ge=0)
+    cpus: Cpus | None = None
+    mem_mb: MemMb | None = None
+    runtime: Runtime | None = None
+    gpu: Gpus | None = None
 
 
 class BackboneResources(Settings):
@@ -279,9 +338,10 @@ class Config(Settings):
 
     profile: str
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    seed: int = Field(description="data seed: prompts, candidates, labels")
-    train_seeds: list[int] = Field(
+    seed: Seed = Field(description="data seed: prompts, candidates, labels")
+    train_seeds: list[Seed] = Field(
         min_length=1,
+        max_length=32,
         description="training replicates: one adapter per (objective, seed); top level, not "
         "under train:, so that adding a seed reruns only that seed's jobs",
     )
@@ -309,6 +369,17 @@ class Config(Settings):
     def _distinct_seeds(self) -> Config:
         if len(set(self.train_seeds)) != len(self.train_seeds):
             raise ValueError(f"train_seeds: repeated seeds in {self.train_seeds}")
+        return self
+
+    @model_validator(mode="after")
+    def _label_reward_is_scored(self) -> Config:
+        known = [*self.rewards.models, registry.HUMAN]
+        if self.labels.reward not in known:
+            raise ValueError(
+                f"labels.reward: {self.labels.reward!r} is not scored: use one of "
+                f"rewards.models {self.rewards.models} (or {registry.HUMAN!r} for imported "
+                "preferences)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -343,17 +414,28 @@ class Config(Settings):
 
 
 # An objective's name becomes a folder (results/adapters/<name>/), a DVC params key
-# (objectives.<name>: no dots) and part of a DVC stage name: letters, digits, _ and -, starting
-# with a letter or digit, so no name can climb out of results/ or hide as a dot-file.
-OBJECTIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# (objectives.<name>: no dots) and part of a DVC stage name; a profile's is passed on every
+# stage's command line and recorded in MLflow. Both: letters, digits, _ and -, starting with a
+# letter (so no name climbs out of results/, hides as a dot-file, or is a number that YAML 1.1
+# and DVC's YAML 1.2 read differently: 1e3, 0o17, 1_000), at most 64 characters.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+RULE = "use letters, digits, '_' and '-', starting with a letter, at most 64 characters"
 
 
-def _objective(name: str, entry: Any) -> Objective:
-    if not OBJECTIVE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"{name!r} is not a valid objective name: use letters, digits, '_' and '-', "
-            "starting with a letter or digit (it names folders and DVC stages)"
-        )
+def name_error(name: Any, what: str, why: str) -> str | None:
+    """Why ``name`` cannot name an objective or a profile (``what``), or None."""
+    if not isinstance(name, str):
+        kinds = {bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+        kind = kinds.get(type(name), f"no text ({type(name).__name__})")
+        return f"{name!r} is not a valid {what} name: YAML reads it as {kind}; {RULE} ({why})"
+    if not NAME.fullmatch(name):
+        return f"{name!r} is not a valid {what} name: {RULE} ({why})"
+    return None
+
+
+def _objective(name: Any, entry: Any) -> Objective:
+    if error := name_error(name, "objective", "it names folders and DVC stages"):
+        raise ConfigError(error)
     if name.lower() == "base":
         raise ConfigError("'base' is reserved for the untrained model")
     if not isinstance(entry, dict) or "loss" not in entry:
@@ -381,10 +463,11 @@ def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
     for err in e.errors():
         loc = [prefix] if prefix else []
         loc += [str(p) for p in err["loc"]]
-        if not loc:  # a check across keys: its message names them
-            out.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
-        else:
-            out.append(f"{path}: {'.'.join(loc)}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' own messages
+        if err["type"] == "finite_number":  # 1e309 has no dot: YAML reads text, pydantic inf
+            msg += f" (got {err['input']!r})"
+        # no key: a check across keys, whose message names them
+        out.append(f"{path}: {'.'.join(loc)}: {msg}" if loc else f"{path}: {msg}")
     return out
 
 
@@ -401,31 +484,58 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def read_raw(path: str | Path, profile: str | None = None) -> dict[str, Any]:
     """The file's mapping with ``profile`` (from the argument or the file) merged in."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such params file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = read_file(path)
     if profile is not None:
         raw["profile"] = profile
     return with_profile(raw, path)
 
 
+def read_file(path: str | Path) -> dict[str, Any]:
+    """The file's own mapping, read by the hardened reader (:mod:`.loader`: size, encoding,
+    nesting, aliases, duplicate keys); nothing merged."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = loader.load(path) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
+    except loader.ParamsFileError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
+
+
 def top_level_seeds(path: str | Path) -> list[int] | None:
     """``train_seeds`` as written at the file's top level (what DVC's matrix expands)."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    return raw.get("train_seeds") if isinstance(raw, dict) else None
+    return read_file(path).get("train_seeds")
+
+
+PROFILE_USE = "it is passed on every stage's command line and recorded in MLflow"
 
 
 def with_profile(raw: dict[str, Any], path: str | Path = "params.yaml") -> dict[str, Any]:
-    """``raw`` with its active ``profile``'s overrides deep-merged in."""
+    """``raw`` with its active ``profile``'s overrides deep-merged in; every profile's name is
+    checked, not only the active one's."""
     name = raw.get("profile", "default")
     profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: profiles: must be a mapping name -> overrides")
+    for key, over in profiles.items():
+        if error := name_error(key, "profile", PROFILE_USE):
+            raise ConfigError(f"{path}: profiles.{key}: {error}")
+        if key == "default":
+            raise ConfigError(
+                f"{path}: profiles.default: 'default' is reserved for the values outside "
+                "profiles:; rename it"
+            )
+        if not isinstance(over, dict):
+            raise ConfigError(f"{path}: profiles.{key}: must be a mapping of overrides")
     if name == "default":
         return raw
+    if error := name_error(name, "profile", PROFILE_USE):
+        raise ConfigError(f"{path}: profile: {error}")
     if name not in profiles:
         known = ", ".join(["default", *profiles])
         raise ConfigError(f"{path}: profile: unknown profile {name!r} (known: {known})")
@@ -462,14 +572,14 @@ def validate(raw: dict[str, Any], path: str | Path = "params.yaml") -> Config:
     parsed = {}
     folded: dict[str, str] = {}
     for name, entry in objectives.items():
-        if (other := folded.setdefault(str(name).lower(), str(name))) != str(name):
+        if isinstance(name, str) and (other := folded.setdefault(name.lower(), name)) != name:
             errors.append(
                 f"{path}: objectives.{name}: same folder as objectives.{other} on a "
                 "case-insensitive file system; rename one"
             )
             continue
         try:
-            parsed[name] = _objective(str(name), entry)
+            parsed[name] = _objective(name, entry)
         except ValidationError as e:
             errors += _errors(path, f"objectives.{name}", e)
         except ConfigError as e:

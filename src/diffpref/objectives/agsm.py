@@ -49,6 +49,7 @@ from diffpref.objectives.base import (
     detached,
     matched_mask,
 )
+from diffpref.settings import Float, Int
 
 NEEDS_REFERENCE = False
 TOKEN_SETS = 2  # ψ+ on matched pairs, ψ− on mismatched ones, each with an EMA copy
@@ -56,11 +57,11 @@ TOKEN_SETS = 2  # ψ+ on matched pairs, ψ− on mismatched ones, each with an E
 
 class Params(ParamsBase):
     labels: Literal["captions"] = "captions"
-    n_tokens: int = Field(4, ge=1, description="soft tokens per set (ψ+ and ψ− each)")
-    gamma_pos: float = Field(1.0, ge=0, description="γ+ (paper: 1; SD3 1)")
-    gamma_neg: float = Field(1.0, ge=0, description="γ− (paper: 1; SD3 0.1)")
-    ema_decay: float = Field(0.99, ge=0, lt=1, description="[I] decay of the EMA tokens ψ̂±")
-    pl_temperature: float | None = Field(
+    n_tokens: Int = Field(4, ge=1, le=256, description="soft tokens per set (ψ+ and ψ− each)")
+    gamma_pos: Float = Field(1.0, ge=0, description="γ+ (paper: 1; SD3 1)")
+    gamma_neg: Float = Field(1.0, ge=0, description="γ− (paper: 1; SD3 0.1)")
+    ema_decay: Float = Field(0.99, ge=0, lt=1, description="[I] decay of the EMA tokens ψ̂±")
+    pl_temperature: Float | None = Field(
         None, gt=0, description="PL softmax temperature on mean errors; None = paper (sum)"
     )
 

@@ -42,6 +42,7 @@ from diffpref.objectives.base import (
     effective_beta,
 )
 from diffpref.objectives.rethinking import Params as RethinkingParams
+from diffpref.settings import Float
 
 NEEDS_REFERENCE = True
 
@@ -50,11 +51,11 @@ Variant = Literal["sigmoid", "hinge", "ipo"]
 
 class Params(ParamsBase):
     labels: Literal["pairwise"] = "pairwise"
-    beta: float = Field(
+    beta: Float = Field(
         gt=0, description="no default, units differ: official launchers 5000, paper SD1.5 2000"
     )
     variant: Variant = Field("sigmoid", description="sigmoid (DPO) | hinge | ipo")
-    ipo_tau: float = Field(0.5, gt=0, description="IPO regularisation, target 1/(2·tau)")
+    ipo_tau: Float = Field(0.5, gt=0, description="IPO regularisation, target 1/(2·tau)")
     rethinking: RethinkingParams | None = Field(
         None, description="Rethinking-DPO reference update + timestep hooks"
     )

@@ -37,15 +37,16 @@ from diffpref.objectives.base import (
     effective_beta,
     per_sample,
 )
+from diffpref.settings import Float
 
 NEEDS_REFERENCE = True
 
 
 class Params(ParamsBase):
     labels: Literal["pointwise"] = "pointwise"
-    beta: float = Field(gt=0, description="no default: official beta_dpo 1000")
-    lambda_d: float = Field(1.0, ge=0, description="weight of desirable images")
-    lambda_u: float = Field(1.0, ge=0, description="weight of undesirable images")
+    beta: Float = Field(gt=0, description="no default: official beta_dpo 1000")
+    lambda_d: Float = Field(1.0, ge=0, description="weight of desirable images")
+    lambda_u: Float = Field(1.0, ge=0, description="weight of undesirable images")
 
 
 def loss(e: Errors, p: Params) -> tuple[Tensor, Metrics]:

@@ -40,14 +40,15 @@ from diffpref.objectives.base import (
     detached,
     effective_beta,
 )
+from diffpref.settings import Float
 
 NEEDS_REFERENCE = True
 
 
 class Params(ParamsBase):
     labels: Literal["listwise"] = "listwise"
-    beta: float = Field(gt=0, description="scale of the implicit reward β·r̂")
-    lam: float = Field(1.0, gt=0, description="λ: quadratic penalty; optimum β·r̂ = A/λ")
+    beta: Float = Field(gt=0, description="scale of the implicit reward β·r̂")
+    lam: Float = Field(1.0, gt=0, description="λ: quadratic penalty; optimum β·r̂ = A/λ")
     reduction: Literal["sum", "mean"] = Field("sum", description="over the K candidates")
 
 

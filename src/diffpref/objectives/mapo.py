@@ -31,6 +31,7 @@ from pydantic import Field
 from torch import Tensor
 
 from diffpref.objectives.base import Errors, Metrics, ParamsBase, check_groups, detached
+from diffpref.settings import Float, Int
 
 NEEDS_REFERENCE = False
 
@@ -40,10 +41,12 @@ _SMALL = 1e-4
 class Params(ParamsBase):
     labels: Literal["pairwise"] = "pairwise"
     param: Literal["code", "paper"] = Field("code", description="released code (v1) | paper v2")
-    beta_mapo: float = Field(0.1, ge=0, description="code: weight of the margin term")
-    snr_value: float = Field(0.5, gt=0, description="code: s inside g(s·mse)")
-    num_train_timesteps: int = Field(1000, ge=1, description="code: T scaling the log-odds")
-    beta: float = Field(8.0, gt=0, description="paper: φ_β temperature, margin weight 1/β")
+    beta_mapo: Float = Field(0.1, ge=0, description="code: weight of the margin term")
+    snr_value: Float = Field(0.5, gt=0, description="code: s inside g(s·mse)")
+    num_train_timesteps: Int = Field(
+        1000, ge=1, le=100_000, description="code: T scaling the log-odds"
+    )
+    beta: Float = Field(8.0, gt=0, description="paper: φ_β temperature, margin weight 1/β")
 
 
 def link(x: Tensor) -> Tensor:

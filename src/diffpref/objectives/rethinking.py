@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from diffpref.settings import Settings
+from diffpref.settings import Float, Int, Settings
 
 Action = Literal["copy", "freeze"]
 
@@ -36,11 +36,17 @@ Action = Literal["copy", "freeze"]
 class Params(Settings):
     """Rethinking-DPO settings; embedded as ``rethinking:`` in a pairwise objective's params."""
 
-    reference_every: int = Field(32, ge=1, description="τ: copy the policy into the reference")
-    delta: float = Field(gt=0, description="freeze threshold on D(ref, init), in our units")
-    divergence_images: int = Field(4, ge=1, description="winner latents used to estimate D")
-    timestep_bins: int = Field(10, ge=1, description="grid of the Cat(γ^k) timestep sampler")
-    timestep_gamma: float = Field(0.9, gt=0, le=1, description="γ; 1 = uniform timesteps")
+    reference_every: Int = Field(
+        32, ge=1, le=1_000_000, description="τ: copy the policy into the reference"
+    )
+    delta: Float = Field(gt=0, description="freeze threshold on D(ref, init), in our units")
+    divergence_images: Int = Field(
+        4, ge=1, le=1024, description="winner latents used to estimate D"
+    )
+    timestep_bins: Int = Field(
+        10, ge=1, le=1000, description="grid of the Cat(γ^k) timestep sampler"
+    )
+    timestep_gamma: Float = Field(0.9, gt=0, le=1, description="γ; 1 = uniform timesteps")
     reward_scale: bool = Field(True, description="multiply β by λ(t) = 1 + norm(1/sqrt(SNR))")
 
 

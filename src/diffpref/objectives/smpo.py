@@ -33,6 +33,7 @@ from torch import Tensor
 from diffpref.objectives.base import Errors, Metrics, ParamsBase, detached, effective_beta
 from diffpref.objectives.dpo import pair_logits, pair_metrics, preference_loss
 from diffpref.objectives.rethinking import Params as RethinkingParams
+from diffpref.settings import Float, Int
 
 NEEDS_REFERENCE = True
 
@@ -41,10 +42,13 @@ EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 class Params(ParamsBase):
     labels: Literal["smoothed"] = "smoothed"
-    beta: float = Field(gt=0, description="no default: code 2000 SD1.5, 5000 SDXL")
-    gamma: float = Field(10.0, gt=0, description="sensitivity of the smoothed label")
-    inversion_steps: int = Field(
-        5, ge=0, description="DDIM inversion grid size (code: 5 SD1.5, 10 SDXL); 0 = add_noise"
+    beta: Float = Field(gt=0, description="no default: code 2000 SD1.5, 5000 SDXL")
+    gamma: Float = Field(10.0, gt=0, description="sensitivity of the smoothed label")
+    inversion_steps: Int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="DDIM inversion grid size (code: 5 SD1.5, 10 SDXL); 0 = add_noise",
     )
     rethinking: RethinkingParams | None = Field(
         None, description="Rethinking-DPO reference update + timestep hooks"

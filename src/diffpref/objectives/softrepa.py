@@ -37,6 +37,7 @@ from diffpref.objectives.base import (
     detached,
     matched_mask,
 )
+from diffpref.settings import Float, Int
 
 NEEDS_REFERENCE = False
 TOKEN_SETS = 1  # one soft-token set for every (image, caption) pair
@@ -44,10 +45,10 @@ TOKEN_SETS = 1  # one soft-token set for every (image, caption) pair
 
 class Params(ParamsBase):
     labels: Literal["captions"] = "captions"
-    n_tokens: int = Field(4, ge=1, description="soft tokens per conditioned block")
-    scale: float = Field(4.0, gt=0, description="logit scale")
-    temp: float = Field(0.07, gt=0, description="temperature on the denoising error")
-    dweight: float = Field(10.0, ge=0, description="weight of the matched-pair denoising loss")
+    n_tokens: Int = Field(4, ge=1, le=256, description="soft tokens per conditioned block")
+    scale: Float = Field(4.0, gt=0, description="logit scale")
+    temp: Float = Field(0.07, gt=0, description="temperature on the denoising error")
+    dweight: Float = Field(10.0, ge=0, description="weight of the matched-pair denoising loss")
 
 
 def error_matrix(pred: Tensor, target: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ change, instead of as an empty batch in every training job.
 
 from __future__ import annotations
 
-from diffpref import datasources, labels
+from diffpref import datasources, labels, registry
 from diffpref.io import InputError, atomic_dir, read_table
 
 INPUTS = ("rewards",)  # recorded in MLflow as datasets with their digests
@@ -15,17 +15,15 @@ INPUTS = ("rewards",)  # recorded in MLflow as datasets with their digests
 
 def run(ctx) -> None:
     cfg = ctx.cfg.labels
-    if cfg.reward == datasources.HUMAN:  # imported human pairs (candidates.source: pickapic)
+    if cfg.reward == registry.HUMAN:  # imported human pairs (candidates.source: pickapic)
         prefs = read_table(
             ctx.cfg.path("candidates", "preferences.parquet"), ["prompt_id", "winner", "loser"]
         )
         scores, pairs = datasources.human_labels(prefs)
     else:
-        rewards = read_table(
-            ctx.cfg.path("rewards", "rewards.parquet"),
-            ["prompt_id", "cand_idx", "reward", "score"],
-        )
-        scores = labels.score_matrix(rewards, cfg.reward)
+        path = ctx.cfg.path("rewards", "rewards.parquet")
+        rewards = read_table(path, ["prompt_id", "cand_idx", "reward", "score"])
+        scores = labels.score_matrix(rewards, cfg.reward, str(path))
         pairs = labels.pairwise(scores, cfg.tie_threshold, cfg.pairs)
     if pairs.empty:
         raise InputError(

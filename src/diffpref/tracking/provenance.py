@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from diffpref import env
+
 DVC_TAGS = ("DVC_STAGE", "DVC_EXP_NAME")  # a stage's DVC environment, kept as run tags
 
 
@@ -47,7 +49,7 @@ def pipeline_id() -> str | None:
     parent run: ``DIFFPREF_PIPELINE_ID`` (the Snakefile sets one per ``snakemake`` invocation)
     or else the nearest ``dvc`` process above this one (its pid and start time, unique per
     ``dvc repro`` / ``dvc exp run``); None for a stage run by hand."""
-    if key := os.environ.get("DIFFPREF_PIPELINE_ID"):
+    if key := env.pipeline_id():
         return key
     try:
         stat = _proc_stat(os.getpid())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffpref import launch, settings
+from diffpref import env, launch, settings
 from diffpref.tracking.provenance import flatten, pipeline_id
 
 
@@ -101,7 +101,7 @@ def stage_run(
     params file's hash, tagged on the execution's parent run)."""
     # none with DIFFPREF_MLFLOW=0, and none but rank 0's when a stage runs as several
     # processes (one run per stage, whatever N)
-    enabled = os.environ.get("DIFFPREF_MLFLOW", "1") != "0" and launch.is_main()
+    enabled = env.mlflow_enabled() and launch.is_main()
     items = [(k, str(v)) for k, v in (inputs or {}).items()]
     run = StageRun(stage, objective, params, params_hash, seed, items, enabled)
     start, start_ms = time.perf_counter(), now_ms()

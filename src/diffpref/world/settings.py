@@ -7,12 +7,27 @@ gives tiny settings for tests and the smoke profile (``build_world`` in well und
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from diffpref.settings import Settings
+from diffpref.settings import (
+    BatchSize,
+    Float,
+    Int,
+    LearningRate,
+    Name,
+    Probability,
+    Seed,
+    Settings,
+    Steps,
+)
 from diffpref.world.constants import CATEGORIES, DEFAULT_FASHION_MNIST_DIR
+
+# bounds (see diffpref.settings): far above the shipped world, far below what exhausts memory
+Width = Annotated[Int, Field(ge=1, le=4096)]  # channels, hidden widths
+Channels = Annotated[tuple[Width, ...], Field(min_length=1, max_length=8)]
+Count = Annotated[Int, Field(ge=1, le=1_000_000)]  # things built in memory at once
 
 
 class WorldParams(Settings):
@@ -21,35 +36,37 @@ class WorldParams(Settings):
 
     source: Literal["packaged", "train"]  # no default: params.yaml sets it
     fashion_mnist_dir: Path = DEFAULT_FASHION_MNIST_DIR
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = Field(None, description="torch threads; None keeps torch's default")
+    seed: Seed = 0
+    device: Name = "cpu"
+    threads: Int | None = Field(
+        None, ge=1, le=1024, description="torch threads; None keeps torch's default"
+    )
 
     # canvas
-    item_size: int = 14
-    jitter: int = 1
+    item_size: Int = Field(14, ge=1, le=16, description="item pixels; a canvas cell is 16")
+    jitter: Int = Field(1, ge=0, le=8)
 
     # fidelity cell classifier (11-way)
-    classifier_width: int = 32
-    classifier_steps: int = 500
-    classifier_batch: int = 256
-    classifier_lr: float = 3e-3
+    classifier_width: Width = 32
+    classifier_steps: Steps = 500
+    classifier_batch: BatchSize = 256
+    classifier_lr: LearningRate = 3e-3
 
     # quality discriminator
-    quality_width: int = 16
-    quality_steps: int = 500
-    quality_batch: int = 256
-    quality_lr: float = 3e-3
+    quality_width: Width = 16
+    quality_steps: Steps = 500
+    quality_batch: BatchSize = 256
+    quality_lr: LearningRate = 3e-3
 
     # VAE (AutoencoderKL, 1 -> 4 channels, 32x32 -> 8x8)
-    vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 800
-    vae_batch: int = 32
-    vae_lr: float = 2e-3
-    vae_kl_weight: float = 1e-4
+    vae_channels: Channels = (16, 32, 64)
+    vae_steps: Steps = 800
+    vae_batch: BatchSize = 32
+    vae_lr: LearningRate = 2e-3
+    vae_kl_weight: Float = Field(1e-4, ge=0)
 
     # base-model training data
-    category_mix: dict[str, float] = Field(
+    category_mix: dict[str, Float] = Field(
         default_factory=lambda: {
             "single": 0.4,
             "two_object": 0.15,
@@ -58,29 +75,29 @@ class WorldParams(Settings):
             "brightness": 0.15,
         }
     )
-    n_canvases: int = 20_000
-    n_captions: int = 3_000
-    text_max_length: int = 16
-    caption_dropout: float = 0.1
+    n_canvases: Count = 20_000
+    n_captions: Count = 3_000
+    text_max_length: Int = Field(16, ge=1, le=512, description="MiniLM tokens (at most 512)")
+    caption_dropout: Probability = 0.1
 
     # UNet (UNet2DConditionModel on 8x8x4 latents, cross-attention on MiniLM states)
-    unet_channels: tuple[int, ...] = (64, 128)
-    unet_heads: int = 8
-    unet_layers_per_block: int = 1
-    unet_steps: int = 450
-    unet_batch: int = 128
-    unet_lr: float = 1e-3
-    unet_warmup: int = 50
-    unet_ema_decay: float = 0.0  # 0 disables EMA
-    unet_snr_gamma: float | None = 5.0  # Min-SNR-gamma loss weighting; None: plain MSE
+    unet_channels: Channels = (64, 128)
+    unet_heads: Int = Field(8, ge=1, le=64)
+    unet_layers_per_block: Int = Field(1, ge=1, le=16)
+    unet_steps: Steps = 450
+    unet_batch: BatchSize = 128
+    unet_lr: LearningRate = 1e-3
+    unet_warmup: Int = Field(50, ge=0, le=1_000_000)
+    unet_ema_decay: Float = Field(0.0, ge=0, lt=1)  # 0 disables EMA
+    unet_snr_gamma: Float | None = Field(5.0, gt=0)  # Min-SNR-gamma weighting; None: plain MSE
 
     # evaluation of the world (sampling with CFG)
     sampler: Literal["ddim", "dpm"] = "ddim"
-    sample_steps: int = 20
-    guidance_scale: float = 4.0
-    eval_prompts_per_category: int = 64
-    eval_test_canvases_per_category: int = 200
-    eval_test_items: int | None = None  # classifier accuracy on the first N test items (all)
+    sample_steps: Int = Field(20, ge=1, le=1000)
+    guidance_scale: Float = Field(4.0, ge=0, le=100)
+    eval_prompts_per_category: Count = 64
+    eval_test_canvases_per_category: Count = 200
+    eval_test_items: Count | None = None  # classifier accuracy on the first N test items (all)
 
     @field_validator("category_mix")
     @classmethod
