@@ -14,7 +14,7 @@ from dvc.repo import Repo
 from tests.conftest import REPO
 from tests.project import edit_params, make_project, sh, snakemake_plan
 
-from diffpref import config
+from diffpref import config, registry
 from diffpref.config import dag
 from diffpref.config import dvc as dvc_mod
 
@@ -66,7 +66,7 @@ def test_both_tools_have_the_same_stages_deps_and_outs():
         assert s_out == outs, name
         resolved = {d for d in deps if d.startswith(dvc_mod.RESOLVED + "/")}
         assert resolved == {dvc_mod.job_file(row, objective if row == "train" else None)}, name
-        data = {d for d in deps if d in dag.DATA_DIRS.values()}
+        data = {d for d in deps if d in registry.DATA_DIRS.values()}
         results = {d for d in deps if d.startswith("results/")} - resolved
         want = deps - resolved - data - results | set(dag.dynamic_code(row, cfg, objective))
         want |= {o for d in results for o in as_outputs(d)}

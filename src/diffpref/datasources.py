@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from diffpref.io import InputError
+from diffpref.registry import DATA_DIRS
 
 if TYPE_CHECKING:
     from diffpref.config import Config, PromptParams
@@ -238,11 +239,6 @@ def check_inputs(cfg: Config) -> None:
     if cfg.candidates.source == "pickapic":
         check_pickapic(cfg.candidates.preference_file)
         warn_if_untracked("candidates", cfg.candidates.preference_file)
-
-
-# Where the user's data files go. dvc.yaml cannot depend on a file named in params.yaml, so the
-# stages that read one depend on its folder; Snakemake lists the file itself.
-DATA_DIRS = {"prompts": "data/prompts", "candidates": "data/preferences"}
 
 
 def warn_if_untracked(stage: str, path: str | Path) -> None:

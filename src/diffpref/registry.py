@@ -4,7 +4,7 @@ module (and class) that implements it.
 The packages import their implementations by these names only when asked, so a job's code
 dependencies hold the modules its config picks and no alternative
 (:func:`diffpref.config.dag.plugins`). Import-free on purpose: the Snakefile reads it on every
-parse without loading torch or diffusers.
+parse without loading torch, pandas or diffusers.
 """
 
 LOSSES = ("dpo", "mapo", "smpo", "lair", "kto", "sft", "softrepa", "agsm")  # objectives/<loss>.py
@@ -21,6 +21,10 @@ REWARDS = WORLD_REWARDS | {
     "hpsv2": ("diffpref.rewards.hpsv2", "HPSv2"),
     "imagereward": ("diffpref.rewards.imagereward", "ImageReward"),
 }
+
+# Where the user's data files go. dvc.yaml cannot depend on a file named in params.yaml, so the
+# stages that read one depend on its folder; Snakemake lists the file itself.
+DATA_DIRS = {"prompts": "data/prompts", "candidates": "data/preferences"}
 
 HUMAN = "human"  # labels.reward naming imported human preferences (candidates.source: pickapic)
 

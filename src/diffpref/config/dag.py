@@ -26,7 +26,6 @@ from typing import Any
 from diffpref import registry
 from diffpref.config import imports
 from diffpref.config.schema import Config, JobResources, TrainParams
-from diffpref.datasources import DATA_DIRS
 from diffpref.settings import paused
 
 
@@ -45,12 +44,12 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "world": Stage("world", (), ("results/world",)),
-    "prompts": Stage("prompts", (), ("results/prompts",), data=DATA_DIRS["prompts"]),
+    "prompts": Stage("prompts", (), ("results/prompts",), data=registry.DATA_DIRS["prompts"]),
     "candidates": Stage(
         "candidates",
         ("results/world", "results/prompts"),
         ("results/candidates",),
-        data=DATA_DIRS["candidates"],
+        data=registry.DATA_DIRS["candidates"],
     ),
     "rewards": Stage("rewards", ("results/world", "results/candidates"), ("results/rewards",)),
     "labels": Stage("labels", ("results/rewards",), ("results/labels",)),
