@@ -286,7 +286,7 @@ def set_aside(record: Path, error: Exception) -> Path:
     moved.with_suffix(".reason.txt").write_text(reason + "\n")
     print(
         f"WARNING: MLflow record {record} was refused for its content ({reason}); set aside in "
-        f"{moved}, it is not replayed (fixed, moved back into {record.parent}/, it is)",
+        f"{moved} and not replayed (to retry it, fix it and move it back to {record.parent}/)",
         file=sys.stderr,
     )
     return moved
