@@ -233,12 +233,19 @@ def test_a_poisoned_record_from_an_older_version_is_written_sanitized(project, c
     """What an older diffpref spooled for good (a long category, an odd pipeline id, a
     profile name as a key) is written, valid, by the next replay."""
     head = _head(pipeline="it's", params={"profiles.smoke test!.steps": "1"})
-    _old_record(tracking.pending_dir(), 1, head, metrics=[["n_eval_" + "c" * 300, 5.0, 0]])
+    _old_record(tracking.pending_dir(), 7, head, metrics=[["n_eval_" + "c" * 300, 5.0, 0]])
+    client, exp_id = tracking.open_experiment(project)
+    for _ in range(2):  # what that version's failed attempts left: a RUNNING run each
+        client.create_run(exp_id, start_time=7, run_name="labels")
+    other = client.create_run(exp_id, start_time=7, run_name="prompts").info.run_id
     assert main(["tracking-replay"]) == 0
     assert "1 kept records written: labels" in capsys.readouterr().out
-    runs = _active(project)
-    (r,) = [r for r in runs if r.info.run_name == "labels"]
+    (r,) = [r for r in _active(project) if r.info.run_name == "labels"]
     assert r.info.status == "FINISHED" and list(r.data.metrics.values()) == [5.0]
+    stale = [r for r in _all_runs(project) if r.info.lifecycle_stage == "deleted"]
+    assert [(r.info.run_name, r.info.status) for r in stale] == [("labels", "FAILED")] * 2
+    assert client.get_run(other).info.status == "RUNNING"  # another stage's: not this record's
+    client.set_terminated(other)
     assert _originals(project, r)["param"] == {
         names.key("profiles.smoke test!.steps"): "profiles.smoke test!.steps"
     }

@@ -100,7 +100,7 @@ class Writer:
         status = tail["status"]
         created: list[str] = []
         with store_lock(self.uri):
-            if self.stage_pid is None and self._written_before():
+            if self.stage_pid is None and self._written_before(name):
                 return
             try:
                 parent = self._parent(pipeline, head["start_ms"], created)
@@ -134,15 +134,24 @@ class Writer:
             if parent:
                 self._end_parent(parent, status, end)
 
-    def _written_before(self) -> bool:
-        """Whether an earlier attempt completed this record's run (one it left RUNNING, cut
-        short where the store could not even discard it, is discarded now)."""
-        found = self.client.search_runs(
+    def _written_before(self, name: str) -> bool:
+        """Whether an earlier attempt completed this record's run. Runs an attempt left
+        RUNNING (cut short where the store could not even discard them; or by a diffpref
+        before this one, which did not tag its record: the stage's own name and start time
+        tell them) are discarded now."""
+        tagged = self.client.search_runs(
             [self.exp_id], filter_string=f"tags.`{RECORD_TAG}` = '{self.record_id}'"
         )
-        done = [r for r in found if r.info.status != "RUNNING"]
-        self._discard([r.info.run_id for r in found if r.info.status == "RUNNING"])
-        return bool(done)
+        untagged = self.client.search_runs(
+            [self.exp_id],
+            filter_string=f"attributes.start_time = {int(self.head['start_ms'])} "
+            "and attributes.status = 'RUNNING'",
+        )
+        stale = [r for r in tagged if r.info.status == "RUNNING"] + [
+            r for r in untagged if r.info.run_name == name and RECORD_TAG not in r.data.tags
+        ]
+        self._discard([r.info.run_id for r in stale])
+        return any(r.info.status != "RUNNING" for r in tagged)
 
     def _discard(self, run_ids: list[str]) -> None:
         """End runs FAILED and delete them, as far as the store lets (it may be down)."""
