@@ -288,8 +288,34 @@ def test_a_store_that_is_down_keeps_every_record_and_sets_none_aside(project, mo
                _old_record(pending, 2)]  # fmt: skip
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    assert main(["tracking-replay"]) == 1
+    assert main(["tracking-replay"]) == 1  # the CLI's own check of the store
+    with pytest.raises(MlflowException, match="Connection refused"):
+        tracking.replay()
     assert all(f.is_file() for f in records) and not tracking.quarantine_dir().exists()
+
+
+def test_a_store_that_fails_mid_write_keeps_the_record_and_discards_the_run(
+    project, tmp_path, capsys
+):
+    """Not the record's fault either: the store's artifact folder cannot be made (a file is
+    in its place). The run already created is discarded, the record kept, and written whole
+    once the store is fixed."""
+    (tmp_path / "mlartifacts").write_text("in the way")
+    (tmp_path / "metrics.json").write_text("{}")
+    _write(_head(), _tail(artifacts=[[str(tmp_path / "metrics.json"), "metrics.json"]]))
+    err = capsys.readouterr().err
+    (record,) = tracking.pending_dir().glob("*.json")
+    assert "could not be written (NotADirectoryError: " in err and str(record) in err
+    assert not tracking.quarantine_dir().exists()
+    assert [(r.info.status, r.info.lifecycle_stage) for r in _all_runs(project)] == [
+        ("FAILED", "deleted")
+    ]
+    (tmp_path / "mlartifacts").unlink()
+    assert main(["tracking-replay"]) == 0
+    (r,) = _active(project)
+    client = mlflow.MlflowClient(tracking_uri=project)
+    assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["metrics.json"]
+    _assert_nothing_blocks(project, capsys)
 
 
 def test_a_stage_record_the_store_refuses_is_set_aside_at_once(project, capsys):

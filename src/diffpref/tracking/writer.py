@@ -325,15 +325,23 @@ def replay() -> list[str]:
                 rec = json.loads(f.read_text())
                 writer = Writer(rec["head"], rec["context"], record_id=rec.get("record_id", f.stem))
                 name = _name(rec["head"])
-                store = store or open_experiment(writer.uri)
-                writer.client, writer.exp_id = store
+            except Exception as e:
+                _set_aside_or_raise(f, e)
+                continue
+            store = store or open_experiment(writer.uri)  # fails: the store's fault, all kept
+            writer.client, writer.exp_id = store
+            try:
                 writer.write(rec["tail"])
             except Exception as e:
-                if not is_content_error(e):
-                    raise
-                set_aside(f, e)
+                _set_aside_or_raise(f, e)
                 continue
             f.unlink()
             shutil.rmtree(f.with_suffix(""), ignore_errors=True)
             done.append(name)
     return done
+
+
+def _set_aside_or_raise(record: Path, error: Exception) -> None:
+    if not is_content_error(error):
+        raise error
+    set_aside(record, error)
