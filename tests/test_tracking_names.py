@@ -134,6 +134,7 @@ def test_a_stage_with_names_mlflow_refuses_records_them_valid_with_the_originals
         run.log_metric("n_eval_Food & Beverage", 2)
         run.log_metric("nan", math.nan)
         run.log_metric("inf", 10**400)  # an int no double holds: +inf
+        run.tags["note"] = "t" * (validation.MAX_TAG_VAL_LENGTH + 1)
     assert not (Path.cwd() / ".mlflow-pending").exists()
     assert "WARNING" not in capsys.readouterr().err
     (r,) = _active(project)
@@ -148,6 +149,8 @@ def test_a_stage_with_names_mlflow_refuses_records_them_valid_with_the_originals
     assert r.data.metrics[metric["n_eval_" + "c" * 300]] == 3
     assert r.data.metrics[metric["n_eval_Food & Beverage"]] == 2
     assert math.isnan(r.data.metrics["nan"]) and r.data.metrics["inf"] > 1e308
+    assert r.data.tags["note"] == "t" * validation.MAX_TAG_VAL_LENGTH
+    assert orig["tag value"] == {"note": "t" * (validation.MAX_TAG_VAL_LENGTH + 1)}
     assert r.data.tags[names.RENAMED_TAG] == names.ORIGINALS_FILE
     _assert_nothing_blocks(project, capsys)
 
