@@ -337,6 +337,11 @@ def test_a_store_that_fails_mid_write_keeps_the_record_and_discards_the_run(
     assert [(r.info.status, r.info.lifecycle_stage) for r in _all_runs(project)] == [
         ("FAILED", "deleted")
     ]
+    assert main(["tracking-replay"]) == 1  # still broken: kept, one clear error
+    assert capsys.readouterr().err.startswith(
+        f"error: MLflow store {project}: NotADirectoryError: [Errno 20] Not a directory: "
+    )
+    assert record.is_file() and not tracking.quarantine_dir().exists()
     (tmp_path / "mlartifacts").unlink()
     assert main(["tracking-replay"]) == 0
     (r,) = _active(project)
