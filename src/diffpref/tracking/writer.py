@@ -128,11 +128,11 @@ class Writer:
                 if status == "FINISHED" and self.stage_pid and os.getppid() != self.stage_pid:
                     status = "KILLED"  # killed while it waited for its record: its tool saw it fail
                 client.set_terminated(rid, status=status, end_time=end)
+                if parent:
+                    self._end_parent(parent, status, end)
             except BaseException:
                 self._discard(created)
                 raise
-            if parent:
-                self._end_parent(parent, status, end)
 
     def _written_before(self, name: str) -> bool:
         """Whether an earlier attempt completed this record's run. Runs an attempt left
