@@ -226,11 +226,12 @@ def tracking_init(replay_only: bool = False) -> int:
         if not replay_only:
             print(f"MLflow store {uri}: experiment {tracking.EXPERIMENT} (id {exp_id})")
         done = tracking.replay()
-    except MlflowException as e:
+    except (MlflowException, OSError) as e:  # OSError: its artifact store (a full disk, say)
         pending = tracking.pending_dir()
         left = len(list(pending.glob("*.json"))) if pending.is_dir() else 0
         kept = f"; {left} records still kept in {pending}" if left else ""
-        print(f"error: MLflow store {uri}: {e.message}{kept}", file=sys.stderr)
+        message = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
+        print(f"error: MLflow store {uri}: {message}{kept}", file=sys.stderr)
         return 1
     if done or replay_only:
         names = f": {', '.join(done)}" if done else ""

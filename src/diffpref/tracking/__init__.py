@@ -10,7 +10,11 @@ the stage's real start and end times. A stage that raises gets a FAILED run; one
 outright (the helper sees its pipe close with no final record) a KILLED run, so no run stays
 RUNNING forever. A store that cannot be written (a server that is down) costs the stage
 nothing: the helper keeps the record in ``.mlflow-pending/`` at the project root, warns, and
-``diffpref tracking-replay`` (or the next ``tracking-init``) writes it later.
+``diffpref tracking-replay`` (or the next ``tracking-init``) writes it later. Every name and
+value is made valid for MLflow before it is logged (:mod:`~diffpref.tracking.names`); a record
+the store still refuses for its content is set aside in ``.mlflow-quarantine/`` with one
+warning, so no record blocks a later replay, and an attempt that fails discards the runs it
+created.
 
 Modules: :mod:`~diffpref.tracking.stage` (the stage's side), :mod:`~diffpref.tracking.writer`
 (the helper process), :mod:`~diffpref.tracking.store` (which store, its lock, the report's
@@ -26,6 +30,7 @@ from diffpref.tracking.store import (
     latest_runs,
     open_experiment,
     pending_dir,
+    quarantine_dir,
     store_lock,
     tracking_uri,
 )
@@ -42,6 +47,7 @@ __all__ = [
     "open_experiment",
     "pending_dir",
     "pipeline_id",
+    "quarantine_dir",
     "replay",
     "run_name",
     "stage_run",

@@ -34,13 +34,15 @@ def git_commit() -> str:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Params as MLflow logs them, ``a.b.c`` -> text; whole (the writer makes them fit MLflow,
+    keeping the originals of what it cuts: :mod:`~diffpref.tracking.names`)."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = str(v)[:6000]
+            out[key] = str(v)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -47,7 +48,13 @@ class StageRun:
     _scratch: str | None = None
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
-        self.metrics.append((key, float(value), int(step)))
+        """``value`` as a double: an int too large for one is ±inf (as MLflow stores it), not
+        a stage that fails on its record."""
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf if value > 0 else -math.inf
+        self.metrics.append((key, number, int(step)))
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         for k, v in metrics.items():

@@ -38,6 +38,32 @@ def pending_dir() -> Path:
     return (project_root() / ".mlflow-pending").resolve()
 
 
+def quarantine_dir() -> Path:
+    """Where records the store refused for their content are set aside: never replayed, so
+    none blocks a later pipeline, and kept, so nothing is lost (beside :func:`pending_dir`)."""
+    return (project_root() / ".mlflow-quarantine").resolve()
+
+
+# What a store answers when it refuses a request for what it holds (a key, a value, a
+# duplicate), as opposed to a store that cannot answer now (down, locked, out of date,
+# unauthorised: INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE, ...), where the record must wait.
+# BAD_REQUEST: a SQL store's integrity and data errors (a value too long for its column).
+CONTENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
+
+def is_content_error(error: BaseException) -> bool:
+    """Whether ``error``, met writing (or reading) a record, is the record's own fault, so
+    that writing it again can never succeed: a store's refusal (:data:`CONTENT_ERRORS`), or a
+    record that is not one (unreadable JSON, missing fields, wrong types: ``ValueError``,
+    ``KeyError``, ``TypeError``). Connection failures (``OSError``, which includes requests'
+    errors) never are."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return error.error_code in CONTENT_ERRORS
+    return isinstance(error, ValueError | KeyError | TypeError) and not isinstance(error, OSError)
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts of a local SQLite store go to ``mlartifacts/`` beside it (absolute, like the
     store, so runs from ``dvc exp run --temp`` copies land there too); a server decides its
