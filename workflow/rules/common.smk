@@ -5,6 +5,7 @@
 import functools
 import json
 import os
+import re
 import uuid
 
 from diffpref.config import ConfigError, validate, with_profile
@@ -21,12 +22,9 @@ OBJECTIVES = list(CFG.objectives)
 SEEDS = CFG.train_seeds  # the active profile's (DVC, which cannot see profiles, expands the top level)
 
 
-def cmd(row, objective=None, seed=None):
-    stage = dag.stage_of(row)
-    objective = "base" if row == "evaluate_base" else objective
-    out = f"diffpref {stage} --params params.yaml --profile {PROFILE} --threads {{threads}}"
-    out += f" --objective {objective}" if objective else ""
-    return out + (f" --seed {seed}" if seed is not None else "")
+def cmd(row):
+    """The job's shell command, every value quoted (dag.snakemake_shell)."""
+    return dag.snakemake_shell(row, PROFILE)
 
 
 @functools.cache  # one evaluation per job, however many param slots read it
@@ -69,7 +67,7 @@ def res(row):
 
 # only the configured objectives and training seeds (names validated by the schema)
 wildcard_constraints:
-    objective="|".join(OBJECTIVES) or "(?!)",
+    objective="|".join(map(re.escape, OBJECTIVES)) or "(?!)",
     seed="|".join(map(str, SEEDS)),
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,21 @@ def job_resources(cfg: Config, stage: str) -> JobResources:
         return cfg.resources[cfg.backbone.kind].of(stage)  # validated: the kind has an entry
 
 
+def snakemake_shell(row: str, profile: str) -> str:
+    """The rule's shell command, every argument one shell word (Snakemake's guidance: quote
+    each): the profile (any string a params file or ``--config`` holds) shell-quoted, its
+    braces doubled so that Snakemake's formatting leaves it as written; the wildcards through
+    Snakemake's own ``:q``; ``{threads}`` is Snakemake's integer."""
+    literal = shlex.quote(profile).replace("{", "{{").replace("}", "}}")
+    words = ["diffpref", stage_of(row), "--params", "params.yaml", "--profile", literal]
+    words += ["--threads", "{threads}"]
+    if row == "evaluate_base":
+        words += ["--objective", "base"]
+    elif STAGES[row].per_model:
+        words += ["--objective", "{wildcards.objective:q}", "--seed", "{wildcards.seed:q}"]
+    return " ".join(words)
+
+
 def user_data(cfg: Config, stage: str) -> list[str]:
     """The user's data files ``stage`` reads under the active profile (a prompt file, a
     Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage."""
@@ -299,9 +315,45 @@ def user_data(cfg: Config, stage: str) -> list[str]:
     return []
 
 
+def output_dirs(
+    stage: str, objective: str | None, seed: int | None, cfg: Config
+) -> list[Path]:
+    """The folders a job writes, each as a whole (a declared file's folder for the report's
+    plots), under the active ``results`` root; the first holds its keys read."""
+    row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
+    with paused():
+        root = cfg.results
+    out = []
+    for o in STAGES[row].outs:
+        path = Path(root, Path(o.format(objective=objective, seed=seed)).relative_to("results"))
+        out.append(path.parent if path.suffix else path)  # a file (.png): its folder
+    return list(dict.fromkeys(out))
+
+
+def jobs(cfg: Config) -> list[tuple[str, str | None, int | None]]:
+    """Every job of the DAG as (stage, objective, training seed); the base model's
+    evaluation is ("evaluate", "base", None)."""
+    with paused():
+        models = [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
+    out: list[tuple[str, str | None, int | None]] = []
+    for row, s in STAGES.items():
+        if row == "evaluate_base":
+            out.append((s.module, "base", None))
+        elif s.per_model:
+            out += [(s.module, o, seed) for o, seed in models]
+        else:
+            out.append((s.module, None, None))
+    return out
+
+
+def written_dirs(cfg: Config) -> list[Path]:
+    """Every folder the DAG's jobs replace or delete: their outputs, training checkpoints."""
+    out = [d for job in jobs(cfg) for d in output_dirs(*job, cfg=cfg)]
+    with paused():
+        out += [cfg.model_dir("checkpoints", o, s) for st, o, s in jobs(cfg) if st == "train"]
+    return out
+
+
 def output_dir(stage: str, cfg: Config, objective: str | None, seed: int | None) -> Path:
     """The folder a job writes first (where its keys read go: :func:`settings.write_reads`)."""
-    row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
-    out = STAGES[row].outs[0].format(objective=objective, seed=seed)
-    with paused():
-        return Path(cfg.results, Path(out).relative_to("results"))
+    return output_dirs(stage, objective, seed, cfg)[0]
