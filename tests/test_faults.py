@@ -184,8 +184,12 @@ def wait_for(what: Callable, proc: subprocess.Popen, log, poll: float = 0.05):
 
 
 def run_name(argv: list[str]) -> str:
-    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N]` process."""
+    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N]` process
+    (DVC's: `--job train@X-N`)."""
     opts = dict(itertools.pairwise(argv[3:]))  # each option to the word after it
+    if job := opts.get("--job"):
+        objective, seed = job.split("@", 1)[1].rsplit("-", 1)
+        return tracking.run_name(argv[2], objective, int(seed))
     seed = opts.get("--seed")
     return tracking.run_name(argv[2], opts.get("--objective"), seed and int(seed))
 

@@ -70,7 +70,7 @@ def test_a_killed_writers_leftovers_are_removed_or_put_back_by_the_next_write(tm
     assert left.name.startswith(".stage.tmp-") and (left / "half.txt").is_file()
     pid = int(left.name.split("-")[1])  # .stage.tmp-<pid>-<random>
     # killed between the renames, it would also have left the previous output moved aside
-    moved = previous_output(tmp_path / f".stage.old-{pid}")
+    previous_output(tmp_path / f".stage.old-{pid}")
     running = tmp_path / f".stage.tmp-{os.getpid()}-x"  # a writer that is still at work
     running.mkdir()
     with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
@@ -111,7 +111,7 @@ def _link_to_an_output(out: Path) -> None:
 
 
 IN_THE_WAY = {  # what is at the output's path: what the error says it is
-    "users_folder": (_users_folder, "a folder diffpref did not write (it holds no .diffpref-output)"),
+    "users_folder": (_users_folder, f"a folder diffpref did not write (it holds no {MARKER})"),
     "users_file": (_users_file, "a file"),
     "link": (_link_to_an_output, "a symbolic link (to {tmp}/elsewhere)"),
 }

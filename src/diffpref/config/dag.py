@@ -315,9 +315,7 @@ def user_data(cfg: Config, stage: str) -> list[str]:
     return []
 
 
-def output_dirs(
-    stage: str, objective: str | None, seed: int | None, cfg: Config
-) -> list[Path]:
+def output_dirs(stage: str, objective: str | None, seed: int | None, cfg: Config) -> list[Path]:
     """The folders a job writes, each as a whole (a declared file's folder for the report's
     plots), under the active ``results`` root; the first holds its keys read."""
     row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
