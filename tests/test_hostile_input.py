@@ -15,6 +15,7 @@ from snakemake.utils import format as snakemake_format
 from tests.conftest import REPO
 from tests.project import edit_params, sh
 
+from diffpref import config
 from diffpref.cli import main
 from diffpref.config import dag
 from diffpref.io import MARKER
@@ -88,7 +89,10 @@ def test_no_params_string_runs_as_shell_code_under_snakemake_or_dvc(tmp_path):
     """The issue's case: a profile named `$(touch pwned)…` (it exists in params.yaml) and
     `snakemake --cores 1 results/prompts`; and under DVC an objective and a training seed of
     that kind in a job `dvc repro --single-item` runs (its dependencies present). No `pwned`
-    file appears: the stage runs with its profile as written, or the name is refused first."""
+    file appears: the stage runs with its profile as written, or the name is refused first.
+    The stage's old output, unmarked (written before markers), is Snakemake's declared output:
+    Snakemake clears it before the job, and the stage writes its own. A dry run of the whole
+    DAG plans every job (the name in the report's params is no wildcard)."""
     root = tool_project(tmp_path / "p")
     name = "x$(touch pwned1)`touch pwned2`;touch pwned3;'q'\"q\"{threads}\ntouch pwned4"
 
@@ -97,10 +101,18 @@ def test_no_params_string_runs_as_shell_code_under_snakemake_or_dvc(tmp_path):
         raw["profile"] = name
 
     edit_params(root, hostile_profile)
-    out = sh(["snakemake", "--cores", "1", "results/prompts"], root, check=False)
+    old = root / "results/prompts/old.parquet"  # an output of a diffpref without markers
+    old.parent.mkdir(parents=True)
+    old.write_text("")
+    cmd = ["snakemake", "--cores", "1", "--force", "results/prompts"]
+    out = sh(cmd, root, check=False)
     assert pwned(tmp_path) == [], out
-    ran = "Finished jobid" in out and (root / "results/prompts/train.parquet").is_file()
-    assert ran or ("profile" in out and not (root / "results/prompts").exists()), out
+    new = root / "results/prompts/train.parquet"
+    ran = "Finished jobid" in out and new.is_file() and not old.exists()  # Snakemake clears it
+    assert ran or ("profile" in out and old.exists() and not new.exists()), out
+    # every job's params hold the name (the report reads `profile`): none is read as a wildcard
+    out = sh(["snakemake", "-n", "--forceall"], root, check=False)
+    assert "WildcardError" not in out and pwned(tmp_path) == [], out
 
     obj, seed = "x$(touch pwned5)`touch pwned6`;touch pwned7;'q'", "0;touch pwned8"
     edit_params(root, lambda r: r.update(profile="default", objectives={obj: {"loss": "dpo"}},
@@ -112,6 +124,20 @@ def test_no_params_string_runs_as_shell_code_under_snakemake_or_dvc(tmp_path):
     out = sh(["dvc", "repro", "--single-item", job], root, check=False)
     assert pwned(tmp_path) == [], out
     assert f"Running stage '{job}'" in out and "error: params.yaml: " in out, out
+
+
+def test_a_prompt_file_name_with_braces_is_refused_for_snakemake(tmp_path):
+    """Snakemake reads "{...}" in an input path as a wildcard and has no escape: the Snakefile's
+    input list for the prompts stage refuses the name, with the key (a WorkflowError)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["prompts"] |= {"source": "file", "file": "data/prompts/{a}.txt"}
+    cfg = config.validate(raw, tmp_path / "params.yaml")
+    with pytest.raises(config.ConfigError) as e:
+        dag.user_data(cfg, "prompts")
+    assert str(e.value) == (
+        "prompts.file: 'data/prompts/{a}.txt': Snakemake reads braces in a file name as a "
+        "wildcard; rename the file"
+    )
 
 
 def test_a_dvc_job_named_by_dvc_runs_that_objective_and_seed(tmp_path, capsys):
@@ -229,9 +255,14 @@ def test_results_outside_the_project_need_the_switch_and_check_says_so(
 @pytest.mark.parametrize(
     ("stage", "folder"),
     [
-        (["prompts"], "results/prompts"),
-        (["report"], "results/plots"),  # declared files: the stage replaces their folder
-        (["train", "--objective", "dpo", "--seed", "0"], "results/checkpoints/dpo/seed0"),
+        pytest.param(["prompts"], "results/prompts", id="prompts"),
+        # declared files: the stage replaces their folder
+        pytest.param(["report"], "results/plots", id="report_plots"),
+        pytest.param(
+            ["train", "--objective", "dpo", "--seed", "0"],
+            "results/checkpoints/dpo/seed0",
+            id="train_checkpoint",
+        ),
     ],
 )
 def test_a_users_folder_where_a_stage_writes_stops_it_before_any_work(

@@ -36,14 +36,17 @@ def _key_values(row, objective=None):
 def params_of(row):
     """The job's resolved params, one Snakemake param per key: Snakemake reruns a job whose
     params changed and its reason lists the changed "key=value" pairs. A row with one job per
-    objective gets as many slots as its widest job (the others pad with "")."""
-    if not dag.STAGES[row].per_model:
-        return _key_values(row)
-    n = max((len(_key_values(row, o)) for o in OBJECTIVES), default=0)
-    return [
-        lambda w, i=i: (kv[i] if i < len(kv := _key_values(row, w.objective)) else "")
-        for i in range(n)
-    ]
+    objective gets as many slots as its widest job (the others pad with ""). Each slot is a
+    function: Snakemake fills "{...}" in a plain string param as a wildcard (a profile name or
+    a path holding braces would break the DAG), never in what a function returns."""
+    per_model = dag.STAGES[row].per_model
+    n = max((len(_key_values(row, o)) for o in (OBJECTIVES if per_model else [None])), default=0)
+
+    def slot(w, i):
+        kv = _key_values(row, w.objective if per_model else None)
+        return kv[i] if i < len(kv) else ""
+
+    return [lambda w, i=i: slot(w, i) for i in range(n)]
 
 
 def code_of(row):
@@ -56,7 +59,10 @@ def code_of(row):
 def data_of(row):
     """The user's data files the stage reads (a prompt file, a Pick-a-Pic shard): an edit
     reruns it. dvc.yaml depends on their folders instead (dag.DATA_DIRS)."""
-    return dag.user_data(CFG, row)
+    try:
+        return dag.user_data(CFG, row)
+    except ConfigError as e:
+        raise WorkflowError(f"params.yaml: {e}") from None
 
 
 def res(row):

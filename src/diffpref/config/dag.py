@@ -26,7 +26,7 @@ from typing import Any
 
 from diffpref import registry
 from diffpref.config import imports
-from diffpref.config.schema import Config, JobResources, TrainParams
+from diffpref.config.schema import Config, ConfigError, JobResources, TrainParams
 from diffpref.datasources import DATA_DIRS
 from diffpref.settings import paused
 
@@ -305,14 +305,21 @@ def snakemake_shell(row: str, profile: str) -> str:
 
 def user_data(cfg: Config, stage: str) -> list[str]:
     """The user's data files ``stage`` reads under the active profile (a prompt file, a
-    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage."""
+    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage. Snakemake reads
+    "{...}" in an input path as a wildcard, with no escape: such a name is a ConfigError."""
     with paused():
         p, c = cfg.prompts, cfg.candidates
         if stage == "prompts" and p.source == "file" and p.file:
-            return [p.file]
-        if stage == "candidates" and c.source == "pickapic" and c.preference_file:
-            return [c.preference_file]
-    return []
+            key, path = "prompts.file", p.file
+        elif stage == "candidates" and c.source == "pickapic" and c.preference_file:
+            key, path = "candidates.preference_file", c.preference_file
+        else:
+            return []
+    if "{" in path or "}" in path:
+        raise ConfigError(
+            f"{key}: {path!r}: Snakemake reads braces in a file name as a wildcard; rename the file"
+        )
+    return [path]
 
 
 def output_dirs(stage: str, objective: str | None, seed: int | None, cfg: Config) -> list[Path]:
