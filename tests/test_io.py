@@ -98,11 +98,12 @@ def test_a_full_disk_names_the_output_and_keeps_the_previous_one(tmp_path):
 
 
 def _users_folder(out: Path) -> None:
-    out.mkdir()
+    out.mkdir(parents=True)
     (out / "mine.txt").write_text("mine")
 
 
 def _users_file(out: Path) -> None:
+    out.parent.mkdir()
     out.write_text("mine")
 
 
@@ -110,10 +111,15 @@ def _link_to_an_output(out: Path) -> None:
     out.symlink_to(previous_output(out.with_name("elsewhere")))
 
 
+def _file_for_its_folder(out: Path) -> None:
+    out.parent.write_text("mine")  # where the output's folder would go
+
+
 IN_THE_WAY = {  # what is at the output's path: what the error says it is
     "users_folder": (_users_folder, f"a folder diffpref did not write (it holds no {MARKER})"),
     "users_file": (_users_file, "a file"),
     "link": (_link_to_an_output, "a symbolic link (to {tmp}/elsewhere)"),
+    "file_for_its_folder": (_file_for_its_folder, "a file"),
 }
 
 
@@ -122,15 +128,16 @@ def test_what_diffpref_did_not_write_is_never_replaced(tmp_path, case):
     """A stage's output path holding a user's folder, a file, or a link (even to an output):
     an error naming the path and what is there, before the write starts; nothing deleted."""
     make, what = IN_THE_WAY[case]
-    out = tmp_path / "stage"
+    out = tmp_path / "parent" / "stage"
     make(out)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     started = False
     with pytest.raises(OutputInTheWay) as e, atomic_dir(out):
         started = True
     assert not started
+    named = out.parent if case == "file_for_its_folder" else out
     assert str(e.value) == (
-        f"{out}: not replaced: it is {what.format(tmp=tmp_path)}; a stage replaces only a "
+        f"{named}: not replaced: it is {what.format(tmp=out.parent)}; a stage replaces only a "
         "folder it wrote itself. Nothing was deleted: move it away (or delete it, if it is an "
         "old diffpref output written before output folders were marked), or set `results:` to "
         "another folder"

@@ -72,23 +72,32 @@ def check_replaceable(path: Path) -> None:
     """Raise :class:`OutputInTheWay` unless a stage may put its output folder at ``path``:
     nothing is there, or a folder diffpref wrote (:func:`is_own`), or an empty folder (which
     holds nothing to lose: DVC and Snakemake empty a folder of declared file outputs, such as
-    ``results/plots``, before the stage runs)."""
+    ``results/plots``, before the stage runs). A file where one of its folders would go is in
+    the way too."""
     path = Path(path)
-    if path.is_symlink():
-        what = f"a symbolic link (to {os.readlink(path)})"
-    elif not path.exists() or is_own(path):
-        return
-    elif not path.is_dir():
-        what = "a file"
-    elif not any(path.iterdir()):
-        return
-    else:
-        what = f"a folder diffpref did not write (it holds no {MARKER})"
+    if (what := _obstacle(path)) is None:
+        above = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+        if above is None or above.is_dir():
+            return
+        path, what = above, _obstacle(above)
     raise OutputInTheWay(
         f"{path}: not replaced: it is {what}; a stage replaces only a folder it wrote itself. "
         "Nothing was deleted: move it away (or delete it, if it is an old diffpref output "
         "written before output folders were marked), or set `results:` to another folder"
     )
+
+
+def _obstacle(path: Path) -> str | None:
+    """What at ``path`` a stage must not replace, in words; None if it may."""
+    if path.is_symlink():
+        return f"a symbolic link (to {os.readlink(path)})"
+    if not path.exists() or is_own(path):
+        return None
+    if not path.is_dir():
+        return "a file"
+    if any(path.iterdir()):
+        return f"a folder diffpref did not write (it holds no {MARKER})"
+    return None
 
 
 @contextmanager
@@ -102,9 +111,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     (:func:`_clean_leftovers`).
     """
     final = Path(final)
+    check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(final)
-    check_replaceable(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
