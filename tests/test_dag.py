@@ -35,6 +35,7 @@ from tests.project import (
 )
 
 from diffpref import tracking
+from diffpref.io import MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -289,6 +290,7 @@ def test_dvc_smoke_experiment_and_reruns(smoke_dvc, tmp_path):
     assert not re.search(r"https?://", page)
     shown = sh(["dvc", "metrics", "show"], root).splitlines()  # a row per model, terminal-wide
     assert any(line.startswith("results/metrics/dpo.json") for line in shown)
+    assert not any(MARKER in line for line in shown)  # no metric: .dvcignore hides it
     assert max(map(len, shown)) <= 100, shown
     # `dvc exp show` has each model's headline numbers as columns (win and its CI are dpo's)
     exp = pd.read_csv(io.StringIO(sh(["dvc", "exp", "show", "--csv", "--no-pager"], root)))

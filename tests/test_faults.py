@@ -38,6 +38,7 @@ from tests.project import (
 )
 
 from diffpref import tracking
+from diffpref.io import MARKER, MARKER_TEXT
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +100,11 @@ def test_two_clean_runs_give_the_same_bytes_and_the_report_states_its_seeds(
     assert_same_results(smoke_dvc, smoke_reference)
     for name in ("prompts", "candidates", "rewards", "labels", "adapters/dpo/seed0", "report"):
         assert (smoke_reference / "results" / name).is_dir(), name
+    # each folder a stage wrote is marked as its own (the same bytes everywhere), so that a
+    # later run may replace it; DVC caches the marker with the folder
+    for run in (smoke_reference, smoke_dvc):
+        for name in ("world", "prompts", "eval/base", "eval/dpo/seed0", "metrics", "plots"):
+            assert (run / "results" / name / MARKER).read_text() == MARKER_TEXT, (run, name)
     md = (smoke_reference / "results/report/report.md").read_text()
     assert "training seeds per objective ([0])" in md
     assert "sampling seeds [0, 1]; data seed 0" in md
@@ -184,8 +190,12 @@ def wait_for(what: Callable, proc: subprocess.Popen, log, poll: float = 0.05):
 
 
 def run_name(argv: list[str]) -> str:
-    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N]` process."""
+    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N]` process
+    (DVC's: `--job train@X-N`)."""
     opts = dict(itertools.pairwise(argv[3:]))  # each option to the word after it
+    if job := opts.get("--job"):
+        objective, seed = job.split("@", 1)[1].rsplit("-", 1)
+        return tracking.run_name(argv[2], objective, int(seed))
     seed = opts.get("--seed")
     return tracking.run_name(argv[2], opts.get("--objective"), seed and int(seed))
 

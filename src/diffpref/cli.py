@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
         if name in ("train", "evaluate"):
             s.add_argument(
-                "--objective", required=True, help="objective name (evaluate also takes 'base')"
+                "--objective", help="objective name (evaluate also takes 'base'); or --job"
+            )
+            s.add_argument(
+                "--job",
+                help=f"the job as DVC names it ({name}@dpo-0: objective and seed); dvc.yaml "
+                'passes "$DVC_STAGE", so no params value is ever part of its shell command',
             )
             s.add_argument(
                 "--seed",
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if error := _job_error(args, cfg):
+        print(f"error: {args.params}: {error}", file=sys.stderr)
+        return 2
     objective = getattr(args, "objective", None)
     if (
         objective is not None
@@ -174,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         from diffpref.datasources import check_inputs
 
         check_inputs(cfg)
+        if (outside := config_mod.results_outside(cfg, args.params)) is not None:
+            print(f"{args.params}: results: {outside} is outside the project (allowed by "
+                  "results_outside_project: true)")  # fmt: skip
+        if errors := _in_the_way(cfg):
+            print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
+            return 2
         for name in sorted(set(raw.get("profiles") or {}) - {cfg.profile}):
             try:  # a typo in another profile, found before the run that uses it
                 config_mod.load(args.params, name)
@@ -239,6 +253,41 @@ def tracking_init(replay_only: bool = False) -> int:
     return 0
 
 
+def _in_the_way(cfg: config_mod.Config) -> list[str]:
+    """What is in the way of the DAG's outputs (:func:`diffpref.io.check_replaceable`), when
+    ``results`` is not the project's ``results/``: there DVC and Snakemake delete their declared
+    outputs before a stage runs, and an old unmarked output is theirs to replace."""
+    from diffpref.io import OutputInTheWay, check_replaceable
+
+    if Path(cfg.results).resolve() == Path("results").resolve():
+        return []
+    errors = []
+    for folder in dict.fromkeys(dag.written_dirs(cfg)):
+        try:
+            check_replaceable(folder)
+        except OutputInTheWay as e:
+            errors.append(str(e))
+    return errors
+
+
+def _job_error(args, cfg: config_mod.Config) -> str:
+    """Why train/evaluate's job is not named right, or ''; ``--job train@dpo-0`` (DVC's stage
+    name) sets ``args.objective`` and ``args.seed``."""
+    if args.stage not in ("train", "evaluate"):
+        return ""
+    if args.job is None:
+        return "" if args.objective is not None else "--objective (or --job) is required"
+    if args.objective is not None or args.seed is not None:
+        return "--job names the objective and the seed: give it alone"
+    from diffpref.config.why import parse
+
+    try:
+        row, args.objective, args.seed = parse(args.job, cfg)
+    except ValueError as e:
+        return f"--job: {e}"
+    return "" if row == args.stage else f"--job: {args.job!r} is not a {args.stage} job"
+
+
 def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int | None) -> str:
     """Why this command's training seed is wrong, or ''. Under DVC, every stage also checks
     that the profile does not change ``train_seeds``: DVC expands its matrix from the file's
@@ -268,6 +317,10 @@ def run_stage(
     threads: int | None,
     seed: int | None = None,
 ) -> int:
+    from diffpref.io import check_replaceable
+
+    for folder in dag.output_dirs(stage, objective, seed, cfg):
+        check_replaceable(folder)  # a user's folder in the way: said before any work
     import torch
 
     from diffpref import stages, tracking

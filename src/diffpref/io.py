@@ -4,6 +4,9 @@ input is named, with the command that restores it, before any work starts.
 Every stage writes into a temporary sibling directory and renames it over the final path only
 when everything is written, so downstream stages (and DVC/Snakemake) see all or nothing; the
 rerun of a killed stage removes what the killed one left, and a full disk is named as such.
+Each folder written so holds a marker file (:data:`MARKER`), and a stage replaces only a
+folder that holds one (or an empty one): whatever else is in the way is the user's, and is
+named in an error with nothing deleted (:func:`check_replaceable`).
 Earlier stages' artifacts are read with :func:`read_table`, :func:`load_tensors`,
 :func:`load_array` and :func:`read_json`, which name a damaged file and how to restore it;
 pickled model files with :func:`load_weights` (``weights_only``: no code runs).
@@ -39,19 +42,83 @@ class DiskFull(OSError):
     environment fault, not bad input, so the CLI prints it and exits with code 1."""
 
 
+class OutputInTheWay(InputError):
+    """Something a stage did not write where its output goes (a user's folder, a file, a
+    symbolic link): named, nothing deleted, exit code 2 like other bad input."""
+
+
+# In every folder diffpref writes as a whole (stage outputs, checkpoints): the sign that a
+# later run may replace it. Hidden, like Snakemake's `.snakemake_timestamp`; the same bytes
+# everywhere, so outputs stay byte-identical across runs and DVC's cache keys do not move.
+MARKER = ".diffpref-output"
+MARKER_TEXT = (
+    "Written by diffpref: a stage output, replaced whole by the stage's next run.\n"
+    "A folder without this file is never replaced or deleted by diffpref.\n"
+)
+
+
+def is_own(folder: Path) -> bool:
+    """A real folder (not a link to one) that diffpref wrote: it holds :data:`MARKER`."""
+    folder = Path(folder)
+    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
+
+
+def mark(folder: Path) -> None:
+    """Put :data:`MARKER` into ``folder``: diffpref wrote it and may replace it."""
+    (Path(folder) / MARKER).write_text(MARKER_TEXT)
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise :class:`OutputInTheWay` unless a stage may put its output folder at ``path``:
+    nothing is there, or a folder diffpref wrote (:func:`is_own`), or an empty folder (which
+    holds nothing to lose: DVC and Snakemake empty a folder of declared file outputs, such as
+    ``results/plots``, before the stage runs). A file where one of its folders would go is in
+    the way too."""
+    path = Path(path)
+    if (what := _obstacle(path)) is None:
+        above = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+        if above is None or above.is_dir():
+            return
+        path, what = above, _obstacle(above)
+    raise OutputInTheWay(
+        f"{path}: not replaced: it is {what}; a stage replaces only a folder it wrote itself. "
+        "Nothing was deleted: move it away (or delete it, if it is an old diffpref output "
+        "written before output folders were marked), or set `results:` to another folder"
+    )
+
+
+def _obstacle(path: Path) -> str | None:
+    """What at ``path`` a stage must not replace, in words; None if it may."""
+    if path.is_symlink():
+        return f"a symbolic link (to {os.readlink(path)})"
+    if not path.exists() or is_own(path):
+        return None
+    if not path.is_dir():
+        return "a file"
+    if any(path.iterdir()):
+        return f"a folder diffpref did not write (it holds no {MARKER})"
+    return None
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp directory next to ``final``; on success it replaces ``final``.
+    """Yield a temp directory next to ``final``; on success it replaces ``final``, marked as
+    diffpref's (:data:`MARKER`).
 
-    A failed write removes the temp directory (a full disk raises :class:`DiskFull` naming
-    ``final``); what a killed writer left behind is cleaned up first (:func:`_clean_leftovers`).
+    Only a folder diffpref wrote is replaced (:func:`check_replaceable`, before the write and
+    again before the rename); a failed write removes the temp directory (a full disk raises
+    :class:`DiskFull` naming ``final``); what a killed writer left behind is cleaned up first
+    (:func:`_clean_leftovers`).
     """
     final = Path(final)
+    check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
+        mark(tmp)
+        check_replaceable(final)  # whatever appeared there meanwhile
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if why := out_of_space(e):

@@ -5,6 +5,7 @@
 import functools
 import json
 import os
+import re
 import uuid
 
 from diffpref import env
@@ -34,12 +35,9 @@ OBJECTIVES = list(CFG.objectives)
 SEEDS = CFG.train_seeds  # the active profile's (DVC, which cannot see profiles, expands the top level)
 
 
-def cmd(row, objective=None, seed=None):
-    stage = dag.stage_of(row)
-    objective = "base" if row == "evaluate_base" else objective
-    out = f"diffpref {stage} --params params.yaml --profile {PROFILE} --threads {{threads}}"
-    out += f" --objective {objective}" if objective else ""
-    return out + (f" --seed {seed}" if seed is not None else "")
+def cmd(row):
+    """The job's shell command, every value quoted (dag.snakemake_shell)."""
+    return dag.snakemake_shell(row, PROFILE)
 
 
 @functools.cache  # one evaluation per job, however many param slots read it
@@ -51,14 +49,17 @@ def _key_values(row, objective=None):
 def params_of(row):
     """The job's resolved params, one Snakemake param per key: Snakemake reruns a job whose
     params changed and its reason lists the changed "key=value" pairs. A row with one job per
-    objective gets as many slots as its widest job (the others pad with "")."""
-    if not dag.STAGES[row].per_model:
-        return _key_values(row)
-    n = max((len(_key_values(row, o)) for o in OBJECTIVES), default=0)
-    return [
-        lambda w, i=i: (kv[i] if i < len(kv := _key_values(row, w.objective)) else "")
-        for i in range(n)
-    ]
+    objective gets as many slots as its widest job (the others pad with ""). Each slot is a
+    function: Snakemake fills "{...}" in a plain string param as a wildcard (a profile name or
+    a path holding braces would break the DAG), never in what a function returns."""
+    per_model = dag.STAGES[row].per_model
+    n = max((len(_key_values(row, o)) for o in (OBJECTIVES if per_model else [None])), default=0)
+
+    def slot(w, i):
+        kv = _key_values(row, w.objective if per_model else None)
+        return kv[i] if i < len(kv) else ""
+
+    return [lambda w, i=i: slot(w, i) for i in range(n)]
 
 
 def code_of(row):
@@ -70,8 +71,11 @@ def code_of(row):
 
 def data_of(row):
     """The user's data files the stage reads (a prompt file, a Pick-a-Pic shard): an edit
-    reruns it. dvc.yaml depends on their folders instead (dag.DATA_DIRS)."""
-    return dag.user_data(CFG, row)
+    reruns it. dvc.yaml depends on their folders instead (registry.DATA_DIRS)."""
+    try:
+        return dag.user_data(CFG, row)
+    except ConfigError as e:
+        raise WorkflowError(f"params.yaml: {e}") from None
 
 
 def res(row):
@@ -82,7 +86,7 @@ def res(row):
 
 # only the configured objectives and training seeds (names validated by the schema)
 wildcard_constraints:
-    objective="|".join(OBJECTIVES) or "(?!)",
+    objective="|".join(map(re.escape, OBJECTIVES)) or "(?!)",
     seed="|".join(map(str, SEEDS)),
 
 

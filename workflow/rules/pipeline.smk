@@ -101,7 +101,7 @@ rule train:
     resources:
         **res("train").scheduler,
     shell:
-        cmd("train", "{wildcards.objective}", "{wildcards.seed}")
+        cmd("train")
 
 
 rule evaluate_base:
@@ -135,7 +135,7 @@ rule evaluate:
     resources:
         **res("evaluate").scheduler,
     shell:
-        cmd("evaluate", "{wildcards.objective}", "{wildcards.seed}")
+        cmd("evaluate")
 
 
 rule report:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from diffpref import registry
 from diffpref.config import imports
-from diffpref.config.schema import Config, JobResources, TrainParams
+from diffpref.config.schema import Config, ConfigError, JobResources, TrainParams
 from diffpref.settings import paused
 
 
@@ -284,21 +285,77 @@ def job_resources(cfg: Config, stage: str) -> JobResources:
         return cfg.resources[cfg.backbone.kind].of(stage)  # validated: the kind has an entry
 
 
+def snakemake_shell(row: str, profile: str) -> str:
+    """The rule's shell command, every argument one shell word (Snakemake's guidance: quote
+    each): the profile (any string a params file or ``--config`` holds) shell-quoted, its
+    braces doubled so that Snakemake's formatting leaves it as written; the wildcards through
+    Snakemake's own ``:q``; ``{threads}`` is Snakemake's integer."""
+    literal = shlex.quote(profile).replace("{", "{{").replace("}", "}}")
+    words = ["diffpref", stage_of(row), "--params", "params.yaml", "--profile", literal]
+    words += ["--threads", "{threads}"]
+    if row == "evaluate_base":
+        words += ["--objective", "base"]
+    elif STAGES[row].per_model:
+        words += ["--objective", "{wildcards.objective:q}", "--seed", "{wildcards.seed:q}"]
+    return " ".join(words)
+
+
 def user_data(cfg: Config, stage: str) -> list[str]:
     """The user's data files ``stage`` reads under the active profile (a prompt file, a
-    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage."""
+    Pick-a-Pic shard): Snakemake inputs, so that editing one reruns the stage. Snakemake reads
+    "{...}" in an input path as a wildcard, with no escape: such a name is a ConfigError."""
     with paused():
         p, c = cfg.prompts, cfg.candidates
         if stage == "prompts" and p.source == "file" and p.file:
-            return [p.file]
-        if stage == "candidates" and c.source == "pickapic" and c.preference_file:
-            return [c.preference_file]
-    return []
+            key, path = "prompts.file", p.file
+        elif stage == "candidates" and c.source == "pickapic" and c.preference_file:
+            key, path = "candidates.preference_file", c.preference_file
+        else:
+            return []
+    if "{" in path or "}" in path:
+        raise ConfigError(
+            f"{key}: {path!r}: Snakemake reads braces in a file name as a wildcard; rename the file"
+        )
+    return [path]
+
+
+def output_dirs(stage: str, objective: str | None, seed: int | None, cfg: Config) -> list[Path]:
+    """The folders a job writes, each as a whole (a declared file's folder for the report's
+    plots), under the active ``results`` root; the first holds its keys read."""
+    row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
+    with paused():
+        root = cfg.results
+    out = []
+    for o in STAGES[row].outs:
+        path = Path(root, Path(o.format(objective=objective, seed=seed)).relative_to("results"))
+        out.append(path.parent if path.suffix else path)  # a file (.png): its folder
+    return list(dict.fromkeys(out))
+
+
+def jobs(cfg: Config) -> list[tuple[str, str | None, int | None]]:
+    """Every job of the DAG as (stage, objective, training seed); the base model's
+    evaluation is ("evaluate", "base", None)."""
+    with paused():
+        models = [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
+    out: list[tuple[str, str | None, int | None]] = []
+    for row, s in STAGES.items():
+        if row == "evaluate_base":
+            out.append((s.module, "base", None))
+        elif s.per_model:
+            out += [(s.module, o, seed) for o, seed in models]
+        else:
+            out.append((s.module, None, None))
+    return out
+
+
+def written_dirs(cfg: Config) -> list[Path]:
+    """Every folder the DAG's jobs replace or delete: their outputs, training checkpoints."""
+    out = [d for job in jobs(cfg) for d in output_dirs(*job, cfg=cfg)]
+    with paused():
+        out += [cfg.model_dir("checkpoints", o, s) for st, o, s in jobs(cfg) if st == "train"]
+    return out
 
 
 def output_dir(stage: str, cfg: Config, objective: str | None, seed: int | None) -> Path:
     """The folder a job writes first (where its keys read go: :func:`settings.write_reads`)."""
-    row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
-    out = STAGES[row].outs[0].format(objective=objective, seed=seed)
-    with paused():
-        return Path(cfg.results, Path(out).relative_to("results"))
+    return output_dirs(stage, objective, seed, cfg)[0]

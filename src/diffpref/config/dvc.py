@@ -85,7 +85,10 @@ def _stage(row: str) -> dict[str, Any]:
     if row == "evaluate_base":
         cmd += " --objective base"
     elif s.per_model:
-        cmd += " --objective ${item.objective} --seed ${item.seed}"
+        # not `--objective ${item.objective}`: DVC would paste the params.yaml key into the
+        # shell command unquoted (before diffpref validates it); the shell passes a variable
+        # in double quotes as one word, never as code
+        cmd += ' --job "$DVC_STAGE"'
     resolved_file = job_file(row, "${item.objective}" if row == "train" else None)
     deps = [*dag.static_code(row), resolved_file, *map(fill, s.deps)]
     if s.data:

@@ -346,7 +346,14 @@ class Config(Settings):
         "under train:, so that adding a seed reruns only that seed's jobs",
     )
     device: Literal["auto", "cpu", "cuda"]
-    results: str = "results"
+    results: str = Field(
+        description="where the stages write: a folder inside the project (the params file's "
+        "folder or the working directory), unless results_outside_project",
+    )
+    results_outside_project: bool = Field(
+        description="allow `results` outside the project (another disk); `diffpref check` "
+        "reports it",
+    )
     world: WorldParams
     backbone: BackboneParams
     sampling: SamplingParams
@@ -587,6 +594,7 @@ def validate(raw: dict[str, Any], path: str | Path = "params.yaml") -> Config:
     if cfg is not None:
         cfg.objectives = parsed
         errors += _share_errors(cfg, path)
+        errors += _results_errors(cfg, path)
     if errors:
         raise ConfigError("\n".join(errors))
     assert cfg is not None
@@ -609,3 +617,43 @@ def _share_errors(cfg: Config, path: Path) -> list[str]:
                 "split evenly over the train.num_processes processes)"
             )
     return list(found.values())
+
+
+def project_roots(path: str | Path) -> list[Path]:
+    """The project, resolved: the params file's folder and the working directory (relative
+    paths in params are read from there); one folder when the stage runs where its params are,
+    as under Snakemake and DVC."""
+    return list(dict.fromkeys([Path(path).resolve().parent, Path.cwd().resolve()]))
+
+
+def results_outside(cfg: Config, path: str | Path) -> Path | None:
+    """The results root, resolved (``..`` and symbolic links followed), if it lies outside
+    the project (:func:`project_roots`), else None."""
+    root = Path(cfg.results).resolve()
+    inside = any(root.is_relative_to(p) and root != p for p in project_roots(path))
+    return None if inside else root
+
+
+def _results_errors(cfg: Config, path: Path) -> list[str]:
+    """Stages replace folders named like their outputs under ``results``: outside the project
+    that could be any folder of that name, so it takes ``results_outside_project: true``; the
+    project folder itself is never a results root."""
+    root = results_outside(cfg, path)
+    if root is None:
+        return []
+    roots = project_roots(path)
+    if root in roots:
+        return [
+            f"{path}: results: {cfg.results!r} is the project folder itself; stages write "
+            "folders named like their outputs (prompts, report, ...) there: use a folder inside "
+            "it, such as results"
+        ]
+    if cfg.results_outside_project:
+        return []
+    link = "" if Path(cfg.results).absolute() == root else " (resolved, links followed)"
+    where = " or ".join(map(str, roots))
+    return [
+        f"{path}: results: {cfg.results!r} is {root}{link}, outside the project ({where}): "
+        "stages replace folders named like their outputs there; use a folder inside the "
+        "project, or set results_outside_project: true to allow it"
+    ]

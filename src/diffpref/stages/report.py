@@ -58,11 +58,11 @@ def run(ctx) -> None:
     with atomic_dir(res / "metrics") as tmp:
         for model, numbers in _dvc_metrics(table).items():
             write_json(tmp / f"{model}.json", numbers)
-    plot_dir = res / "plots"  # images, so `dvc plots show` needs no Vega from a network
-    plot_dir.mkdir(exist_ok=True)
-    for name in DVC_PLOTS:
-        shutil.copyfile(final / name, plot_dir / f"{name}.tmp")
-        (plot_dir / f"{name}.tmp").replace(plot_dir / name)
+    # images, so `dvc plots show` needs no Vega from a network; the folder as a whole, as
+    # every output (DVC and Snakemake declare its files: they empty it before the stage runs)
+    with atomic_dir(res / "plots") as tmp:
+        for name in DVC_PLOTS:
+            shutil.copyfile(final / name, tmp / name)
     ctx.run.log_metrics(
         {
             f"{r['model']}.{k}": v

@@ -11,12 +11,11 @@ them, :mod:`diffpref.launch`): all train, rank 0 alone writes the adapter and th
 
 from __future__ import annotations
 
-import shutil
-
 from diffpref import launch, training
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.distributed import process_device
-from diffpref.io import atomic_dir, write_json
+from diffpref.io import atomic_dir, check_replaceable, write_json
+from diffpref.training.checkpoint import discard
 
 INPUTS = ("candidates", "labels")  # recorded in MLflow as datasets with their digests
 
@@ -25,10 +24,11 @@ def run(ctx) -> None:
     cfg, name = ctx.cfg, ctx.objective
     objective = cfg.objectives[name]
     tp = cfg.train_for(name)
+    ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
+    check_replaceable(ckpt)  # a user's folder there: said before any training
     device = process_device(resolve_device(cfg))
     backbone = load_backbone(cfg, device)
     data = training.load_train_data(cfg.path(), objective.labels)
-    ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
     result = training.train(backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash)
     if not launch.is_main():
         return
@@ -44,7 +44,7 @@ def run(ctx) -> None:
                 "n_examples": int(data.groups.shape[0]),
             },
         )
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
+    discard(ckpt)  # finished: nothing left to resume
     ctx.run.log_artifact(cfg.model_dir("adapters", name, ctx.seed), "adapter")
     ctx.run.log_figure(
         "loss_curve.png",

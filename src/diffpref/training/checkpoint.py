@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from diffpref.io import load_weights
+from diffpref.io import check_replaceable, is_own, load_weights, mark
 from diffpref.objectives.rethinking import ReferenceSchedule
 from diffpref.training.methods import CaptionMethod, GroupMethod
 
@@ -58,7 +58,12 @@ class LoopState:
 def save_checkpoint(acc: Accelerator, checkpoint: Path, params_hash: str) -> None:
     """``accelerate.save_state`` into a fresh folder, then swapped in: a crash mid-save leaves
     the previous checkpoint intact. Rank 0 only (``save_state`` has no collective here: no
-    model is prepared)."""
+    model is prepared). The checkpoint folder is marked as diffpref's (:data:`diffpref.io.MARKER`):
+    only such a folder is written into, and removed once training is done (:func:`discard`)."""
+    check_replaceable(checkpoint)
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    if not is_own(checkpoint):
+        mark(checkpoint)
     tmp, final, old = (checkpoint / f"{STATE_DIR}{s}" for s in (".tmp", "", ".old"))
     shutil.rmtree(tmp, ignore_errors=True)
     acc.save_state(str(tmp))
@@ -68,6 +73,12 @@ def save_checkpoint(acc: Accelerator, checkpoint: Path, params_hash: str) -> Non
         final.replace(old)
     tmp.replace(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def discard(checkpoint: Path) -> None:
+    """Remove a finished run's checkpoint folder, if diffpref wrote it (never a user's)."""
+    if is_own(checkpoint):
+        shutil.rmtree(checkpoint)
 
 
 def resume(acc: Accelerator, checkpoint: Path, params_hash: str) -> None:
