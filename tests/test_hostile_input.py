@@ -4,6 +4,7 @@ docs/reliability.md; the stages run in-process on the real CLI, the tools for re
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -115,8 +116,11 @@ def test_no_params_string_runs_as_shell_code_under_snakemake_or_dvc(tmp_path):
     assert "WildcardError" not in out and pwned(tmp_path) == [], out
 
     obj, seed = "x$(touch pwned5)`touch pwned6`;touch pwned7;'q'", "0;touch pwned8"
-    edit_params(root, lambda r: r.update(profile="default", objectives={obj: {"loss": "dpo"}},
-                                         train_seeds=[0, seed]))  # fmt: skip
+    def hostile_job(raw):
+        del raw["profiles"][name]
+        raw.update(profile="default", objectives={obj: {"loss": "dpo"}}, train_seeds=[0, seed])
+
+    edit_params(root, hostile_job)
     for dep in ("world", "candidates", "labels", f"resolved/train@{obj}.yaml"):
         (root / "results" / dep).parent.mkdir(parents=True, exist_ok=True)
         (root / "results" / dep).write_text("")  # what DVC checks exists before it runs
@@ -124,7 +128,10 @@ def test_no_params_string_runs_as_shell_code_under_snakemake_or_dvc(tmp_path):
     out = sh(["dvc", "repro", "--single-item", job], root, check=False)
     assert pwned(tmp_path) == [], out
     assert f"Running stage '{job}'" in out, out
-    assert "error: params.yaml: train_seeds.1: Input should be a valid integer" in out, out
+    # the stage itself refuses the names (the objective's or the seed's, whichever it meets
+    # first), as params errors
+    assert re.search(r"^error: params\.yaml: (objectives\.|train_seeds\.1: )", out, re.M), out
+    assert "exited with 2" in out, out
 
 
 def test_a_prompt_file_name_with_braces_is_refused_for_snakemake(tmp_path):
