@@ -56,6 +56,7 @@ from scipy import special, stats
 
 CONFIDENCE = 0.95
 POWER = 0.8
+PLANNED_SEEDS = (3, 5, 10)  # seed counts the report projects "what could be shown" to
 
 
 def seed_matrix(df: pd.DataFrame, column: str, prompts: list[str]) -> np.ndarray:
@@ -358,6 +359,7 @@ def estimate(
         "n_prompts": sq.n_prompts,
         "seed_share": seed_part / v if v > 0 else float("nan"),
         "detectable": float((hi - lo) / 2),
+        "detectable_at": {r: detectable_at(sq, r) for r in PLANNED_SEEDS},
         **plan(sq, est - null),
     }
 
@@ -403,6 +405,17 @@ def _projected(sq: Squares, comp: dict, r: np.ndarray, p: np.ndarray):
     den = sum(t**2 / np.maximum(df, 1) for t, df in terms)
     df = np.where(den > 0, v**2 / np.where(den > 0, den, 1.0), p - 1.0)
     return v, df
+
+
+def detectable_at(sq: Squares, n_seeds: int) -> float:
+    """The 95% half-width (t at the planned df) this contrast would have at ``n_seeds`` seeds
+    per trained model and the same prompts, from its variance components: the smallest
+    difference such a run could show. NaN with one training seed (seed variance unmeasured)."""
+    if not any(m.n_seeds > 1 for m in sq.models):
+        return float("nan")
+    r = np.array([float(n_seeds)])
+    v, df = _projected(sq, components(sq), r, np.full_like(r, sq.n_prompts))
+    return float(stats.t.ppf((1 + CONFIDENCE) / 2, df[0]) * np.sqrt(v[0]))
 
 
 def _detects(v, df, effect: float) -> np.ndarray:

@@ -194,6 +194,9 @@ class EvaluateParams(Settings):
 
 class ReportParams(Settings):
     grid_prompts: int = Field(ge=1)
+    draws: int = Field(
+        ge=1000, description="fiducial draws per interval (seeded with `seed`; p-values to 1/draws)"
+    )
 
 
 class TrackingParams(Settings):
