@@ -41,7 +41,8 @@ from diffpref import statistics as st
 
 def run(root: Path, objective: str, seeds: list[int], cores: str) -> None:
     targets = [f"results/eval/{objective}/seed{s}" for s in seeds]
-    cmd = ["snakemake", "--cores", cores, "--config", f"train_seeds={seeds}", *targets]
+    listed = ",".join(map(str, seeds))  # --config takes every value after it: targets first
+    cmd = ["snakemake", "--cores", cores, *targets, "--config", f"train_seeds=[{listed}]"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=root, check=True)
 
