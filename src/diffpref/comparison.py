@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 
 # Prompt subsets of the eval split (embedded world: generated with these flags). A prompt may
 # be in both held-out subsets; "seen" prompts are in neither.
+RATE, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)  # what a win rate (accuracy) and a difference can be
 SPLITS = {
     "seen": "training wording and a training combination",
-    "heldout_wording": "a paraphrase template never used in training",
+    "heldout_wording": "the held-out wording, never used in training: its own synonyms for "
+    "every content word, determiners, number forms, clause orders and request phrases",
     "heldout_combo": "a class combination never used in training",
 }
 
@@ -124,7 +126,7 @@ class Comparison:
                 cols = [self.prompt_ids.index(p) for p in prompts]
                 mats = {n: m[:, cols] for n, m in mats.items()}
             self._win[key] = {
-                n: st.seed_estimate(mats, n, 0.5, self.n_draws, self.seed) for n in mats
+                n: st.seed_estimate(mats, n, 0.5, self.n_draws, self.seed, RATE) for n in mats
             }
         return self._win[key]
 
@@ -314,7 +316,7 @@ def wording_overlap(res: Results) -> pd.DataFrame:
     for name, mask in (("heldout_wording", held), ("training wording (eval prompts)", ~held)):
         texts = list(p.prompt[mask])
         if texts:
-            row = {"prompts": name, "n": len(texts)}
+            row = {"prompts": name, "n_prompts": len(texts)}
             row |= {f"{k}-grams": ngram_overlap(res.train_prompts, texts, k) for k in OVERLAP_N}
             rows.append(row)
     return pd.DataFrame(rows)
@@ -418,7 +420,8 @@ def what_seeds_decide(cmp: Comparison) -> str:
         f"that, are beyond this run: **not shown** means undecided, not no effect. Training "
         f"seeds carry a median {share:.0%} of the variance (between-seed sd {sd:.3f}, "
         f"evaluation noise removed), and with {n_seeds} seeds their part of each interval "
-        f"rests on {n_seeds - 1} degrees of freedom (t = {t:.2f}, against 1.96 for a known "
+        f"rests on {n_seeds - 1} degree{'s' if n_seeds > 2 else ''} of freedom (t = {t:.2f}, "
+        "against 1.96 for a known "
         "spread). Family: every verdict below belongs to the family "
         f'"{BEATS_BASE}" ({len(win)} comparisons, one per objective); each is given at 95% '
         "on its own (raw) and Holm-adjusted so that the chance of any false yes/no in the "
@@ -569,7 +572,7 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
         if not {a, b} <= names:
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
             continue
-        d = st.seed_difference(cmp.win_matrices(), a, b, cmp.n_draws, cmp.seed)
+        d = st.seed_difference(cmp.win_matrices(), a, b, cmp.n_draws, cmp.seed, DIFFERENCE)
         p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
         detail = (
             f"win rate vs base {row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, "
@@ -631,7 +634,7 @@ def _counting_claim(cmp: Comparison) -> str | tuple[str, dict, str, int]:
     if len(ids) < 2:
         return f"- {claim}: not testable (fewer than two counting prompts)"
     mats = cmp.matrices("correct", ids, names=["agsm", "softrepa", "base"])
-    d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_draws, cmp.seed)
+    d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_draws, cmp.seed, DIFFERENCE)
     detail = (
         f"counting accuracy AGSM {mats['agsm'].mean():.3f}, SoftREPA "
         f"{mats['softrepa'].mean():.3f}, base {mats['base'].mean():.3f}; {_difference(d)} over "

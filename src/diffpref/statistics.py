@@ -335,12 +335,18 @@ def estimate(
     null: float,
     n_draws: int,
     seed: int = 0,
+    bounds: tuple[float, float] | None = None,
 ) -> dict:
-    """The contrast ``sum(w * mean(mats[name]))`` with its fiducial interval and p-value
-    against ``null``, its variance components, and what this run could detect (:func:`plan`)."""
+    """The contrast ``sum(w * mean(mats[name]))`` with its fiducial interval (clipped to
+    ``bounds``, the values it can take: a win rate's [0, 1]) and p-value against ``null``, its
+    variance components, and what this run could detect (:func:`plan`; from the unclipped
+    interval)."""
     names = list(weights)
     sq = squares([mats[n] for n in names], [weights[n] for n in names])
     lo, hi, pv = fiducial_interval(sq, n_draws, seed, null)
+    half = float((hi - lo) / 2)
+    if bounds:
+        lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
     est = float(sq.estimate)
     comp = components(sq)
     v = float(variance(sq))
@@ -358,27 +364,41 @@ def estimate(
         "n_seeds": int(n_seeds),
         "n_prompts": sq.n_prompts,
         "seed_share": seed_part / v if v > 0 else float("nan"),
-        "detectable": float((hi - lo) / 2),
+        "detectable": half,
         "detectable_at": {r: detectable_at(sq, r) for r in PLANNED_SEEDS},
         **plan(sq, est - null),
     }
 
 
-def seed_estimate(mats: dict[str, np.ndarray], name: str, null: float, n_draws: int, seed=0):
+def seed_estimate(
+    mats: dict[str, np.ndarray],
+    name: str,
+    null: float,
+    n_draws: int,
+    seed: int = 0,
+    bounds: tuple[float, float] | None = None,
+) -> dict:
     """One model's seed-aware mean with its interval, its per-seed means, the between-seed sd
     of its true per-seed means (evaluation noise removed; NaN with one seed), and power."""
     m = mats[name]
-    out = estimate({name: m}, {name: 1.0}, null, n_draws, seed)
+    out = estimate({name: m}, {name: 1.0}, null, n_draws, seed, bounds)
     sq = squares([m], [1.0])
     out["per_seed"] = [float(v) for v in m.mean(1)]
     out["seed_sd"] = float(np.sqrt(components(sq)["seed"][0])) if m.shape[0] > 1 else float("nan")
     return out
 
 
-def seed_difference(mats: dict[str, np.ndarray], a: str, b: str, n_draws: int, seed=0) -> dict:
+def seed_difference(
+    mats: dict[str, np.ndarray],
+    a: str,
+    b: str,
+    n_draws: int,
+    seed: int = 0,
+    bounds: tuple[float, float] | None = None,
+) -> dict:
     """Seed-aware ``mean(a) - mean(b)``: paired on prompts, seeds independent; its interval,
     p-value against 0 and what it could detect."""
-    out = estimate({a: mats[a], b: mats[b]}, {a: 1.0, b: -1.0}, 0.0, n_draws, seed)
+    out = estimate({a: mats[a], b: mats[b]}, {a: 1.0, b: -1.0}, 0.0, n_draws, seed, bounds)
     out["diff"] = out.pop("mean")
     return out
 
