@@ -123,14 +123,38 @@ def main() -> None:
         f"(evaluation noise removed); seed share of a 3-seed mean's variance {share3:.2f}\n"
     )
     rows = [{"k": k, **subset_coverage(m, k, 2000, 4000)} for k in a.subsets]
+    _print_table(rows)
+    print(f"\nhow many seeds a question needs ({a.objective}'s components, {p} prompts)\n")
+    _print_table(seeds_needed(m))
+
+
+def seeds_needed(m: np.ndarray, effects=(0.02, 0.03, 0.05, 0.1)) -> list[dict]:
+    """From this objective's variance components: whether a win-rate gain over the base of
+    each size can be shown at 3, 5, 10 seeds (and the smallest that can), and the seeds per
+    objective (at these prompts) that a difference between two objectives this noisy needs at
+    80% power (two halves of the seeds stand for the two: same spread, shared prompts)."""
+    one = st.squares([m], [1.0])
+    half = m.shape[0] // 2
+    two = st.squares([m[:half], m[half:]], [1.0, -1.0])
+    shown = {r: st.detectable_at(one, r) for r in st.PLANNED_SEEDS}
+    rows = []
+    for e in effects:
+        row: dict = {"effect": e}
+        row |= {f"vs base at {r} seeds": "shown" if h <= e else "-" for r, h in shown.items()}
+        need = st.plan(two, e)["seeds_needed"]
+        row["A vs B: seeds each"] = need if need is not None else f"> {st.MAX_SEEDS}"
+        rows.append(row)
+    smallest = {f"vs base at {r} seeds": f"±{h:.3f}" for r, h in shown.items()}
+    rows.append({"effect": "smallest shown", **smallest, "A vs B: seeds each": ""})
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print(
-            "| "
-            + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
-            + " |"
-        )
+        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
