@@ -5,10 +5,14 @@ measure how often intervals from its 3- and 5-seed subsets cover the N-seed esti
     python3 workflow/scripts/many_seeds.py --run            # train + evaluate dpo on 12 seeds
     python3 workflow/scripts/many_seeds.py                  # only the analysis of those runs
 
-``--run`` asks Snakemake for ``results/eval/<objective>/seed<i>`` (i < N) with
-``train_seeds`` overridden on the command line, so only that objective's jobs (and the shared
-upstream ones) run; params.yaml is not edited. The default profile's dpo trains in ~1 min per
-seed on 2 CPU cores (plus its evaluation, ~0.5 min).
+``--run`` asks Snakemake for ``results/eval/<objective>/seed<i>`` for every training seed of the
+profile ``manyseeds`` (params.yaml: seeds 0-11, nothing else changed), so only that objective's
+jobs (and the shared upstream ones, which a default run has already made) run:
+
+    snakemake --cores all results/eval/dpo/seed{0..11} --config profile=manyseeds
+
+The default profile's dpo trains in ~40 s per seed on 2 free CPU cores (plus its evaluation,
+~15 s).
 
 The prompt part is handled as the comparison requires: every subset and the N-seed estimate
 are evaluated on the same prompts, so the target (the N-seed mean win rate) carries the same
@@ -37,12 +41,13 @@ from scipy import stats
 
 from diffpref import evaluation
 from diffpref import statistics as st
+from diffpref.config import validate, with_profile
 
 
-def run(root: Path, objective: str, seeds: list[int], cores: str) -> None:
+def run(root: Path, objective: str, seeds: list[int], profile: str, cores: str) -> None:
     targets = [f"results/eval/{objective}/seed{s}" for s in seeds]
-    listed = ",".join(map(str, seeds))  # --config takes every value after it: targets first
-    cmd = ["snakemake", "--cores", cores, *targets, "--config", f"train_seeds=[{listed}]"]
+    # --config takes every value after it: the targets go first
+    cmd = ["snakemake", "--cores", cores, *targets, "--config", f"profile={profile}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=root, check=True)
 
@@ -100,19 +105,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("."), help="the project (default: .)")
     ap.add_argument("--objective", default="dpo")
-    ap.add_argument("--seeds", type=int, default=12, help="N training seeds: 0 .. N-1")
+    ap.add_argument("--profile", default="manyseeds", help="its train_seeds are the N seeds")
     ap.add_argument("--run", action="store_true", help="train and evaluate them first")
     ap.add_argument("--cores", default="all")
     ap.add_argument("--subsets", type=int, nargs="+", default=[3, 5])
     a = ap.parse_args()
-    if a.seeds < 12:
-        sys.exit("the many-seed check needs at least 12 seeds")
-    seeds = list(range(a.seeds))
+    raw = yaml.safe_load((a.root / "params.yaml").read_text())
+    cfg = validate(with_profile({**raw, "profile": a.profile}))
+    seeds = list(cfg.train_seeds)
+    if len(seeds) < 12:
+        sys.exit(f"the many-seed check needs at least 12 seeds; profile {a.profile} has {seeds}")
     if a.run:
-        run(a.root, a.objective, seeds, a.cores)
-    params = yaml.safe_load((a.root / "params.yaml").read_text())
-    ev = params["evaluate"]
-    m = win_matrix(a.root, a.objective, seeds, ev["win_reward"], ev["tie_threshold"])
+        run(a.root, a.objective, seeds, a.profile, a.cores)
+    ev = cfg.evaluate
+    m = win_matrix(a.root, a.objective, seeds, ev.win_reward, ev.tie_threshold)
     comp = st.components(st.squares([m], [1.0]))
     s2, q2, e2 = float(comp["seed"][0]), float(comp["prompt"]), float(comp["resid"][0])
     p = m.shape[1]
