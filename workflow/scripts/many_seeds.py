@@ -9,7 +9,8 @@ measure how often intervals from its 3- and 5-seed subsets cover the N-seed esti
 profile ``manyseeds`` (params.yaml: seeds 0-11, nothing else changed), so only that objective's
 jobs (and the shared upstream ones, which a default run has already made) run:
 
-    snakemake --cores all results/eval/dpo/seed{0..11} --config profile=manyseeds
+    snakemake --rerun-triggers mtime params input --cores all \
+        results/eval/dpo/seed{0..11} --config profile=manyseeds
 
 The default profile's dpo trains in ~40 s per seed on 2 free CPU cores (plus its evaluation,
 ~15 s).
@@ -46,8 +47,11 @@ from diffpref.config import validate, with_profile
 
 def run(root: Path, objective: str, seeds: list[int], profile: str, cores: str) -> None:
     targets = [f"results/eval/{objective}/seed{s}" for s in seeds]
-    # --config takes every value after it: the targets go first
-    cmd = ["snakemake", "--cores", cores, *targets, "--config", f"profile={profile}"]
+    # the profile changes every job's command line (--profile), which Snakemake's "code"
+    # trigger would rerun; the jobs' sources, params and inputs are what decide. --config
+    # takes every value after it: the targets go first
+    triggers = ["--rerun-triggers", "mtime", "params", "input"]
+    cmd = ["snakemake", *triggers, "--cores", cores, *targets, "--config", f"profile={profile}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=root, check=True)
 
