@@ -240,7 +240,10 @@ def _run_links(cfg) -> Section:
 def _poi_table(poi: pd.DataFrame) -> pd.DataFrame:
     names = list(dict.fromkeys(poi.model))
     cell = poi.assign(
-        v=[f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in zip(poi.p, poi.ci_low, poi.ci_high)]
+        v=[
+            f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if p == p else "not measured (one run each)"
+            for p, lo, hi in zip(poi.p, poi.ci_low, poi.ci_high, strict=True)
+        ]
     )
     m = cell.pivot(index="model", columns="versus", values="v").reindex(index=names, columns=names)
     return m.fillna("—").reset_index()
