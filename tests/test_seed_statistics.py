@@ -258,3 +258,18 @@ def test_intervals_keep_95_percent_on_the_crossed_model(n_seeds, n_prompts, shar
     high = 0.99 if n_seeds == 3 else 0.975
     bad = {k: c for k, (c, _) in cov.items() if not low <= c <= high}
     assert not bad, f"coverage outside [{low:.3f}, {high:.3f}]: {bad}"
+
+
+def test_detectable_at_projects_the_reported_interval_to_other_seed_counts():
+    # at the run's own seed count the projection is the run's interval (same mean squares,
+    # same draws, when no component is estimated negative); more seeds shrink it, one seed
+    # leaves it unmeasured
+    rng = np.random.default_rng(7)
+    m = rng.normal(0, 0.2, (3, 1)) + rng.normal(0, 0.3, (1, 64)) + rng.normal(0, 0.3, (3, 64))
+    assert st.components(st.squares([m], [1.0]))["seed"][0] > 0
+    sq = st.squares([m], [1.0])
+    lo, hi, _ = st.fiducial_interval(sq, 20000)
+    at = {r: st.detectable_at(sq, r) for r in (3, 5, 10)}
+    assert at[3] == pytest.approx((hi - lo) / 2)
+    assert at[3] > at[5] > at[10]
+    assert np.isnan(st.detectable_at(st.squares([m[:1]], [1.0]), 5))

@@ -431,15 +431,25 @@ def _projected(sq: Squares, comp: dict, r: np.ndarray, p: np.ndarray):
     return v, df
 
 
-def detectable_at(sq: Squares, n_seeds: int) -> float:
-    """The 95% half-width (t at the planned df) this contrast would have at ``n_seeds`` seeds
-    per trained model and the same prompts, from its variance components: the smallest
-    difference such a run could show. NaN with one training seed (seed variance unmeasured)."""
+def detectable_at(sq: Squares, n_seeds: int, n_draws: int = 20000, seed: int = 0) -> float:
+    """The half-width the report's interval would have at ``n_seeds`` seeds per trained model
+    and the same prompts if the variance components were as estimated here: the fiducial
+    interval of a design whose mean squares take their expected values. A difference smaller
+    than it cannot be shown at that seed count. NaN with one training seed (seed variance
+    unmeasured)."""
     if not any(m.n_seeds > 1 for m in sq.models):
         return float("nan")
-    r = np.array([float(n_seeds)])
-    v, df = _projected(sq, components(sq), r, np.full_like(r, sq.n_prompts))
-    return float(stats.t.ppf((1 + CONFIDENCE) / 2, df[0]) * np.sqrt(v[0]))
+    comp, p = components(sq), sq.n_prompts
+    prompt_ms, models = comp["prompt"], []
+    for m, s, e in zip(sq.models, comp["seed"], comp["resid"], strict=True):
+        if m.n_seeds > 1:
+            models.append(ModelSquares(m.weight, n_seeds, np.asarray(s + e / p), np.asarray(e)))
+            prompt_ms = prompt_ms + m.weight**2 * e / n_seeds
+        else:  # the base: one fixed model, its prompt part is already in the components
+            models.append(m)
+    planned = Squares(np.asarray(0.0), np.asarray(prompt_ms), p, tuple(models))
+    lo, hi, _ = fiducial_interval(planned, n_draws, seed)
+    return float((hi - lo) / 2)
 
 
 def _detects(v, df, effect: float) -> np.ndarray:
