@@ -57,10 +57,11 @@ def synthetic() -> comparison.Results:
     rng = np.random.default_rng(0)
     base = np.full(N, 0.5)
     good = np.where(np.arange(N) < N // 2, 0.7, 0.5)  # wins on seen wording only
+    noise = rng.normal(0, 0.05, N)  # smpo: prompt-level noise, the same on every seed
     scores = {
         "base": _scores(base, -1),
         "dpo": pd.concat([_scores(good, s) for s in SEEDS]),
-        "smpo": pd.concat([_scores(base + rng.normal(0, 0.05, N), s) for s in SEEDS]),
+        "smpo": pd.concat([_scores(base + noise, s) for s in SEEDS]),
     }
     prompts = pd.DataFrame(
         {
@@ -72,7 +73,8 @@ def synthetic() -> comparison.Results:
     )
     evm = {n: [_eval_metrics()] * (1 if n == "base" else 3) for n in scores}
     trm = {"dpo": [_train_metrics(0.9, 40.0)] * 3, "smpo": [_train_metrics(0.55, 45.0)] * 3}
-    return comparison.Results(scores, prompts, evm, trm, SEEDS)
+    train = ["a photo of a bag", "two coats", "a coat left of a bag"]
+    return comparison.Results(scores, prompts, evm, trm, SEEDS, train)
 
 
 def test_training_fit_averages_the_last_quarter_of_the_first_accuracy_metric():
@@ -97,6 +99,9 @@ def test_table_is_seed_aware_and_reproducible():
     assert dpo.win_vs_base == 0.75 and dpo.n_seeds == 3 and dpo.win_seed_sd == 0.0
     assert dpo.win_per_seed == "0.750 0.750 0.750" and dpo.win_iqm == 0.75
     assert dpo.win_vs_base_ci_low > 0.5 and dpo.groups_per_s == 40.0
+    assert dpo.beats_base == "yes" and dpo.beats_base_holm == "yes"
+    smpo = one.set_index("model").loc["smpo"]
+    assert smpo.beats_base == "not shown" and smpo.win_p_holm >= smpo.win_p_value
 
 
 def test_verdicts_say_what_the_run_could_detect_and_whether_gains_carry_over():
@@ -110,6 +115,8 @@ def test_verdicts_say_what_the_run_could_detect_and_whether_gains_carry_over():
     assert ("dpo", "heldout_combo") not in s.index  # no prompt has a held-out combination
     dpo, smpo = comparison.beats_base(cmp, table, splits)
     assert "**yes**" in dpo and "3 seeds × 40 prompts" in dpo
+    assert 'Holm over the 2 objectives of "beats the base": **yes**' in dpo
+    assert "IQM over seeds × categories 0.750" in dpo
     assert "**not shown to carry over** to held-out wording (0.500 [0.500, 0.500])" in dpo
     assert "**not shown**" in smpo and "could detect a win-rate difference" in smpo
     assert "under-trained" in smpo  # its training accuracy 0.55 is near chance
@@ -126,7 +133,16 @@ def test_seed_claims_are_decided_on_seed_aware_intervals():
     lines = comparison.seed_claims(cmp, table, poi)
     smpo = next(line for line in lines if line.startswith("- SmPO is above DPO"))
     assert "**contradicted**" in smpo and "P(smpo > dpo)" in smpo
+    assert 'Holm over the 1 claims of "seed claims": **contradicted**' in smpo
     assert any("MaPO" in line and "not run" in line for line in lines)
+    # P(A > B) and P(B > A) are one computation, mirrored
+    q = poi.set_index(["model", "versus"])
+    for a, b in [("dpo", "smpo"), ("base", "dpo")]:
+        assert q.p[(a, b)] == 1 - q.p[(b, a)]
+        assert (q.ci_low[(a, b)], q.ci_high[(a, b)]) == (
+            1 - q.ci_high[(b, a)],
+            1 - q.ci_low[(b, a)],
+        )
 
 
 def test_power_note_gives_what_would_decide_and_caps_useless_advice():
@@ -146,3 +162,46 @@ def test_power_note_gives_what_would_decide_and_caps_useless_advice():
     e |= {"scale_both": 500.0, "effect": -0.001}
     note = comparison.power_note(e, "d", 3, 128)
     assert "more than 20x as many seeds and prompts" in note and "(-0.001)" in note
+
+
+def test_what_seeds_decide_says_what_three_seeds_cannot():
+    res = synthetic()
+    text = comparison.what_seeds_decide(comparison.Comparison(res, "fidelity", 2000, 0.01))
+    assert text.startswith("What 3 training seeds can decide here")
+    assert "t = 4.30" in text and "2 degrees of freedom" in text
+    assert "at 5 seeds" in text and "at 10 seeds" in text
+    assert '"beats the base" (2 comparisons, one per objective)' in text
+
+
+def test_wording_overlap_counts_shared_word_ngrams():
+    assert comparison.ngrams("A coat, left of a bag", 2) == {
+        ("a", "coat"),
+        ("coat", "left"),
+        ("left", "of"),
+        ("of", "a"),
+        ("a", "bag"),
+    }
+    train = ["a photo of a bag"]
+    assert comparison.ngram_overlap(train, ["show me the tote"], 1) == 0.0
+    assert comparison.ngram_overlap(train, ["a photo of a coat"], 1) == 0.75  # coat is new
+    assert comparison.ngram_overlap(train, ["a photo of a coat"], 3) == 2 / 3
+    res = synthetic()
+    res.prompts["prompt"] = ["a photo of a bag" if i < N // 2 else "the tote" for i in range(N)]
+    table = comparison.wording_overlap(res).set_index("prompts")
+    assert table.loc["heldout_wording", "1-grams"] == 0.0
+    assert table.loc["training wording (eval prompts)", "3-grams"] == 1.0
+
+
+def test_wording_summary_names_a_winner_that_does_not_carry_over():
+    table = pd.DataFrame({"model": ["base", "a", "b"], "win_vs_base": [np.nan, 0.62, 0.58]})
+    splits = pd.DataFrame(
+        {
+            "model": ["a", "b"],
+            "split": "heldout_wording",
+            "win_vs_base": [0.55, 0.57],
+            "win_vs_base_ci": ["[0.50, 0.60]", "[0.52, 0.62]"],
+        }
+    )
+    line = comparison.wording_summary(table, splits)
+    assert line.startswith("Best on all held-out prompts: a (0.620)")
+    assert "b leads there with 0.570 [0.52, 0.62]" in line and "does not carry over" in line

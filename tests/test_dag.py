@@ -72,7 +72,9 @@ def check_outputs(root: Path, links: bool = True) -> None:
     per_seed = [float(v) for v in table.loc["dpo", "win_per_seed"].split()]
     assert len(per_seed) == len(seeds)
     assert np.mean(per_seed) == pytest.approx(table.loc["dpo", "win_vs_base"], abs=1e-3)
-    assert np.std(per_seed, ddof=1) == pytest.approx(table.loc["dpo", "win_seed_sd"], abs=1e-3)
+    # the between-seed sd of the true per-seed win rates: the spread of the per-seed values
+    # less their evaluation noise, so never above it
+    assert 0 <= table.loc["dpo", "win_seed_sd"] <= np.std(per_seed, ddof=1) + 1e-3
     lo, hi = table.loc["dpo", ["win_vs_base_ci_low", "win_vs_base_ci_high"]]
     assert lo <= table.loc["dpo", "win_vs_base"] <= hi
     md = (report / "report.md").read_text()

@@ -116,6 +116,7 @@ def test_no_params_string_runs_as_shell_code_under_snakemake_or_dvc(tmp_path):
     assert "WildcardError" not in out and pwned(tmp_path) == [], out
 
     obj, seed = "x$(touch pwned5)`touch pwned6`;touch pwned7;'q'", "0;touch pwned8"
+
     def hostile_job(raw):
         del raw["profiles"][name]
         raw.update(profile="default", objectives={obj: {"loss": "dpo"}}, train_seeds=[0, seed])

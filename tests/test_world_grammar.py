@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from diffpref.world.captions import TEMPLATES, caption_variants, parse_prompt
+from diffpref.world.captions import (
+    HELDOUT_CLAUSES,
+    HELDOUT_WRAPPERS,
+    LEXICONS,
+    TEMPLATES,
+    caption_variants,
+    ngram_words,
+    parse_prompt,
+)
 from diffpref.world.prompts import (
     all_specs,
     generate_prompts,
@@ -21,21 +29,57 @@ from diffpref.world.spec import CATEGORIES, Spec
 
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_every_caption_parses_back(category: str) -> None:
+    """Every training caption parses back to its spec, and so does every held-out clause for
+    every spec with each of its choices (class synonyms, relation, brightness, determiner)
+    varied in turn: the parser reads words one by one (a class name of two words is matched
+    whole), so each word in each slot is covered; the wrappers, whose words no lexicon knows,
+    are tried on every spec."""
     n = 0
     for spec in all_specs(category):
-        for split in ("train", "heldout"):
-            for template in TEMPLATES[category][split]:
-                for caption in caption_variants(spec, template):
+        for template in TEMPLATES[category]["train"]:
+            for caption in caption_variants(spec, template):
+                assert parse_prompt(caption) == spec, caption
+                n += 1
+        for clause in HELDOUT_CLAUSES[category]:  # each choice varied on its own
+            for key in ("a", "b", "rel", "attr", "pred", "det"):
+                for caption in caption_variants(spec, clause, "heldout", vary={key}):
                     assert parse_prompt(caption) == spec, caption
                     n += 1
+        for wrapper in HELDOUT_WRAPPERS:
+            caption = caption_variants(
+                spec, wrapper.format(HELDOUT_CLAUSES[category][0]), "heldout"
+            )[0]
+            assert parse_prompt(caption) == spec, caption
     assert n > 0
+
+
+def _vocabulary(wording: str) -> set[str]:
+    """Every word a wording can write: its templates' words and its lexicon's."""
+    lex = LEXICONS[wording]
+    phrases = [t for c in CATEGORIES for t in TEMPLATES[c][wording]]
+    phrases += [w for forms in lex.synonyms.values() for form in forms for w in form]
+    phrases += list(lex.numbers.values()) + list(lex.relation_ref.values())
+    for table in (lex.relations, lex.bright, lex.predicate):
+        phrases += [w for words in table.values() for w in words]
+    phrases += [w for pair in lex.determiners for w in pair]
+    phrases += ["a", "an"] if not lex.determiners else []
+    return {w for p in phrases for w in ngram_words(p.replace("{", " ").replace("}", " "))}
+
+
+def test_heldout_wording_shares_no_word_with_the_training_wording() -> None:
+    """Synonyms for every content word, other determiners and number forms, other frames:
+    the only word both wordings use is "of" (in "west of"); slot names are not words."""
+    slots = {"x", "y", "xs", "n", "rel", "its", "xa", "adj"}
+    assert (_vocabulary("train") & _vocabulary("heldout")) - slots == {"of"}
 
 
 def test_templates_per_category() -> None:
     for cat in CATEGORIES:
         assert len(TEMPLATES[cat]["train"]) >= 6
-        assert len(TEMPLATES[cat]["heldout"]) >= 6
-        assert not set(TEMPLATES[cat]["train"]) & set(TEMPLATES[cat]["heldout"])
+        assert len(HELDOUT_CLAUSES[cat]) >= 4
+        assert TEMPLATES[cat]["heldout"] == tuple(
+            w.format(c) for c in HELDOUT_CLAUSES[cat] for w in HELDOUT_WRAPPERS
+        )
 
 
 def test_parser_handles_free_wording() -> None:
@@ -63,22 +107,52 @@ def test_spec_json_round_trip_and_validation() -> None:
 
 
 def test_all_captions_fit_the_text_encoder() -> None:
-    """Every caption of every train and held-out template fits the shipped encoder length."""
+    """Every caption of every train and held-out template fits the shipped encoder length.
+    WordPiece splits at whitespace and punctuation first, so a caption's token count is the
+    sum of its words': a template's longest caption takes each slot's longest filling, which
+    bounds every caption it can make (any classes, synonyms, determiners, relations; {x} and
+    {y} are two different classes)."""
     from transformers import AutoTokenizer
 
     import diffpref.world
+    from diffpref.world.captions import noun_phrase
     from diffpref.world.text import minilm_path
 
     meta = Path(diffpref.world.__file__).parent / "pretrained" / "base" / "text_encoder.json"
     max_length = int(json.loads(meta.read_text())["max_length"])
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())  # tokenizer only, no weights
-    for cat in CATEGORIES:
-        for split in ("train", "heldout"):
-            for template in TEMPLATES[cat][split]:
-                captions = [v for spec in all_specs(cat) for v in caption_variants(spec, template)]
-                lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
-                longest = max(lengths)
-                assert longest <= max_length, (template, captions[lengths.index(longest)], longest)
+
+    def longest(phrases) -> int:
+        return max(len(tokenizer.tokenize(p)) for p in phrases)
+
+    for wording, lex in LEXICONS.items():
+        dets = list(lex.determiners) or [None]
+        heads = [f for forms in lex.synonyms.values() for f in forms]
+        adjs = [a for words in lex.bright.values() for a in words]
+        per_class = {  # the longest noun phrase of each class (any synonym, determiner)
+            k: longest(noun_phrase(s, det=d) for s, _ in forms for d in dets)
+            for k, forms in lex.synonyms.items()
+        }
+        slot = {
+            "x": max(per_class.values()),
+            "xs": longest(p for _, p in heads),
+            "n": longest(lex.numbers.values()),
+            "rel": longest(r for words in lex.relations.values() for r in words),
+            "its": longest(lex.relation_ref.values()),
+            "xa": longest(noun_phrase(s, a, d) for s, _ in heads for a in adjs for d in dets),
+            "adj": longest(a for words in lex.predicate.values() for a in words),
+        }
+        pair = max(per_class[a] + per_class[b] for a in per_class for b in per_class if a != b)
+        for cat in CATEGORIES:
+            for template in TEMPLATES[cat][wording]:
+                words = template
+                for name in [*slot, "y"]:
+                    words = words.replace("{" + name + "}", " ")
+                bound = len(tokenizer.tokenize(words)) + 2  # [CLS] ... [SEP]
+                bound += sum(slot[k] * template.count("{" + k + "}") for k in slot)
+                if "{y}" in template:  # two different classes
+                    bound += pair - slot["x"]
+                assert bound <= max_length, (wording, template, bound)
 
 
 def test_prompt_split_holds_out_combos_and_templates() -> None:
@@ -91,12 +165,13 @@ def test_prompt_split_holds_out_combos_and_templates() -> None:
     assert len(train) == 600 and len(ev) == 300
     train_specs_seen = [Spec.from_json(s) for s in train["spec"]]
     assert not any(is_heldout_combo(s) for s in train_specs_seen)
-    heldout_templates = {t for c in CATEGORIES for t in TEMPLATES[c]["heldout"]}
-    for prompt, spec in zip(train["prompt"], train_specs_seen, strict=True):
-        assert parse_prompt(prompt) == spec
-        for t in TEMPLATES[spec.category]["heldout"]:
-            assert prompt not in caption_variants(spec, t)
-    assert heldout_templates
+    # every prompt, held-out wording included, parses back to its spec
+    for prompt, spec in zip(df["prompt"], df["spec"], strict=True):
+        assert parse_prompt(prompt) == Spec.from_json(spec), prompt
+    # held-out wording: no word of a training prompt but "of"
+    train_words = {w for p in train["prompt"] for w in ngram_words(p)}
+    held = ev[ev["heldout_template"]]
+    assert {w for p in held["prompt"] for w in ngram_words(p)} & train_words <= {"of"}
     assert ev["heldout_combo"].any() and ev["heldout_template"].any()
     assert all(
         is_heldout_combo(Spec.from_json(s)) == h

@@ -2,18 +2,22 @@
 
 Every objective is trained on several seeds (``train_seeds``) and every seed is evaluated on
 the same held-out prompts with the same sampling seeds as the base model. Estimates and
-intervals come from :mod:`diffpref.statistics`' crossed bootstrap over training seeds and
-prompts, so a verdict reflects both seed-to-seed and prompt-to-prompt variance, and every
-inconclusive verdict says what the run could have detected and what would decide it.
+intervals come from :mod:`diffpref.statistics`' variance-components intervals over training
+seeds and prompts (calibrated at 3-5 seeds), so a verdict reflects both seed-to-seed and
+prompt-to-prompt variance; each verdict names its family and is given raw and Holm-adjusted
+over that family; every inconclusive verdict says what the run could have detected and what
+would decide it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from diffpref import evaluation
 from diffpref import statistics as st
@@ -24,9 +28,11 @@ if TYPE_CHECKING:
 
 # Prompt subsets of the eval split (embedded world: generated with these flags). A prompt may
 # be in both held-out subsets; "seen" prompts are in neither.
+RATE, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)  # what a win rate (accuracy) and a difference can be
 SPLITS = {
     "seen": "training wording and a training combination",
-    "heldout_wording": "a paraphrase template never used in training",
+    "heldout_wording": "the held-out wording, never used in training: its own synonyms for "
+    "every content word, determiners, number forms, clause orders and request phrases",
     "heldout_combo": "a class combination never used in training",
 }
 
@@ -34,13 +40,15 @@ SPLITS = {
 @dataclass
 class Results:
     """Everything the report reads, loaded once: per-sample scores of every model (with a
-    ``train_seed`` column; the base model's is -1), the eval prompts, per-seed metrics."""
+    ``train_seed`` column; the base model's is -1), the eval prompts, per-seed metrics and the
+    training prompts (their wording is what held-out wording is measured against)."""
 
     scores: dict[str, pd.DataFrame]
     prompts: pd.DataFrame
     eval_metrics: dict[str, list[dict]]
     train_metrics: dict[str, list[dict]]
     seeds: list[int]
+    train_prompts: list[str] = field(default_factory=list)
 
     @property
     def objectives(self) -> list[str]:
@@ -63,14 +71,16 @@ def load(cfg: Config) -> Results:
             trm[o].append(read_json(cfg.model_dir("adapters", o, s) / "train_metrics.json"))
         scores[o] = pd.concat(frames, ignore_index=True)
     prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
-    return Results(scores, prompts, evm, trm, list(cfg.train_seeds))
+    train = read_table(cfg.path("prompts", "train.parquet"), ["prompt"])
+    return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt))
 
 
 class Comparison:
-    """Seed-aware estimates of every model on one reward, with shared bootstrap settings."""
+    """Seed-aware estimates of every model on one reward, with shared interval settings
+    (``n_draws`` fiducial draws per interval, seeded with ``seed``)."""
 
-    def __init__(self, res: Results, reward: str, n_boot: int, tie: float, seed: int = 0):
-        self.res, self.reward, self.n_boot, self.tie, self.seed = res, reward, n_boot, tie, seed
+    def __init__(self, res: Results, reward: str, n_draws: int, tie: float, seed: int = 0):
+        self.res, self.reward, self.n_draws, self.tie, self.seed = res, reward, n_draws, tie, seed
         base = res.scores["base"]
         self.base = base[base.reward == reward]
         self.prompt_ids = sorted(set(self.base.prompt_id))
@@ -116,14 +126,20 @@ class Comparison:
                 cols = [self.prompt_ids.index(p) for p in prompts]
                 mats = {n: m[:, cols] for n, m in mats.items()}
             self._win[key] = {
-                n: st.seed_estimate(mats, n, 0.5, self.n_boot, self.seed) for n in mats
+                n: st.seed_estimate(mats, n, 0.5, self.n_draws, self.seed, RATE) for n in mats
             }
         return self._win[key]
+
+    def win_iqm(self, name: str) -> float:
+        """rliable's IQM of the win rate over runs x tasks: per (training seed, prompt
+        category) win rates pooled, 25% trimmed each side (3 per-seed values alone trim
+        nothing; without categories it is the mean)."""
+        return st.iqm(st.task_scores(self.wins(name), "win"))
 
     def reward_means(self, reward: str) -> dict[str, dict]:
         mats = self.matrices("score", reward=reward)
         return {
-            n: st.seed_estimate(mats, n, mats["base"].mean(), self.n_boot, self.seed) for n in mats
+            n: st.seed_estimate(mats, n, mats["base"].mean(), self.n_draws, self.seed) for n in mats
         }
 
     def splits(self) -> dict[str, list[str]]:
@@ -136,20 +152,38 @@ class Comparison:
         return {k: sorted(p.prompt_id[m]) for k, m in masks.items() if m.any()}
 
     def poi_matrix(self) -> pd.DataFrame:
-        """P(row > column) with its CI for every pair of models: rliable's probability of
-        improvement over training seeds, the prompt categories as tasks, on the mean reward."""
+        """P(row > column) with its CI for every pair of models: the chance that a random
+        training seed of one scores a higher mean reward over the held-out prompts than a
+        random seed of the other (:func:`statistics.improvement`), each pair computed once
+        and mirrored, plus rliable's observed share of seed pairs (``seed_pairs``)."""
         names = list(self.res.scores)
-        tasks = {n: st.task_scores(self._scores(n), "score") for n in names}
+        per_seed = {n: self.matrices("score", names=[n])[n].mean(1) for n in names}
         rows = []
         for i, a in enumerate(names):
-            for j, b in enumerate(names):
-                if a == b:
-                    continue
-                p, lo, hi = st.poi_interval(
-                    tasks[a], tasks[b], self.n_boot, self.seed + 1 + i * len(names) + j
+            for b in names[i + 1 :]:
+                p, lo, hi = (
+                    float(v)
+                    for v in st.improvement(per_seed[a], per_seed[b], self.n_draws, self.seed)
                 )
-                rows.append({"model": a, "versus": b, "p": p, "ci_low": lo, "ci_high": hi})
-        return pd.DataFrame(rows)
+                u = st.probability_of_improvement(per_seed[a][:, None], per_seed[b][:, None])
+                rows.append(
+                    {"model": a, "versus": b, "p": p, "ci_low": lo, "ci_high": hi, "seed_pairs": u}
+                )
+                rows.append(
+                    {
+                        "model": b,
+                        "versus": a,
+                        "p": 1 - p,
+                        "ci_low": 1 - hi,
+                        "ci_high": 1 - lo,
+                        "seed_pairs": 1 - u,
+                    }
+                )
+        order = {n: k for k, n in enumerate(names)}
+        df = pd.DataFrame(rows, columns=["model", "versus", "p", "ci_low", "ci_high", "seed_pairs"])
+        return df.sort_values(["model", "versus"], key=lambda c: c.map(order)).reset_index(
+            drop=True
+        )
 
 
 def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
@@ -157,6 +191,7 @@ def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
     spread, accuracy, diversity and training cost (means over seeds)."""
     res = cmp.res
     win = cmp.win_vs_base()
+    holm = beats_base_holm(cmp)
     means = {r: cmp.reward_means(r) for r in rewards}
     rows = []
     for n in [*res.objectives, "base"]:
@@ -168,8 +203,13 @@ def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
                 win_vs_base_ci=_ci(w),
                 win_vs_base_ci_low=w["ci_low"],
                 win_vs_base_ci_high=w["ci_high"],
-                win_iqm=w["iqm"],
+                win_p_value=w["p_value"],
+                win_p_holm=holm[n],
+                beats_base=WORD[_verdict(w["ci_low"], w["ci_high"], 0.5)],
+                beats_base_holm=WORD[_adjusted(w["mean"], holm[n], 0.5)],
+                win_iqm=cmp.win_iqm(n),
                 win_seed_sd=w["seed_sd"],
+                win_seed_share=w["seed_share"],
                 win_per_seed=" ".join(f"{v:.3f}" for v in w["per_seed"]),
             )
         for r in rewards:
@@ -215,13 +255,14 @@ def _ci(e: dict) -> str:
 
 
 def split_table(cmp: Comparison) -> pd.DataFrame:
-    """Win rate vs base and mean reward per model in each prompt subset, with CIs."""
+    """Win rate vs base and mean reward per model in each prompt subset, with the same
+    calibrated intervals as the whole set (a subset's own prompts and the same seeds)."""
     rows = []
     for split, ids in cmp.splits().items():
         win = cmp.win_vs_base(ids)
         mats = cmp.matrices("score", ids)
         for n in cmp.res.objectives:
-            m = st.seed_estimate(mats, n, mats["base"].mean(), cmp.n_boot, cmp.seed)
+            m = st.seed_estimate(mats, n, mats["base"].mean(), cmp.n_draws, cmp.seed)
             w = win[n]
             rows.append(
                 {
@@ -232,11 +273,52 @@ def split_table(cmp: Comparison) -> pd.DataFrame:
                     "win_vs_base_ci": _ci(w),
                     "win_ci_low": w["ci_low"],
                     "win_ci_high": w["ci_high"],
+                    "win_p_value": w["p_value"],
                     f"{cmp.reward}_mean": m["mean"],
                     f"{cmp.reward}_ci": _ci(m),
                     f"base_{cmp.reward}": float(mats["base"].mean()),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """The distinct word n-grams of ``text`` (lower case, words as the world's parser reads
+    them)."""
+    w = _WORD.findall(text.lower())
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def ngram_overlap(reference: list[str], texts: list[str], n: int) -> float:
+    """The share of the distinct word n-grams of ``texts`` that also occur in ``reference``:
+    1 when every phrase was seen, 0 when nothing was."""
+    ref = set().union(*(ngrams(t, n) for t in reference)) if reference else set()
+    got = set().union(*(ngrams(t, n) for t in texts)) if texts else set()
+    return len(got & ref) / len(got) if got else float("nan")
+
+
+OVERLAP_N = (1, 2, 3)
+
+
+def wording_overlap(res: Results) -> pd.DataFrame:
+    """How far each eval-prompt subset's wording is from the training prompts' wording: the
+    share of its distinct word n-grams that occur in a training prompt (seen-wording prompts
+    are the reference: ~1 by construction). Empty without the world's subsets or train
+    prompts."""
+    p = res.prompts
+    if not res.train_prompts or "heldout_template" not in p:
+        return pd.DataFrame()
+    held = p.heldout_template.astype(bool)
+    rows = []
+    for name, mask in (("heldout_wording", held), ("training wording (eval prompts)", ~held)):
+        texts = list(p.prompt[mask])
+        if texts:
+            row = {"prompts": name, "n_prompts": len(texts)}
+            row |= {f"{k}-grams": ngram_overlap(res.train_prompts, texts, k) for k in OVERLAP_N}
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -248,45 +330,122 @@ def _verdict(lo: float, hi: float, null: float) -> str:
     return "inconclusive"
 
 
+def _adjusted(estimate: float, p_adjusted: float, null: float, alpha: float = 0.05) -> str:
+    """The verdict at family-wise level ``alpha`` from a Holm-adjusted p-value."""
+    if p_adjusted > alpha:
+        return "inconclusive"
+    return "supported" if estimate > null else "contradicted"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 MAX_SCALE = 20  # beyond this many times the data, "how much more" stops being useful advice
 
 
 def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
     """What an inconclusive result could have detected and what would decide it."""
     parts = [f"this run could detect a {what} of about ±{e['detectable']:.3f} (CI half-width)"]
-    need = []
-    if e.get("seeds_needed"):
-        need.append(f"~{e['seeds_needed']} training seeds at {n_prompts} prompts")
-    if e.get("prompts_needed"):
-        need.append(f"~{e['prompts_needed']} prompts at {n_seeds} seeds")
-    if (k := e.get("scale_both")) and k <= MAX_SCALE:
-        need.append(
-            f"~{int(np.ceil(n_seeds * k))} seeds and ~{int(np.ceil(n_prompts * k))} "
-            "prompts together"
-        )
-    elif k:
-        need.append(
-            f"more than {MAX_SCALE}x as many seeds and prompts: the observed difference "
-            f"({e['effect']:+.3f}) is negligible at any practical scale"
-        )
-    if need:
+    seeds, prompts, k = e.get("seeds_needed"), e.get("prompts_needed"), e.get("scale_both")
+    if seeds and seeds <= n_seeds:
         parts.append(
-            "detecting the observed difference (80% power) would take " + " or ".join(need)
+            f"a difference of the observed size ({e['effect']:+.3f}) is within this design's "
+            "80% power, so missing it here is chance or the interval's caution at few seeds"
         )
-    elif e.get("effect") == 0:
-        parts.append("no difference was observed at all")
+    else:
+        need = []
+        if seeds:
+            need.append(f"~{seeds} training seeds at {n_prompts} prompts")
+        if prompts:
+            need.append(f"~{prompts} prompts at {n_seeds} seeds")
+        if k and k <= MAX_SCALE:
+            need.append(
+                f"~{int(np.ceil(n_seeds * k))} seeds and ~{int(np.ceil(n_prompts * k))} "
+                "prompts together"
+            )
+        elif k:
+            need.append(
+                f"more than {MAX_SCALE}x as many seeds and prompts: the observed difference "
+                f"({e['effect']:+.3f}) is negligible at any practical scale"
+            )
+        if need:
+            parts.append(
+                "detecting the observed difference (80% power) would take " + " or ".join(need)
+            )
+        elif e.get("effect") == 0:
+            parts.append("no difference was observed at all")
     if n_seeds == 1:
         parts.append("with one training seed the seed-to-seed spread is not measured")
     return "; ".join(parts)
 
 
+BEATS_BASE = "beats the base"
+SEED_CLAIMS = "seed claims"
+
+
+def beats_base_holm(cmp: Comparison) -> dict[str, float]:
+    """Holm-adjusted p-values of the family "beats the base": every objective's win rate
+    against 0.5 (one comparison per objective)."""
+    win = cmp.win_vs_base()
+    names = cmp.res.objectives
+    return dict(zip(names, st.holm([win[n]["p_value"] for n in names]), strict=True))
+
+
+def what_seeds_decide(cmp: Comparison) -> str:
+    """What this run's seed count can and cannot decide about "beats the base", from its
+    variance components projected to other seed counts (same prompts)."""
+    win = cmp.win_vs_base()
+    n_seeds, n_prompts = len(cmp.res.seeds), len(cmp.prompt_ids)
+    if n_seeds < 2:
+        return (
+            "With one training seed per objective the seed-to-seed spread is not measured: "
+            "every interval below is conditional on that seed, and no verdict says whether "
+            "another seed would agree."
+        )
+    at = {
+        r: float(np.nanmedian([e["detectable_at"][r] for e in win.values()]))
+        for r in st.PLANNED_SEEDS
+    }
+    now = float(np.median([e["detectable"] for e in win.values()]))
+    sd = float(np.nanmedian([e["seed_sd"] for e in win.values()]))
+    share = float(np.nanmedian([e["seed_share"] for e in win.values()]))
+    others = ", ".join(f"±{at[r]:.3f} at {r} seeds" for r in st.PLANNED_SEEDS if r != n_seeds)
+    t = float(stats.t.ppf(0.975, n_seeds - 1))  # what a seed-dominated interval uses
+    return (
+        f"What {n_seeds} training seeds can decide here: a win rate is shown to differ from "
+        f"0.5 only when the difference exceeds about ±{now:.3f} (the median 95% half-width "
+        f"over objectives; projected from this run's variance components: {others}, at the "
+        f"same {n_prompts} prompts). Smaller gains, and rankings of objectives closer than "
+        f"that, are beyond this run: **not shown** means undecided, not no effect. Training "
+        f"seeds carry a median {share:.0%} of the variance (between-seed sd {sd:.3f}, "
+        f"evaluation noise removed), and with {n_seeds} seeds their part of each interval "
+        f"rests on {n_seeds - 1} degree{'s' if n_seeds > 2 else ''} of freedom (t = {t:.2f}, "
+        "against 1.96 for a known "
+        "spread). Family: every verdict below belongs to the family "
+        f'"{BEATS_BASE}" ({len(win)} comparisons, one per objective); each is given at 95% '
+        "on its own (raw) and Holm-adjusted so that the chance of any false yes/no in the "
+        "family stays under 5%."
+    )
+
+
+WORD = {"supported": "yes", "contradicted": "no, worse", "inconclusive": "not shown"}
+VERDICT = {
+    "supported": "**yes**",
+    "contradicted": "**no, worse**",
+    "inconclusive": "**not shown**",
+}
+
+
 def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> list[str]:
-    """Per objective: does it beat the base on held-out prompts (seed-aware CI), what the run
-    could detect when it cannot tell, whether a gain carries over to unseen wording, and what
-    the run shows about why (training fit vs transfer, side effects)."""
+    """Per objective: does it beat the base on held-out prompts (calibrated CI; raw and
+    Holm-adjusted over the family), what the run could detect when it cannot tell, whether a
+    gain carries over to unseen wording, and what the run shows about why (training fit vs
+    transfer, side effects)."""
     reward = cmp.reward
     base = table[table.model == "base"].iloc[0]
     win = cmp.win_vs_base()
+    holm = beats_base_holm(cmp)
     n_seeds, n_prompts = len(cmp.res.seeds), len(cmp.prompt_ids)
     out = []
     for r in table.to_dict("records"):
@@ -295,25 +454,35 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
             continue
         e = win[n]
         lo, hi = e["ci_low"], e["ci_high"]
-        verdict = {
-            "supported": "**yes**: the win-rate CI excludes 0.5",
-            "contradicted": "**no, worse**: the win-rate CI is below 0.5",
-            "inconclusive": "**not shown**: the win-rate CI includes 0.5",
-        }[_verdict(lo, hi, 0.5)]
+        raw = _verdict(lo, hi, 0.5)
+        verdict = (
+            VERDICT[raw]
+            + {
+                "supported": ": the win-rate CI excludes 0.5",
+                "contradicted": ": the win-rate CI is below 0.5",
+                "inconclusive": ": the win-rate CI includes 0.5",
+            }[raw]
+        )
+        fam = _adjusted(e["mean"], holm[n], 0.5)
+        family = (
+            f'Holm over the {len(holm)} objectives of "{BEATS_BASE}": {VERDICT[fam]} '
+            f"(adjusted {_p(holm[n])})"
+        )
         facts = [f"mean {reward} {r[f'{reward}_mean'] - base[f'{reward}_mean']:+.3f} vs base"]
         for c in table.columns:
             if c.endswith("_mean") and c != f"{reward}_mean":
                 facts.append(f"{c[:-5]} {r[c] - base[c]:+.3f}")
         facts.append(f"diversity x{r['diversity'] / base['diversity']:.2f}")
         spread = (
-            f"per seed {r['win_per_seed']}, IQM {r['win_iqm']:.3f}, between-seed sd "
-            f"{r['win_seed_sd']:.3f}"
+            f"per seed {r['win_per_seed']}, IQM over seeds × categories {r['win_iqm']:.3f}, "
+            f"between-seed sd {r['win_seed_sd']:.3f}"
             if n_seeds > 1
             else "one training seed"
         )
         line = (
             f"- {n}: win rate {e['mean']:.3f} {_ci(e)} over {n_seeds} seeds × "
-            f"{n_prompts} prompts ({spread}) — {verdict} ({', '.join(facts)})"
+            f"{n_prompts} prompts ({spread}) — {verdict} ({_p(e['p_value'])}); {family} "
+            f"({', '.join(facts)})"
         )
         if lo <= 0.5 <= hi:
             line += "; " + power_note(e, "win-rate difference from 0.5", n_seeds, n_prompts)
@@ -359,6 +528,30 @@ def _carries_over(splits: pd.DataFrame, name: str, lo: float) -> str:
     return "; the gain is **not shown to carry over** to " + " or ".join(notes)
 
 
+def wording_summary(table: pd.DataFrame, splits: pd.DataFrame) -> str:
+    """Whether the ranking on all held-out prompts survives new wording: the best objective
+    on all prompts, and the best on held-out wording, each with its held-out-wording CI."""
+    if splits.empty or "heldout_wording" not in set(splits.split):
+        return ""
+    held = splits[splits.split == "heldout_wording"].set_index("model")
+    objectives = table[table.model != "base"].set_index("model")
+    if objectives.empty:
+        return ""
+    top = objectives.win_vs_base.idxmax()
+    top_held = held.win_vs_base.idxmax()
+    line = (
+        f"Best on all held-out prompts: {top} ({objectives.win_vs_base[top]:.3f}); on "
+        f"held-out wording it scores {held.win_vs_base[top]:.3f} {held.win_vs_base_ci[top]}"
+    )
+    if top_held != top:
+        line += (
+            f", while {top_held} leads there with {held.win_vs_base[top_held]:.3f} "
+            f"{held.win_vs_base_ci[top_held]}: the overall winner's lead does not carry over "
+            "to new wording"
+        )
+    return line + "."
+
+
 CLAIMS = [
     ("smpo", "dpo", "SmPO is above DPO"),
     ("lair", "dpo", "Listwise LAIR is above pairwise DPO"),
@@ -367,25 +560,42 @@ CLAIMS = [
 
 
 def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list[str]:
-    """The seed papers' claims, each decided on seed-aware intervals (honest either way)."""
+    """The seed papers' claims, each decided on calibrated intervals (honest either way); the
+    statistical ones form the family "seed claims", Holm-adjusted; MaPO's speed claim is a
+    per-seed comparison of measured throughput, outside the family."""
     row = {r["model"]: r for r in table.to_dict("records")}
     n_prompts = len(cmp.prompt_ids)
-    lines = [_mapo_claim(cmp, row)]
     names = set(cmp.res.objectives)
+    decided: list[tuple[str, dict, str, int]] = []  # the family: claim, difference, detail, P
+    lines: list[str | int] = []  # a line, or the index of a decided claim
     for a, b, claim in CLAIMS:
         if not {a, b} <= names:
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
             continue
-        d = st.seed_difference(cmp.win_matrices(), a, b, cmp.n_boot, cmp.seed)
+        d = st.seed_difference(cmp.win_matrices(), a, b, cmp.n_draws, cmp.seed, DIFFERENCE)
         p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
         detail = (
             f"win rate vs base {row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, "
             f"{_difference(d)}; P({a} > {b}) = {p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] "
-            "over training seeds"
+            f"for a random training seed of each ({p.seed_pairs:.2f} of the seed pairs)"
         )
-        lines.append(_decided(claim, d, detail, n_prompts))
-    lines.append(_counting_claim(cmp, row))
-    return lines
+        lines.append(len(decided))
+        decided.append((claim, d, detail, n_prompts))
+    counting = _counting_claim(cmp)
+    if isinstance(counting, str):
+        lines.append(counting)
+    else:
+        lines.append(len(decided))
+        decided.append(counting)
+    adjusted = st.holm([d["p_value"] for _, d, _, _ in decided]) if decided else []
+    out = [_mapo_claim(cmp, row)]
+    for item in lines:
+        if isinstance(item, str):
+            out.append(item)
+        else:
+            claim, d, detail, n = decided[item]
+            out.append(_decided(claim, d, detail, n, adjusted[item], len(decided)))
+    return out
 
 
 def _mapo_claim(cmp: Comparison, row: dict) -> str:
@@ -410,35 +620,42 @@ def _mapo_claim(cmp: Comparison, row: dict) -> str:
         f"({m['groups_per_s'] / d['groups_per_s']:.2f}x; per seed "
         f"{' '.join(f'{v:.1f}' for v in speed['mapo'])} vs "
         f"{' '.join(f'{v:.1f}' for v in speed['dpo'])}), peak memory "
-        f"{m['peak_memory_mb']:.0f} vs {d['peak_memory_mb']:.0f} MB"
+        f"{m['peak_memory_mb']:.0f} vs {d['peak_memory_mb']:.0f} MB (measured on every seed; "
+        f'not a sampled quantity, so outside the family "{SEED_CLAIMS}")'
     )
 
 
-def _counting_claim(cmp: Comparison, row: dict) -> str:
+def _counting_claim(cmp: Comparison) -> str | tuple[str, dict, str, int]:
     claim = "AGSM avoids SoftREPA's counting collapse"
     if not {"agsm", "softrepa"} <= set(cmp.res.objectives):
         return f"- {claim}: not run (needs `agsm`, `softrepa`)"
     p = cmp.res.prompts
     ids = sorted(p.prompt_id[p.category == "counting"]) if "category" in p else []
-    if not ids:
-        return f"- {claim}: not testable (no counting prompts)"
+    if len(ids) < 2:
+        return f"- {claim}: not testable (fewer than two counting prompts)"
     mats = cmp.matrices("correct", ids, names=["agsm", "softrepa", "base"])
-    d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_boot, cmp.seed)
+    d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_draws, cmp.seed, DIFFERENCE)
     detail = (
         f"counting accuracy AGSM {mats['agsm'].mean():.3f}, SoftREPA "
         f"{mats['softrepa'].mean():.3f}, base {mats['base'].mean():.3f}; {_difference(d)} over "
         f"{len(ids)} counting prompts"
     )
-    return _decided(claim, d, detail, len(ids))
+    return claim, d, detail, len(ids)
 
 
 def _difference(d: dict) -> str:
     return f"difference {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
-def _decided(claim: str, d: dict, detail: str, n_prompts: int) -> str:
-    """A claim decided on a seed-aware difference's CI, with the power note when undecided."""
-    line = f"- {claim}: **{_verdict(d['ci_low'], d['ci_high'], 0.0)}** — {detail}"
+def _decided(claim: str, d: dict, detail: str, n_prompts: int, p_adj: float, m: int) -> str:
+    """A claim decided on a seed-aware difference's CI, raw and Holm-adjusted over the ``m``
+    claims of its family, with the power note when undecided."""
+    raw = _verdict(d["ci_low"], d["ci_high"], 0.0)
+    fam = _adjusted(d["diff"], p_adj, 0.0)
+    line = (
+        f"- {claim}: **{raw}** ({_p(d['p_value'])}; Holm over the {m} claims of "
+        f'"{SEED_CLAIMS}": **{fam}**, adjusted {_p(p_adj)}) — {detail}'
+    )
     if d["ci_low"] <= 0 <= d["ci_high"]:
         line += "; " + power_note(d, "difference", d["n_seeds"], n_prompts)
     return line

@@ -76,7 +76,7 @@ STAGES: dict[str, Stage] = {
     ),
     "report": Stage(
         "report",
-        ("results/world", "results/adapters", "results/eval"),
+        ("results/world", "results/prompts", "results/adapters", "results/eval"),
         (
             "results/report",
             "results/metrics",
@@ -211,8 +211,9 @@ def _evaluate(c: Config, o: str | None) -> list[str]:
 
 
 def _report(c: Config, o: str | None) -> list[str]:
-    ev = [f"evaluate.{k}" for k in ["seeds", "bootstrap", "tie_threshold", "win_reward"]]
-    return ["results", "profile", "seed", "train_seeds", "objectives", "report.grid_prompts", *ev]
+    ev = [f"evaluate.{k}" for k in ["seeds", "tie_threshold", "win_reward"]]
+    own = ["report.grid_prompts", "report.draws"]
+    return ["results", "profile", "seed", "train_seeds", "objectives", *own, *ev]
 
 
 PARAMS: dict[str, Callable[[Config, str | None], list[str]]] = {

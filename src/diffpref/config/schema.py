@@ -247,6 +247,11 @@ class EvaluateParams(Settings):
 
 class ReportParams(Settings):
     grid_prompts: Int = Field(ge=1, le=64)
+    draws: Int = Field(
+        ge=1000,
+        le=1_000_000,
+        description="fiducial draws per interval (seeded with `seed`; p-values to 1/draws)",
+    )
 
 
 class TrackingParams(Settings):

@@ -2,16 +2,26 @@
 
 Captions are built from class synonyms, number words, relation phrases and brightness words
 slotted into templates. Each category has *train* templates (used for base-model pretraining
-and train prompts) and *held-out* paraphrase templates (eval prompts only), so evaluation
-also measures generalisation to unseen wording. :func:`parse_prompt` recovers the
-:class:`~diffpref.world.spec.Spec` of any caption the grammar makes, which lets reward models
-take plain prompt strings.
+and train prompts) and *held-out* wording (eval prompts only), so evaluation also measures
+generalisation to unseen wording.
+
+The held-out wording is a different process, not more templates of the same kind: its own
+lexicon (a synonym for every content word — class nouns, number forms, relation phrases,
+brightness words — none of which the training wording uses), determiners the training wording
+never uses (this/that/one, these/those/some; training has a/an), other clause orders
+(relation first, the reference object as a pronoun, postposed numbers) and wrapper phrases
+(requests such as "show me ..." or "..., please") composed with every clause. How far it is
+from the training wording is measured, as shared word n-grams, in the report.
+
+:func:`parse_prompt` recovers the :class:`~diffpref.world.spec.Spec` of any caption either
+wording makes, which lets reward models take plain prompt strings.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -67,14 +77,6 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a photo showing {x}",
             "a studio photo of {x}",
         ),
-        "heldout": (
-            "a drawing of {x}",
-            "a catalog shot of {x}",
-            "a close-up of {x}",
-            "an illustration of {x}",
-            "{x} against a plain backdrop",
-            "this picture shows {x}",
-        ),
     },
     "two_object": {
         "train": (
@@ -84,14 +86,6 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "an image of {x} and {y}",
             "{x} together with {y}",
             "a photo showing {x} and {y}",
-        ),
-        "heldout": (
-            "a drawing of {x} plus {y}",
-            "{x} alongside {y}",
-            "both {x} and {y}",
-            "{x} as well as {y}",
-            "a scene containing {x} and {y}",
-            "{x}, and {y} too",
         ),
     },
     "counting": {
@@ -103,14 +97,6 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a photo showing {n} {xs}",
             "exactly {n} {xs}",
         ),
-        "heldout": (
-            "a drawing of {n} {xs}",
-            "a set of {n} {xs}",
-            "a group of {n} {xs}",
-            "{n} {xs} in total",
-            "there are {n} {xs}",
-            "{n} {xs}, no more, no fewer",
-        ),
     },
     "position": {
         "train": (
@@ -120,14 +106,6 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "an image of {x} {rel} {y}",
             "{x} placed {rel} {y}",
             "a photo with {x} {rel} {y}",
-        ),
-        "heldout": (
-            "{rel} {y} there is {x}",
-            "{y} with {x} {its}",
-            "we see {x} {rel} {y}",
-            "{x} can be seen {rel} {y}",
-            "{y}, and {x} {its}",
-            "{rel} {y} you can see {x}",
         ),
     },
     "brightness": {
@@ -139,86 +117,196 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a photo showing {xa}",
             "{x}, looking {adj}",
         ),
-        "heldout": (
-            "a drawing of {xa}",
-            "{x} in {adj} light",
-            "a close-up of {xa}",
-            "{xa} against a plain backdrop",
-            "we see {xa}",
-            "{x} shown in {adj} tones",
-        ),
     },
 }
-# Predicate/light adjectives must read well after "looking", "in ... light", "in ... tones".
+# Predicate adjectives must read well after "looking".
 _PREDICATE_ADJ: dict[str, tuple[str, ...]] = {"bright": ("bright",), "dim": ("dim", "dark")}
 
+# -- the held-out wording: its own lexicon, determiners, clause orders and wrappers ----------
+HELDOUT_SYNONYMS: dict[int, tuple[tuple[str, str], ...]] = {
+    0: (("singlet", "singlets"), ("camisole", "camisoles")),
+    1: (("slacks", "slacks"), ("jeans", "jeans"), ("chinos", "chinos")),
+    2: (("cardigan", "cardigans"), ("hoodie", "hoodies"), ("sweatshirt", "sweatshirts")),
+    3: (("gown", "gowns"), ("frock", "frocks")),
+    4: (("parka", "parkas"), ("blazer", "blazers"), ("anorak", "anoraks")),
+    5: (("flip-flop", "flip-flops"), ("mule", "mules")),
+    6: (("blouse", "blouses"), ("button-down", "button-downs")),
+    7: (("running shoe", "running shoes"), ("tennis shoe", "tennis shoes")),
+    8: (("tote", "totes"), ("satchel", "satchels"), ("backpack", "backpacks")),
+    9: (("bootie", "booties"),),
+}
+HELDOUT_NUMBERS: dict[int, str] = {2: "2", 3: "3", 4: "4"}
+HELDOUT_RELATIONS: dict[str, tuple[str, ...]] = {
+    "left": ("leftward of", "west of"),
+    "right": ("rightward of", "east of"),
+    "above": ("higher than", "atop"),
+    "below": ("lower than", "underneath"),
+}
+HELDOUT_RELATION_REF: dict[str, str] = {  # the reference object as "that"
+    "left": "west of that",
+    "right": "east of that",
+    "above": "higher than that",
+    "below": "lower than that",
+}
+HELDOUT_BRIGHT: dict[str, tuple[str, ...]] = {
+    "bright": ("luminous", "radiant", "brilliant"),
+    "dim": ("shadowy", "murky", "gloomy"),
+}
+HELDOUT_PREDICATE: dict[str, tuple[str, ...]] = {
+    "bright": ("radiant", "luminous"),
+    "dim": ("shadowy", "gloomy"),
+}
+# one determiner per caption, by index: (count noun, plural-only noun)
+HELDOUT_DETERMINERS: tuple[tuple[str, str], ...] = (
+    ("this", "these"),
+    ("one", "some"),
+    ("that", "those"),
+)
+# clause orders per category (same slots as the training templates; {its}: "west of that")
+HELDOUT_CLAUSES: dict[str, tuple[str, ...]] = {
+    "single": ("{x}", "just {x}", "{x} alone", "{x}, nothing else", "solely {x}"),
+    "two_object": ("{x} plus {y}", "{x} alongside {y}", "{x} beside {y}", "{x}; also {y}"),
+    "counting": (
+        "{n} {xs}",
+        "{xs}, {n} in all",
+        "{xs} numbering {n}",
+        "{n} identical {xs}",
+        "{n} separate {xs}",
+    ),
+    "position": (
+        "{x} {rel} {y}",
+        "{rel} {y} sits {x}",
+        "{rel} {y}: {x}",
+        "{y}, {x} {its}",
+        "{y} having {x} {its}",
+        "{x} sitting {rel} {y}",
+    ),
+    "brightness": ("{xa}", "{x}, {adj}", "{x} in {adj} light", "{x} that seems {adj}"),
+}
+# requests around any clause; words outside every lexicon, so the parse cannot change
+HELDOUT_WRAPPERS: tuple[str, ...] = (
+    "{}",
+    "show me {}",
+    "please render {}",
+    "generate {}",
+    "depict {}",
+    "{}, please",
+    "{} in frame",
+)
+for _cat, _clauses in HELDOUT_CLAUSES.items():
+    TEMPLATES[_cat]["heldout"] = tuple(w.format(c) for c in _clauses for w in HELDOUT_WRAPPERS)
 
-_PLURALIA = ("trousers", "pants")
+
+@dataclass(frozen=True)
+class Lexicon:
+    """The words one wording fills its templates with."""
+
+    synonyms: dict[int, tuple[tuple[str, str], ...]]
+    numbers: dict[int, str]
+    relations: dict[str, tuple[str, ...]]
+    relation_ref: dict[str, str]
+    bright: dict[str, tuple[str, ...]]
+    predicate: dict[str, tuple[str, ...]]
+    determiners: tuple[tuple[str, str], ...] = ()  # empty: a/an (training)
 
 
-def noun_phrase(head: str, adj: str | None = None) -> str:
-    """``a coat`` / ``an ankle boot`` / ``dim trousers`` / ``a bright bag``."""
+LEXICONS: dict[str, Lexicon] = {
+    "train": Lexicon(
+        SYNONYMS, NUMBER_WORDS, RELATION_PHRASES, RELATION_ITS, BRIGHT_WORDS, _PREDICATE_ADJ
+    ),
+    "heldout": Lexicon(
+        HELDOUT_SYNONYMS,
+        HELDOUT_NUMBERS,
+        HELDOUT_RELATIONS,
+        HELDOUT_RELATION_REF,
+        HELDOUT_BRIGHT,
+        HELDOUT_PREDICATE,
+        HELDOUT_DETERMINERS,
+    ),
+}
+
+_PLURALIA = ("trousers", "pants", "slacks", "jeans", "chinos")
+
+
+def noun_phrase(head: str, adj: str | None = None, det: tuple[str, str] | None = None) -> str:
+    """``a coat`` / ``an ankle boot`` / ``dim trousers`` / ``a bright bag``; with ``det``
+    (count noun, plural-only noun) the held-out determiners: ``this coat``, ``some jeans``."""
     phrase = f"{adj} {head}" if adj else head
+    if det:
+        return f"{det[1] if head in _PLURALIA else det[0]} {phrase}"
     if head in _PLURALIA:
         return phrase
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _choices(spec: Spec) -> dict[str, list]:
-    """The independent wording choices of a caption for ``spec``."""
-    ch: dict[str, list] = {"a": list(SYNONYMS[spec.classes[0]])}
+def _choices(spec: Spec, lex: Lexicon) -> dict[str, list]:
+    """The independent wording choices of a caption for ``spec`` in lexicon ``lex``."""
+    ch: dict[str, list] = {"a": list(lex.synonyms[spec.classes[0]])}
     if len(spec.classes) > 1:
-        ch["b"] = list(SYNONYMS[spec.classes[1]])
+        ch["b"] = list(lex.synonyms[spec.classes[1]])
     if spec.relation:
-        ch["rel"] = list(RELATION_PHRASES[spec.relation])
+        ch["rel"] = list(lex.relations[spec.relation])
     if spec.brightness:
-        ch["attr"] = list(BRIGHT_WORDS[spec.brightness])
-        ch["pred"] = list(_PREDICATE_ADJ[spec.brightness])
+        ch["attr"] = list(lex.bright[spec.brightness])
+        ch["pred"] = list(lex.predicate[spec.brightness])
+    if lex.determiners:
+        ch["det"] = list(lex.determiners)
     return ch
 
 
-def _fill(spec: Spec, template: str, pick: dict) -> str:
-    head_a = pick["a"]
-    fields = {"x": noun_phrase(head_a[0]), "xs": head_a[1]}
+def _fill(spec: Spec, template: str, pick: dict, lex: Lexicon) -> str:
+    head_a, det = pick["a"], pick.get("det")
+    fields = {"x": noun_phrase(head_a[0], det=det), "xs": head_a[1]}
     if "b" in pick:
-        fields["y"] = noun_phrase(pick["b"][0])
+        fields["y"] = noun_phrase(pick["b"][0], det=det)
     if spec.category == "counting":
-        fields["n"] = NUMBER_WORDS[spec.count]
+        fields["n"] = lex.numbers[spec.count]
     if spec.relation:
         fields["rel"] = pick["rel"]
-        fields["its"] = RELATION_ITS[spec.relation]
+        fields["its"] = lex.relation_ref[spec.relation]
     if spec.brightness:
-        fields["xa"] = noun_phrase(head_a[0], pick["attr"])
+        fields["xa"] = noun_phrase(head_a[0], pick["attr"], det=det)
         fields["adj"] = pick["pred"]
     return template.format(**fields)
 
 
-def make_caption(spec: Spec, template: str, rng: np.random.Generator) -> str:
-    """Fill ``template`` for ``spec``, drawing synonyms and phrasings with ``rng``."""
-    ch = _choices(spec)
-    return _fill(spec, template, {k: v[int(rng.integers(len(v)))] for k, v in ch.items()})
+def make_caption(
+    spec: Spec, template: str, rng: np.random.Generator, wording: str = "train"
+) -> str:
+    """Fill ``template`` (of ``wording``: train or heldout) for ``spec``, drawing synonyms and
+    phrasings with ``rng``."""
+    lex = LEXICONS[wording]
+    ch = _choices(spec, lex)
+    return _fill(spec, template, {k: v[int(rng.integers(len(v)))] for k, v in ch.items()}, lex)
 
 
-def caption_variants(spec: Spec, template: str) -> list[str]:
-    """Every distinct caption ``template`` can make for ``spec`` (for exhaustive checks)."""
-    ch = _choices(spec)
+def caption_variants(
+    spec: Spec, template: str, wording: str = "train", vary: set[str] | None = None
+) -> list[str]:
+    """Every distinct caption ``template`` can make for ``spec`` (for exhaustive checks);
+    ``vary``: only these choices (a, b, rel, attr, pred, det) vary, the others take their
+    first option."""
+    lex = LEXICONS[wording]
+    ch = _choices(spec, lex)
     keys = list(ch)
+    options = [ch[k] if vary is None or k in vary else ch[k][:1] for k in keys]
     out = {
-        _fill(spec, template, dict(zip(keys, combo, strict=True)))
-        for combo in itertools.product(*(ch[k] for k in keys))
+        _fill(spec, template, dict(zip(keys, combo, strict=True)), lex)
+        for combo in itertools.product(*options)
     }
     return sorted(out)
 
 
 def templates(category: str, split: str) -> tuple[str, ...]:
-    """Templates of a category; ``split`` is ``train`` or ``heldout``."""
+    """Templates of a category; ``split`` is ``train`` or ``heldout`` (every held-out clause
+    inside every wrapper)."""
     return TEMPLATES[category][split]
 
 
 # -- parser --------------------------------------------------------------------------------
 def _class_lexicon() -> dict[tuple[str, ...], int]:
     lex: dict[tuple[str, ...], int] = {}
-    for k, forms in SYNONYMS.items():
+    for k, forms in [*SYNONYMS.items(), *HELDOUT_SYNONYMS.items()]:
         for sing, plur in forms:
             for form in (sing, plur):
                 words = form.replace("pairs of ", "").split()
@@ -233,6 +321,13 @@ _MAX_LEX = max(len(k) for k in _CLASS_LEX)
 _COUNT_LEX = {"two": 2, "three": 3, "four": 4, "2": 2, "3": 3, "4": 4}
 _REL_LEX = {
     "left": "left",
+    "leftward": "left",
+    "west": "left",
+    "rightward": "right",
+    "east": "right",
+    "higher": "above",
+    "atop": "above",
+    "lower": "below",
     "right": "right",
     "above": "above",
     "over": "above",
@@ -246,12 +341,22 @@ _BRIGHT_LEX = {
     "brightly": "bright",
     "glowing": "bright",
     "luminous": "bright",
+    "radiant": "bright",
+    "brilliant": "bright",
+    "shadowy": "dim",
+    "murky": "dim",
+    "gloomy": "dim",
     "dim": "dim",
     "dimly": "dim",
     "faint": "dim",
     "dark": "dim",
 }
 _TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def ngram_words(text: str) -> list[str]:
+    """The words of ``text`` as the parser reads them (lower case; hyphenated words whole)."""
+    return _TOKEN.findall(text.lower())
 
 
 def parse_prompt(text: str) -> Spec:
@@ -261,7 +366,7 @@ def parse_prompt(text: str) -> Spec:
     ("A left of B", "left of B is A"); with a pronoun ("B with A to its left") it is the
     other one. Raises ``ValueError`` when no clothing class is mentioned.
     """
-    tokens = _TOKEN.findall(text.lower())
+    tokens = ngram_words(text)
     mentions: list[tuple[int, int]] = []  # (token position, class)
     count: int | None = None
     relation: tuple[int, str] | None = None
@@ -306,4 +411,4 @@ def parse_prompt(text: str) -> Spec:
     return Spec("single", (a,))
 
 
-assert len(SYNONYMS) == NUM_CLASSES
+assert len(SYNONYMS) == len(HELDOUT_SYNONYMS) == NUM_CLASSES

@@ -2,7 +2,8 @@
 
 The eval split measures generalisation the way compositional benchmarks do: some class
 combinations (two-object pairs, position pairs, (class, count) and (class, brightness)
-combos) and some paraphrase templates never occur in train prompts, nor in the base model's
+combos) and the held-out wording (its own lexicon, determiners, clause orders and wrappers:
+:mod:`diffpref.world.captions`) never occur in train prompts, nor in the base model's
 pretraining captions. The held-out combos are fixed constants (not seed-dependent) so that
 the world built once and prompts generated with any seed agree on what is held out.
 """
@@ -120,10 +121,10 @@ def generate_prompts(
 ) -> pd.DataFrame:
     """Train and eval prompts with their structured specs, deterministic for ``seed``.
 
-    Train prompts use only train combos and train templates. Each eval prompt uses a held-out
-    combo with probability ``heldout_combo_frac`` (categories that have some) and a held-out
-    template with probability ``heldout_template_frac``; no prompt appears twice in or across
-    splits. When a category runs out of distinct prompts, its shortfall moves to the others.
+    Train prompts use only train combos and the training wording. Each eval prompt uses a
+    held-out combo with probability ``heldout_combo_frac`` (categories that have some) and the
+    held-out wording with probability ``heldout_template_frac``; no prompt appears twice in or
+    across splits. When a category runs out of distinct prompts, its shortfall moves to the others.
     Columns: ``prompt_id, prompt, split, category, spec, heldout_combo, heldout_template``.
     """
     mix = _normalise_mix(category_mix)
@@ -190,7 +191,8 @@ def _fill_category(
             held_t = rng.random() < heldout_template_frac
             tmpl = templates(cat, "heldout" if held_t else "train")
         spec = pool[int(rng.integers(len(pool)))]
-        prompt = make_caption(spec, tmpl[int(rng.integers(len(tmpl)))], rng)
+        wording = "heldout" if held_t else "train"
+        prompt = make_caption(spec, tmpl[int(rng.integers(len(tmpl)))], rng, wording)
         if prompt in seen:
             misses += 1
             continue
