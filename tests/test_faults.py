@@ -130,9 +130,9 @@ def test_two_clean_runs_give_the_same_bytes_and_the_report_states_its_seeds(
 # --- kill -9 ---------------------------------------------------------------------------------
 
 # Each stage in DAG order, and how long into its work (from the start of its MLflow writer,
-# once its imports are done) it is killed at most: a seeded uniform draw within about a third
-# of its work time on a quiet 2-core machine. `train` is killed just after its first
-# checkpoint (step 5 of 10), so its rerun resumes.
+# once its imports are done; a HALF_WRITTEN stage's from its temp folder) it is killed at most:
+# a seeded uniform draw within about a third of its work time on a quiet 2-core machine.
+# `train` is killed just after its first checkpoint (step 5 of 10), so its rerun resumes.
 KILL_WITHIN = {
     "world": 2.0,
     "prompts": 0.03,
@@ -273,7 +273,7 @@ def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
     work; the tool fails, and what exists is whole (a HALF_WRITTEN stage's half-written
     output is there, out of sight). Under DVC the labels kill takes `dvc` itself with it. Then
     the same command finishes: the reference's bytes, training resumed from its checkpoint
-    (steps 6 to 10 run again, not 1 to 10), nothing left behind, and in MLflow each killed
+    (it runs steps 6 to 10, not 1 to 10), nothing left behind, and in MLflow each killed
     stage has one KILLED run and then one FINISHED run, no run RUNNING."""
     cmd, env = TOOLS[tool]
     root = smoke_project(folder / "project")
