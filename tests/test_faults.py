@@ -294,6 +294,7 @@ def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
     # training resumed after its kill, in the next run that trained: the evaluate run's, unless
     # the base's evaluation (which needs no training) ran first there and was the one killed
     record = json.loads((root / TRAIN_METRICS).read_text())
+    assert record["resumed_from"], f"training started over: {record['summary']}"
     assert (root / record["resumed_from"]).resolve() == (root / CHECKPOINT).resolve()
     assert [record["summary"][k] for k in ("resumed_from_step", "steps_run")] == [5, 5]
     resumed = f"resumed from {record['resumed_from']} at step 5 of 10"
