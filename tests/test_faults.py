@@ -134,14 +134,14 @@ def test_two_clean_runs_give_the_same_bytes_and_the_report_states_its_seeds(
 # a seeded uniform draw within about a third of its work time on a quiet 2-core machine.
 # `train` is killed just after its first checkpoint (step 5 of 10), so its rerun resumes.
 KILL_WITHIN = {
-    "world": 2.0,
+    "world": 1.0,  # from its temp folder (~2.5 s of work in it), after its imports
     "prompts": 0.03,
     "candidates": 2.0,
     "rewards": 0.2,
     "labels": 0.05,
     "train": 0.02,  # from its first checkpoint: killed mid-training, so it must resume
     "evaluate": 2.0,
-    "report": 2.0,
+    "report": 1.0,  # from its temp folder (~2.4 s of plots and pages in it)
 }
 KILL_TARGET = {  # how each tool names a stage's job (default: the stage's own name)
     "snakemake": {
