@@ -68,10 +68,31 @@ def inspect(page: Path, tmp: Path, width: int = 1280) -> dict:
     found = re.search(r'<pre id="out">(.*?)</pre>', p.stdout, re.S)
     assert found and found.group(1), f"chromium measured nothing:\n{p.stderr[-2000:]}"
     out = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    out["console"] = [
-        line for line in p.stderr.splitlines() if "CONSOLE" in line and page.name in line
-    ]
+    out["console"] = console_messages(p.stderr, wrapper)
     return out
+
+
+def console_messages(stderr: str, wrapper: Path) -> list[str]:
+    """The console lines Chromium logged for the framed page: its inline scripts and every
+    script it loads (their source is that script's file, not the page), not the wrapper's."""
+    own = f"source: {wrapper.as_uri()} "
+    return [line for line in stderr.splitlines() if "CONSOLE" in line and own not in line]
+
+
+def problems(page: dict) -> list[str]:
+    """What a person would see wrong on a page :func:`inspect` measured: anything logged to the
+    console, figures that do not decode, Markdown shown as text, a first table wider than
+    the window. The report's browser check and its positive control share it."""
+    found = [f"console: {line}" for line in page["console"]]
+    if page["broken_images"]:
+        found.append(f"{page['broken_images']} of {page['images']} images do not decode")
+    if page["markdown_leaks"]:
+        found.append(f"{page['markdown_leaks']} Markdown marks shown as text")
+    if page["first_table_overflow_px"]:
+        found.append(
+            f"the first table overflows the window by {page['first_table_overflow_px']} px"
+        )
+    return found
 
 
 def screenshot(page: Path, out: Path, width: int = 1280, height: int = 1600) -> None:

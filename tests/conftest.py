@@ -17,6 +17,7 @@ from diffpref.backbones.base import Backbone, Cond
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest_plugins = ["tests.require_tools"]  # .ci/run: a skipped test fails
 
 
 class TinyBackbone(Backbone):

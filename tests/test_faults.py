@@ -37,15 +37,16 @@ from tests.project import (
     user_env,
 )
 
-from diffpref import tracking
+from diffpref import settings, tracking
 from diffpref.io import MARKER, MARKER_TEXT
 
 pytestmark = pytest.mark.slow
 
-# What records when or where rather than what: the report's pages (they link the MLflow runs)
-# and training's measured cost.
+# What records when or where rather than what: the report's pages (they link the MLflow runs),
+# training's measured cost and where a resumed training picked up (`resumed_from` beside them).
 NOT_COMPARED = {"report.md", "report.html"}
 MEASURED = ["train_time_s", "groups_per_s", "images_per_s", "peak_memory_mb"]
+RESUME_RECORD = ["resumed_from_step", "steps_run"]
 
 
 def result_files(root: Path) -> dict[Path, Path]:
@@ -71,7 +72,8 @@ def content(f: Path) -> bytes:
     """The bytes to compare: the whole file, less the measured training cost."""
     if f.name == "train_metrics.json":
         d = json.loads(f.read_text())
-        d["summary"] = {k: v for k, v in d["summary"].items() if k not in MEASURED}
+        d["summary"] = {k: v for k, v in d["summary"].items() if k not in MEASURED + RESUME_RECORD}
+        d.pop("resumed_from")
         return json.dumps(d, sort_keys=True).encode()
     if f.name == "comparison.csv":
         return pd.read_csv(f).drop(columns=MEASURED, errors="ignore").to_csv(index=False).encode()
@@ -90,6 +92,26 @@ def assert_same_results(got: Path, want: Path, partial: bool = False) -> None:
 def leftovers(root: Path) -> list[Path]:
     """Temp folders of killed writers (``diffpref.io.atomic_dir``, training checkpoints)."""
     return [p for p in (root / "results").rglob(".*") if ".tmp" in p.name or ".old" in p.name]
+
+
+def temp_folder(root: Path, stage: str, pid: int) -> Path | None:
+    """The folder ``atomic_dir`` in stage process ``pid`` writes ``results/<stage>`` into."""
+    return next((root / "results").glob(f".{stage}.tmp-{pid}-*"), None)
+
+
+def assert_half_written(root: Path, stage: str, pid: int, reference: Path) -> Path:
+    """The killed stage's temp folder is there, holding less than its whole output (a file
+    missing, or one not yet its final bytes): the kill landed mid-write. Its path."""
+    tmp = temp_folder(root, stage, pid)
+    assert tmp, f"{stage}: no temp folder of pid {pid} after its kill: {leftovers(root)}"
+    whole = reference / "results" / stage
+    got, want = ({f.relative_to(d): f for f in d.rglob("*") if f.is_file()} for d in (tmp, whole))
+    del want[Path(settings.READS_FILE)]  # written after the rename, by the stage's record
+    assert set(got) <= set(want), set(got) - set(want)
+    missing = set(want) - set(got)
+    differ = [k for k in got if k.name not in NOT_COMPARED and content(got[k]) != content(want[k])]
+    assert missing or differ, f"{stage}: {tmp} holds the whole output: not killed mid-write"
+    return tmp
 
 
 def test_two_clean_runs_give_the_same_bytes_and_the_report_states_its_seeds(
@@ -114,18 +136,18 @@ def test_two_clean_runs_give_the_same_bytes_and_the_report_states_its_seeds(
 # --- kill -9 ---------------------------------------------------------------------------------
 
 # Each stage in DAG order, and how long into its work (from the start of its MLflow writer,
-# once its imports are done) it is killed at most: a seeded uniform draw within about a third
-# of its work time on a quiet 2-core machine. `train` is killed just after its first
-# checkpoint (step 5 of 10), so its rerun resumes.
+# once its imports are done; a HALF_WRITTEN stage's from its temp folder) it is killed at most:
+# a seeded uniform draw within about a third of its work time on a quiet 2-core machine.
+# `train` is killed just after its first checkpoint (step 5 of 10), so its rerun resumes.
 KILL_WITHIN = {
-    "world": 2.0,
+    "world": 1.0,  # from its temp folder (~2.5 s of work in it), after its imports
     "prompts": 0.03,
     "candidates": 2.0,
     "rewards": 0.2,
     "labels": 0.05,
     "train": 0.02,  # from its first checkpoint: killed mid-training, so it must resume
     "evaluate": 2.0,
-    "report": 2.0,
+    "report": 1.0,  # from its temp folder (~2.4 s of plots and pages in it)
 }
 KILL_TARGET = {  # how each tool names a stage's job (default: the stage's own name)
     "snakemake": {
@@ -135,6 +157,11 @@ KILL_TARGET = {  # how each tool names a stage's job (default: the stage's own n
     "dvc": {"train": "train@dpo-0", "evaluate": "evaluate@dpo-0"},
 }
 CHECKPOINT = Path("results/checkpoints/dpo/seed0/state")
+TRAIN_METRICS = Path("results/adapters/dpo/seed0/train_metrics.json")
+# Stages whose whole work runs inside `atomic_dir`: each is killed at a random point after its
+# temp folder (`results/.<stage>.tmp-<pid>-<random>`) appears, not its writer, so the kill
+# lands on a half-written output, which must be there after the kill and gone after the rerun.
+HALF_WRITTEN = ("world", "report")
 TOOLS = {  # the command, and its environment (one torch thread, as the reference)
     "snakemake": (["snakemake", "--cores", "1"], {}),
     "dvc": (["dvc", "repro"], ONE_THREAD),
@@ -202,18 +229,22 @@ def run_name(argv: list[str]) -> str:
 
 def kill_during(
     cmd: list[str], root: Path, stage: str, delay: float, env: dict, group: bool = False
-) -> tuple[str, str]:
+) -> tuple[str, int, str]:
     """Run ``cmd`` until ``stage`` works, then SIGKILL its process ``delay`` s later (``group``:
-    the tool's whole process group, the tool itself included). The killed run's name and the
-    tool's output; the tool must fail."""
+    the tool's whole process group, the tool itself included). The killed run's name, its
+    pid and the tool's output; the tool must fail."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=user_env(env), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
             pid, argv = wait_for(lambda: stage_process(root, stage), proc, log)
-            # its work starts with its MLflow writer: watched closely, as the work of some
+            # its work starts with its MLflow writer (training: from its first checkpoint; a
+            # HALF_WRITTEN stage: from its temp folder), watched closely, as the work of some
             # stages takes a few hundredths of a second
-            working = (root / CHECKPOINT).is_dir if stage == "train" else lambda: has_writer(pid)
+            working = {
+                "train": (root / CHECKPOINT).is_dir,
+                **dict.fromkeys(HALF_WRITTEN, lambda: temp_folder(root, stage, pid)),
+            }.get(stage, lambda: has_writer(pid))
             wait_for(working, proc, log, poll=0.002)
             time.sleep(delay)
             os.killpg(proc.pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
@@ -225,7 +256,7 @@ def kill_during(
         log.seek(0)
         out = log.read()
     assert code != 0, f"{stage} was not killed in time ({delay:.2f} s):\n{out}"
-    return run_name(argv), out
+    return run_name(argv), pid, out
 
 
 @pytest.fixture(scope="module")
@@ -249,27 +280,36 @@ def test_kill_9_of_each_stage_then_the_same_command_ends_as_an_uninterrupted_run
 
 def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
     """For each stage in turn: start the pipeline, `kill -9` the stage at a random point of its
-    work; the tool fails, and what exists is whole. Under DVC the labels kill takes `dvc`
-    itself with it. Then the same command finishes: the reference's bytes, training resumed
-    from its checkpoint, nothing left behind, and in MLflow each killed stage has one KILLED
-    run and then one FINISHED run, no run RUNNING."""
+    work; the tool fails, and what exists is whole (a HALF_WRITTEN stage's half-written
+    output is there, out of sight). Under DVC the labels kill takes `dvc` itself with it. Then
+    the same command finishes: the reference's bytes, training resumed from its checkpoint
+    (it runs steps 6 to 10, not 1 to 10), nothing left behind, and in MLflow each killed
+    stage has one KILLED run and then one FINISHED run, no run RUNNING."""
     cmd, env = TOOLS[tool]
     root = smoke_project(folder / "project")
     rng = random.Random(tool)
-    killed, outputs = [], {}
+    killed, outputs, half_written = [], {}, []
     for stage, within in KILL_WITHIN.items():
         group = tool == "dvc" and stage == "labels"
         # the stage as the target (with what it needs): which of two ready jobs a tool starts
         # first is its own choice, and the stage to kill must not have run already
         target = [KILL_TARGET[tool].get(stage, stage)]
         delay = rng.uniform(0, within)
-        name, outputs[stage] = kill_during([*cmd, *target], root, stage, delay, env, group)
+        name, pid, outputs[stage] = kill_during([*cmd, *target], root, stage, delay, env, group)
         killed.append(name)
+        if stage in HALF_WRITTEN:
+            half_written.append(assert_half_written(root, stage, pid, smoke_reference))
         assert_same_results(root, smoke_reference, partial=True)
     final = sh(cmd, root, env=env)
     # training resumed after its kill, in the next run that trained: the evaluate run's, unless
     # the base's evaluation (which needs no training) ran first there and was the one killed
-    assert "resumed from" in outputs["evaluate"] + outputs["report"] + final
+    record = json.loads((root / TRAIN_METRICS).read_text())
+    assert record["resumed_from"], f"training started over: {record['summary']}"
+    assert (root / record["resumed_from"]).resolve() == (root / CHECKPOINT).resolve()
+    assert [record["summary"][k] for k in ("resumed_from_step", "steps_run")] == [5, 5]
+    resumed = f"resumed from {record['resumed_from']} at step 5 of 10"
+    assert resumed in outputs["evaluate"] + outputs["report"] + final
+    assert len(half_written) == len(HALF_WRITTEN) and not any(p.exists() for p in half_written)
     if tool == "dvc":  # `dvc` killed with the stage: its stale read/write lock is dropped
         assert "had been killed. Auto removed it from the lock file." in outputs["train"]
         assert "Data and pipelines are up to date." in sh(["dvc", "status"], root)

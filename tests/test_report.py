@@ -4,9 +4,12 @@ self-contained HTML page with scrollable tables and inlined figures."""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from tests.browser import inspect, problems
 
 from diffpref import report
 
@@ -22,17 +25,22 @@ def test_numbers_are_formatted_by_kind():
     assert report.fmt("win_vs_base_ci", "[0.5, 0.6]") == "[0.5, 0.6]"
 
 
-def test_html_renders_markdown_tables_and_figures_self_contained(tmp_path):
+def small_report(tmp: Path) -> str:
+    """A report page from the real template: a summary table with its figure, a verdict."""
     fig, ax = plt.subplots()
     ax.plot([0, 1])
-    fig.savefig(tmp_path / "win_vs_base.png")
+    fig.savefig(tmp / "win_vs_base.png")
     plt.close(fig)
     table = pd.DataFrame({"model": ["base", "dpo"], "win_vs_base": [float("nan"), 0.6]})
     sections = [
-        report.Section("Summary", report.to_markdown(table), [tmp_path / "win_vs_base.png"]),
+        report.Section("Summary", report.to_markdown(table), [tmp / "win_vs_base.png"]),
         report.Section("Verdicts", "- dpo: **yes**: the CI excludes 0.5 <script>x</script>"),
     ]
-    page = report.to_html("diffpref report", "profile smoke", sections)
+    return report.to_html("diffpref report", "profile smoke", sections)
+
+
+def test_html_renders_markdown_tables_and_figures_self_contained(tmp_path):
+    page = small_report(tmp_path)
     assert "**" not in page and "|---|" not in page  # no Markdown leaks through
     assert "<strong>yes</strong>" in page and "<li>" in page
     assert "<script>" not in page  # text is escaped, never executed
@@ -40,5 +48,47 @@ def test_html_renders_markdown_tables_and_figures_self_contained(tmp_path):
     assert "<td>0.600</td>" in page
     assert page.count("data:image/png;base64,") == 1
     assert "http://" not in page and "https://" not in page  # nothing to load from a network
-    md = report.to_markdown_report("diffpref report", sections)
+    md = report.to_markdown_report(
+        "diffpref report", [report.Section("Summary", "x", [tmp_path / "win_vs_base.png"])]
+    )
     assert md.startswith("# diffpref report\n\n## Summary") and "(win_vs_base.png)" in md
+
+
+def test_the_browser_check_catches_console_errors_broken_figures_and_leaks(tmp_path):
+    """The positive control of the smoke report's browser check (tests/test_dag.py, the same
+    :func:`tests.browser.problems`): a rendered page passes it; the same page with an error
+    logged inline, an exception thrown by a script it loads, a figure that does not decode,
+    Markdown shown as text and a first table wider than the window fails it on each count."""
+    good = small_report(tmp_path)
+    (tmp_path / "broken.js").write_text('throw new Error("a script the page loads threw");')
+    bad = (
+        good.replace("base64,", "base64,bm90IGEgUE5H", 1)  # "not a PNG" before the PNG
+        .replace('<div class="scroll">', '<div class="scroll"><p style="width:3000px">wide</p>', 1)
+        .replace(
+            "</body>",
+            '<p>**bold that was not rendered**</p><script>console.error("the page logged an '
+            'error")</script><script src="broken.js"></script></body>',
+        )
+    )
+    assert (
+        bad.count("bm90IGEgUE5H") == 1 and bad.count("3000px") == 1 and bad.count("broken.js") == 1
+    )
+    pages = {"good": good, "bad": bad}
+    for name, html in pages.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}.html").write_text(html)
+
+    def check(name: str) -> list[str]:
+        return problems(inspect(tmp_path / f"{name}.html", tmp_path / name))
+
+    with ThreadPoolExecutor(2) as pool:  # one Chromium each, side by side
+        found = dict(zip(pages, pool.map(check, pages)))
+    assert found["good"] == []
+    console = [f for f in found["bad"] if f.startswith("console: ")]
+    assert len(console) == 2, found["bad"]
+    assert '"the page logged an error", source: ' in console[0]
+    assert '"Uncaught Error: a script the page loads threw", source: ' in console[1]
+    assert console[1].endswith(f"{(tmp_path / 'broken.js').as_uri()} (1)")
+    assert found["bad"][2:4] == ["1 of 1 images do not decode", "2 Markdown marks shown as text"]
+    assert re.fullmatch(r"the first table overflows the window by \d+ px", found["bad"][4])
+    assert len(found["bad"]) == 5

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 
 import pytest
 import torch
@@ -94,7 +96,28 @@ def test_adapters_re_enabled_when_reference_forward_raises(tiny_backbone):
     assert all(p.requires_grad for n, p in unet.named_parameters() if "lora" in n)
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def counting(monkeypatch, obj: Objective, fail_at: int | None = None) -> dict[str, int]:
+    """Count the calls of ``obj``'s loss (one per training step), raising KeyboardInterrupt at
+    call ``fail_at``: an interruption mid-run, and how many steps a run really executed."""
+    calls = {"n": 0}
+    real = getattr(obj.module.loss, "__wrapped__", obj.module.loss)  # not a counter's counter
+
+    def loss(e, p):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise KeyboardInterrupt
+        return real(e, p)
+
+    loss.__wrapped__ = real
+    monkeypatch.setattr(obj.module, "loss", loss)
+    return calls
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, caplog):
+    """Resumed from its step-3 checkpoint, the run executes steps 4-6 only and ends with the
+    uninterrupted run's weights and history; it says where it resumed from, and a newest
+    checkpoint that is damaged (no params hash, written last) gives way to the older one.
+    Starting over would give the same weights too: the steps run and the record tell."""
     from tests.conftest import TinyBackbone
 
     # a checkpoint (step 3) between two history rows (every 2 steps): resume logs the same means
@@ -102,38 +125,43 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     full = TinyBackbone()
     full_res = training.train(full, toy_data(full), dpo(), params, 0, tmp_path / "a", "h")
     want = lora_state(full.unet)
+    assert full_res.resumed_from is None
+    assert (full_res.summary["resumed_from_step"], full_res.summary["steps_run"]) == (0, 6)
 
     crashed = TinyBackbone()
     obj = dpo()
-    calls = {"n": 0}
-    real_loss = obj.module.loss
-
-    def flaky(e, p):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_loss(e, p)
-
-    monkeypatch.setattr(obj.module, "loss", flaky)
+    counting(monkeypatch, obj, fail_at=5)
     with pytest.raises(KeyboardInterrupt):
         training.train(crashed, toy_data(crashed), obj, params, 0, tmp_path / "b", "h")
-    monkeypatch.setattr(obj.module, "loss", real_loss)
     state = tmp_path / "b" / "state"
     # accelerate's save_state of the trainable state only: no model weights in the checkpoint
     assert {"optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", "params_hash.txt"} <= {
         f.name for f in state.iterdir()
     }
     assert not [f for f in state.iterdir() if f.name.startswith("model")]
-    # a crash between the two renames of a checkpoint swap leaves only the previous folder
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    # b: a crash between the two renames of a checkpoint swap leaves only the previous folder;
+    # c: the newest is damaged (no params hash, a truncated optimizer state) beside the older
     state.rename(tmp_path / "b" / "state.old")
+    shutil.copytree(tmp_path / "c" / "state", tmp_path / "c" / "state.old")
+    (tmp_path / "c" / "state" / "params_hash.txt").unlink()
+    (tmp_path / "c" / "state" / "optimizer.bin").write_bytes(b"")
 
-    resumed = TinyBackbone()
-    res = training.train(resumed, toy_data(resumed), dpo(), params, 0, tmp_path / "b", "h")
-    got = lora_state(resumed.unet)
-    assert res.summary["steps"] == 6
-    for k in want:  # bitwise: the same computations in the same order
-        assert torch.equal(got[k], want[k]), k
-    assert res.history == full_res.history
+    for ck in ("b", "c"):
+        resumed = TinyBackbone()
+        calls = counting(monkeypatch, obj)
+        with caplog.at_level(logging.INFO, "diffpref.training"):
+            res = training.train(resumed, toy_data(resumed), obj, params, 0, tmp_path / ck, "h")
+        got = lora_state(resumed.unet)
+        assert calls["n"] == 3, ck  # steps 4, 5 and 6: the three before came from the checkpoint
+        assert res.resumed_from == tmp_path / ck / "state.old"
+        assert (res.summary["resumed_from_step"], res.summary["steps_run"]) == (3, 3)
+        assert res.summary["steps"] == 6
+        assert f"resumed from {tmp_path / ck / 'state.old'} at step 3 of 6" in caplog.text
+        for k in want:  # bitwise: the same computations in the same order
+            assert torch.equal(got[k], want[k]), (ck, k)
+        assert res.history == full_res.history
+    assert f"not resuming from {tmp_path / 'c' / 'state'}: incomplete" in caplog.text
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
@@ -145,6 +173,7 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
     b = TinyBackbone()
     res = training.train(b, toy_data(b), dpo(), tp(steps=2), 0, tmp_path / "c", "new")
     assert [r["step"] for r in res.history] == [1, 2]
+    assert res.resumed_from is None and res.summary["steps_run"] == 2
 
 
 def test_saved_lora_loads_into_a_fresh_unet(tiny_backbone, tmp_path):

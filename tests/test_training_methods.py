@@ -204,10 +204,13 @@ def test_soft_token_training_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(obj.module, "caption_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
         training.train(crashed, data_for(crashed, "captions"), obj, tp(), 0, tmp_path / "b", "h")
-    monkeypatch.setattr(obj.module, "caption_loss", real)
+    calls["n"] = -100  # counts on, never fails again
     again = TinyBackbone()
-    got = training.train(
-        again, data_for(again, "captions"), obj, tp(), 0, tmp_path / "b", "h"
-    ).method.state()
+    res = training.train(again, data_for(again, "captions"), obj, tp(), 0, tmp_path / "b", "h")
+    got = res.method.state()
     for a, b in zip(want["tokens"] + want["ema"], got["tokens"] + got["ema"]):
         assert torch.allclose(a, b, atol=1e-6)
+    # resumed, not started over (which would give the same tokens): steps 3 and 4 only
+    assert calls["n"] == -100 + 2
+    assert res.resumed_from == tmp_path / "b" / "state"
+    assert (res.summary["resumed_from_step"], res.summary["steps_run"]) == (2, 2)

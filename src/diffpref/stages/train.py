@@ -42,6 +42,8 @@ def run(ctx) -> None:
                 "objective": objective.loss,
                 "train_seed": ctx.seed,
                 "n_examples": int(data.groups.shape[0]),
+                # where an interrupted run picked up (summary: the step and the steps run)
+                "resumed_from": result.resumed_from and str(result.resumed_from),
             },
         )
     discard(ckpt)  # finished: nothing left to resume

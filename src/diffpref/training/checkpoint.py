@@ -81,14 +81,30 @@ def discard(checkpoint: Path) -> None:
         shutil.rmtree(checkpoint)
 
 
-def resume(acc: Accelerator, checkpoint: Path, params_hash: str) -> None:
-    state = checkpoint / STATE_DIR
-    if not state.is_dir() and (checkpoint / f"{STATE_DIR}.old").is_dir():
-        state = checkpoint / f"{STATE_DIR}.old"  # crashed between the two renames
-    hash_file = state / HASH_FILE
-    if hash_file.is_file() and hash_file.read_text() == params_hash:
-        for custom in sorted(state.glob("custom_checkpoint_*.pkl")):
-            # accelerate unpickles these in full: first prove they hold tensors and our state
-            load_weights(custom, "checkpoint", allow=[ReferenceSchedule])
-        acc.load_state(str(state))
-        log.info("resumed from %s", state)
+def complete_checkpoints(checkpoint: Path, params_hash: str) -> list[Path]:
+    """The folders of ``checkpoint`` a run with ``params_hash`` may resume from, newest first:
+    ``state``, then ``state.old`` (the previous one, left by a crash between the two renames
+    of :func:`save_checkpoint`). A folder counts only if its params hash file, written last,
+    matches: one without it (damaged, or never finished) is passed over for the older one."""
+    found = []
+    for state in (checkpoint / STATE_DIR, checkpoint / f"{STATE_DIR}.old"):
+        hash_file = state / HASH_FILE
+        if hash_file.is_file() and hash_file.read_text() == params_hash:
+            found.append(state)
+        elif state.is_dir():
+            log.warning("not resuming from %s: incomplete or of other params", state)
+    return found
+
+
+def resume(acc: Accelerator, checkpoint: Path, params_hash: str) -> Path | None:
+    """Load the newest complete checkpoint of these params into ``acc``'s registered state;
+    the folder loaded, or None (nothing to resume: the run starts at step 0)."""
+    found = complete_checkpoints(checkpoint, params_hash)
+    if not found:
+        return None
+    state = found[0]
+    for custom in sorted(state.glob("custom_checkpoint_*.pkl")):
+        # accelerate unpickles these in full: first prove they hold tensors and our state
+        load_weights(custom, "checkpoint", allow=[ReferenceSchedule])
+    acc.load_state(str(state))
+    return state

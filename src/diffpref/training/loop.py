@@ -10,6 +10,7 @@ method's after-step hook. One process is the special case N = 1 of ``train.num_p
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from diffpref.training.methods import CaptionMethod, GroupMethod, make_method
 if TYPE_CHECKING:
     from diffpref.config import Objective, TrainParams
 
+log = logging.getLogger(__name__)
+
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -41,9 +44,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @dataclass
 class TrainResult:
+    """``resumed_from``: the checkpoint folder this run started from (None: from step 0);
+    ``summary`` says from which step (``resumed_from_step``) and how many steps this run
+    executed itself (``steps_run``), so an interrupted run's record shows its resume."""
+
     history: list[dict[str, float]]
     summary: dict[str, float]
     method: GroupMethod | CaptionMethod
+    resumed_from: Path | None = None
 
 
 def train(
@@ -78,8 +86,10 @@ def train(
     opt, sched = acc.prepare(opt, sched)
     loop = LoopState(method, torch.Generator().manual_seed(seed))
     acc.register_for_checkpointing(loop)
-    resume(acc, checkpoint, params_hash)
+    resumed_from = resume(acc, checkpoint, params_hash)
     gen, start_step = loop.gen, loop.step
+    if resumed_from is not None:
+        log.info("resumed from %s at step %d of %d", resumed_from, start_step, tp.steps)
     # the batch order has its own generator: replaying it on resume reproduces the same batches
     batches = batch_iterator(
         len(data.groups), tp.batch_size, torch.Generator().manual_seed(seed + 1)
@@ -128,6 +138,8 @@ def train(
     per_unit = data.groups.shape[1] if isinstance(method, GroupMethod) else tp.batch_size
     summary = {
         "steps": step,
+        "resumed_from_step": start_step,
+        "steps_run": done,
         "num_processes": acc.num_processes,
         "train_time_s": elapsed,
         "groups_per_s": done * tp.batch_size / elapsed if elapsed > 0 else 0.0,
@@ -139,7 +151,7 @@ def train(
     backbone.unet.eval()
     if tp.gradient_checkpointing:
         backbone.unet.disable_gradient_checkpointing()
-    return TrainResult(history, summary, method)
+    return TrainResult(history, summary, method, resumed_from)
 
 
 def make_accelerator(tp: TrainParams, device: torch.device) -> Accelerator:
