@@ -133,7 +133,7 @@ def test_seed_claims_are_decided_on_seed_aware_intervals():
     lines = comparison.seed_claims(cmp, table, poi)
     smpo = next(line for line in lines if line.startswith("- SmPO is above DPO"))
     assert "**contradicted**" in smpo and "P(smpo > dpo)" in smpo
-    assert 'Holm over the 1 claims of "seed claims": **contradicted**' in smpo
+    assert 'Holm over the 1 claim of "seed claims": **contradicted**' in smpo
     assert any("MaPO" in line and "not run" in line for line in lines)
     # P(A > B) and P(B > A) are one computation, mirrored
     q = poi.set_index(["model", "versus"])

@@ -337,6 +337,10 @@ def _adjusted(estimate: float, p_adjusted: float, null: float, alpha: float = 0.
     return "supported" if estimate > null else "contradicted"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
@@ -421,10 +425,9 @@ def what_seeds_decide(cmp: Comparison) -> str:
         f"seeds carry a median {share:.0%} of the variance (between-seed sd {sd:.3f}, "
         f"evaluation noise removed), and with {n_seeds} seeds their part of each interval "
         f"rests on {n_seeds - 1} degree{'s' if n_seeds > 2 else ''} of freedom (t = {t:.2f}, "
-        "against 1.96 for a known "
-        "spread). Family: every verdict below belongs to the family "
-        f'"{BEATS_BASE}" ({len(win)} comparisons, one per objective); each is given at 95% '
-        "on its own (raw) and Holm-adjusted so that the chance of any false yes/no in the "
+        "against 1.96 for a known spread). Family: every verdict below belongs to the family "
+        f'"{BEATS_BASE}" ({_count(len(win), "comparison")}, one per objective); each is given '
+        "at 95% on its own (raw) and Holm-adjusted so that the chance of any false yes/no in the "
         "family stays under 5%."
     )
 
@@ -465,7 +468,7 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
         )
         fam = _adjusted(e["mean"], holm[n], 0.5)
         family = (
-            f'Holm over the {len(holm)} objectives of "{BEATS_BASE}": {VERDICT[fam]} '
+            f'Holm over the {_count(len(holm), "objective")} of "{BEATS_BASE}": {VERDICT[fam]} '
             f"(adjusted {_p(holm[n])})"
         )
         facts = [f"mean {reward} {r[f'{reward}_mean'] - base[f'{reward}_mean']:+.3f} vs base"]
@@ -653,7 +656,7 @@ def _decided(claim: str, d: dict, detail: str, n_prompts: int, p_adj: float, m: 
     raw = _verdict(d["ci_low"], d["ci_high"], 0.0)
     fam = _adjusted(d["diff"], p_adj, 0.0)
     line = (
-        f"- {claim}: **{raw}** ({_p(d['p_value'])}; Holm over the {m} claims of "
+        f"- {claim}: **{raw}** ({_p(d['p_value'])}; Holm over the {_count(m, 'claim')} of "
         f'"{SEED_CLAIMS}": **{fam}**, adjusted {_p(p_adj)}) — {detail}'
     )
     if d["ci_low"] <= 0 <= d["ci_high"]:

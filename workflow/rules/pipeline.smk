@@ -142,6 +142,7 @@ rule report:
     input:
         code_of("report"),
         "results/world",
+        "results/prompts",
         expand("results/adapters/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
         "results/eval/base",
         expand("results/eval/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
