@@ -363,7 +363,8 @@ PARAMS_CASES = {
     # profiles: their names pass on command lines and into MLflow, like objective names
     "unknown_profile": (
         lambda r: r.update(profile="huge"),
-        "profile: unknown profile 'huge' (known: default, manyseeds, sd15, sd15-bench, sdxl, smoke)",
+        "profile: unknown profile 'huge' "
+        "(known: default, manyseeds, sd15, sd15-bench, sdxl, smoke)",
     ),
     "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), f"train.lr_x: {EXTRA}"),
     "profile_shell": (

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from diffpref.config.loader import NotUTF8, decode_utf8
 from diffpref.io import InputError
 from diffpref.registry import DATA_DIRS
 
@@ -61,14 +62,10 @@ def hash_split(prompts: pd.Series, eval_fraction: float) -> pd.Series:
 
 def _text(path: Path) -> str:
     """The file as UTF-8 text (a byte-order mark is fine); else the line of the first bad byte."""
-    data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(
-            f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
-        ) from None
+        return decode_utf8(path.read_bytes())
+    except NotUTF8 as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def _read_table(path: Path) -> tuple[pd.DataFrame, str]:

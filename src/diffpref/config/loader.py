@@ -152,10 +152,22 @@ def read_text(path: Path) -> str:
             f"over {MAX_BYTES:,} bytes (1 MiB), the limit of a params file: is it the right file?"
         )
     try:
+        return decode_utf8(data)
+    except NotUTF8 as e:
+        raise ParamsFileError(str(e)) from None
+
+
+class NotUTF8(ValueError):
+    """Bytes that are not UTF-8; the message names the line (from 1) and the first bad byte."""
+
+
+def decode_utf8(data: bytes) -> str:
+    """UTF-8 text (a byte-order mark is fine), for every text file diffpref reads."""
+    try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ParamsFileError(
+        raise NotUTF8(
             f"line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
         ) from None
 
