@@ -13,7 +13,6 @@ from diffpref.world.captions import (
     LEXICONS,
     TEMPLATES,
     caption_variants,
-    ngram_words,
     parse_prompt,
 )
 from diffpref.world.prompts import (
@@ -24,7 +23,7 @@ from diffpref.world.prompts import (
     prompt_id,
     train_specs,
 )
-from diffpref.world.spec import CATEGORIES, Spec
+from diffpref.world.spec import CATEGORIES, Spec, ngram_words
 
 
 @pytest.mark.parametrize("category", CATEGORIES)

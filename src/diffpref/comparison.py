@@ -11,7 +11,6 @@ would decide it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from scipy import stats
 from diffpref import evaluation
 from diffpref import statistics as st
 from diffpref.io import read_json, read_table
+from diffpref.world.spec import ngram_words
 
 if TYPE_CHECKING:
     from diffpref.config import Config
@@ -282,13 +282,9 @@ def split_table(cmp: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """The distinct word n-grams of ``text`` (lower case, words as the world's parser reads
-    them)."""
-    w = _WORD.findall(text.lower())
+    """The distinct word n-grams of ``text`` (words as the world's parser reads them)."""
+    w = ngram_words(text)
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 

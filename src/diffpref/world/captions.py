@@ -20,13 +20,12 @@ wording makes, which lets reward models take plain prompt strings.
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from diffpref.world.data import NUM_CLASSES
-from diffpref.world.spec import Spec
+from diffpref.world.spec import Spec, ngram_words
 
 # (singular head, plural head) per class. Trousers/pants are plural-only nouns: no article in
 # the singular noun phrase ("trousers to the left of a bag"), "pairs of" when counted; this
@@ -351,12 +350,6 @@ _BRIGHT_LEX = {
     "faint": "dim",
     "dark": "dim",
 }
-_TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-def ngram_words(text: str) -> list[str]:
-    """The words of ``text`` as the parser reads them (lower case; hyphenated words whole)."""
-    return _TOKEN.findall(text.lower())
 
 
 def parse_prompt(text: str) -> Spec:

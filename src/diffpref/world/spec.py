@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -163,3 +164,12 @@ def assignment_arrays(specs: list[Spec]) -> tuple[np.ndarray, np.ndarray, np.nda
             bright[b, a] = br
             valid[b, a] = True
     return content, bright, valid
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def ngram_words(text: str) -> list[str]:
+    """The words of ``text`` as the prompt parser reads them (lower case; hyphenated words
+    whole): what the report's wording overlap counts in n-grams."""
+    return _WORD.findall(text.lower())
