@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import functools
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -33,6 +34,11 @@ from diffpref.stages import STAGES
 log = logging.getLogger("diffpref")
 
 
+# stages with one job per model (train, evaluate) or, in a later online round, per
+# (objective, seed, round) (candidates, rewards, labels too)
+MODEL_STAGES = ("candidates", "rewards", "labels", "train", "evaluate")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffpref", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -41,14 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         s.add_argument("--profile", default=None, help="override the file's `profile`")
         s.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
-        if name in ("train", "evaluate"):
+        if name in MODEL_STAGES:
             s.add_argument(
-                "--objective", help="objective name (evaluate also takes 'base'); or --job"
+                "--objective",
+                help="objective name (evaluate also takes 'base'; candidates, rewards, labels: "
+                "an online objective's later round); or --job",
             )
             s.add_argument(
                 "--job",
-                help=f"the job as DVC names it ({name}@dpo-0: objective and seed); dvc.yaml "
-                'passes "$DVC_STAGE", so no params value is ever part of its shell command',
+                help=f"the job as DVC names it ({name}@dpo-0: objective and seed; "
+                f"{name}_round@dpo-0-round0: the first online round); dvc.yaml passes "
+                '"$DVC_STAGE", so no params value is ever part of its shell command',
             )
             s.add_argument(
                 "--seed",
@@ -56,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
                 default=None,
                 help="training seed, one of train_seeds "
                 "(required except for evaluate --objective base)",
+            )
+            s.add_argument(
+                "--round",
+                dest="rnd",
+                type=int,
+                default=1,
+                help="online round (default 1: the offline run; 2 and later: online.rounds)",
+            )
+        if name in ("train", "evaluate"):
+            s.add_argument(
+                "--matched",
+                action="store_true",
+                help="the compute-matched offline control of --round (round 1's data, "
+                "round x train.steps)",
             )
     c = sub.add_parser("check", help="validate params.yaml and exit")
     c.add_argument("--params", default="params.yaml")
@@ -145,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.params}: {error}", file=sys.stderr)
         return 2
     objective = getattr(args, "objective", None)
+    rnd, matched = getattr(args, "rnd", 1), getattr(args, "matched", False)
+    if error := _round_error(args.stage, cfg, objective, rnd, matched):
+        print(f"error: {args.params}: {error}", file=sys.stderr)
+        return 2
     if (
         objective is not None
         and objective not in cfg.objectives
@@ -202,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     n = cfg.train_for(objective).num_processes if args.stage == "train" else 1
     if n > 1 and not launch.is_launched():
         launch.relaunch(argv, n)
-    return run_stage(args.stage, cfg, raw, objective, args.threads, seed)
+    return run_stage(args.stage, cfg, raw, objective, args.threads, seed, rnd, matched)
 
 
 def dvc_yaml(check: bool) -> int:
@@ -271,21 +298,53 @@ def _in_the_way(cfg: config_mod.Config) -> list[str]:
 
 
 def _job_error(args, cfg: config_mod.Config) -> str:
-    """Why train/evaluate's job is not named right, or ''; ``--job train@dpo-0`` (DVC's stage
-    name) sets ``args.objective`` and ``args.seed``."""
-    if args.stage not in ("train", "evaluate"):
+    """Why a model stage's job is not named right, or ''; ``--job train@dpo-0`` (DVC's stage
+    name) sets ``args.objective``, ``args.seed`` and ``args.rnd`` (and ``args.matched``)."""
+    if args.stage not in MODEL_STAGES:
         return ""
     if args.job is None:
-        return "" if args.objective is not None else "--objective (or --job) is required"
-    if args.objective is not None or args.seed is not None:
-        return "--job names the objective and the seed: give it alone"
+        round_job = args.stage in ("candidates", "rewards", "labels") and args.rnd > 1
+        needed = args.stage in ("train", "evaluate") or round_job
+        return "--objective (or --job) is required" if needed and not args.objective else ""
+    if args.objective is not None or args.seed is not None or args.rnd != 1:
+        return "--job names the objective, the seed and the round: give it alone"
     from diffpref.config.why import parse
 
     try:
-        row, args.objective, args.seed = parse(args.job, cfg)
+        row, args.objective, args.seed, args.rnd = parse(args.job, cfg)
     except ValueError as e:
         return f"--job: {e}"
-    return "" if row == args.stage else f"--job: {args.job!r} is not a {args.stage} job"
+    if dag.stage_of(row) != args.stage:
+        return f"--job: {args.job!r} is not a {args.stage} job"
+    if args.matched:
+        return "--job names the control itself (train_matched@...): leave out --matched"
+    args.matched = row.endswith("_matched")
+    return ""
+
+
+def _round_error(
+    stage: str, cfg: config_mod.Config, objective: str | None, rnd: int, matched: bool
+) -> str:
+    """Why this model stage's round is wrong, or '': a later round (and a control) exists for
+    the online objectives and rounds only; candidates, rewards and labels take an objective
+    only there."""
+    if stage not in MODEL_STAGES:
+        return ""
+    rounds = [r.round for r in cfg.online.rounds]
+    if matched and rnd == 1:
+        return "--matched needs --round N (the control of round N, N one of online.rounds)"
+    if rnd == 1:
+        if objective is not None and stage in ("candidates", "rewards", "labels"):
+            return f"{stage}: --objective applies to a later online round only (--round N)"
+        return ""
+    if rnd not in rounds:
+        return f"online.rounds: round {rnd} is not one of its rounds {rounds or '(none)'}"
+    if objective not in cfg.online.objectives:
+        return (
+            f"online.objectives: {objective!r} takes no online rounds "
+            f"(online objectives: {', '.join(cfg.online.objectives) or 'none'})"
+        )
+    return ""
 
 
 def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int | None) -> str:
@@ -299,14 +358,26 @@ def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int |
             return f"seed {seed} is not one of {cfg.train_seeds} (profile {cfg.profile})"
     elif seed is not None:
         return "--seed applies only to trained objectives, not to the base model"
-    top = config_mod.top_level_seeds(args.params) if os.environ.get("DVC_ROOT") else None
-    if top and top != cfg.train_seeds:
+    if not os.environ.get("DVC_ROOT"):
+        return ""
+    file = config_mod.read_file(args.params)
+    want = {"train_seeds": cfg.train_seeds, **_online_lists(cfg.online.model_dump())}
+    have = {"train_seeds": file.get("train_seeds"), **_online_lists(file.get("online"))}
+    if differ := [k for k in want if have[k] is not None and have[k] != want[k]]:
+        sets = ", ".join(f"{k} {json.dumps(want[k])}" for k in differ)
+        tops = ", ".join(f"{json.dumps(have[k])}" for k in differ)
+        flags = " ".join(f"-S '{k}={json.dumps(want[k])}'" for k in differ)
         return (
-            f"profile {cfg.profile} sets train_seeds {cfg.train_seeds} but DVC expands the "
-            f"top-level {top}; run `dvc exp run -S profile={cfg.profile} "
-            f"-S 'train_seeds={cfg.train_seeds}'`"
+            f"profile {cfg.profile} sets {sets} but DVC expands the top-level {tops}; run "
+            f"`dvc exp run -S profile={cfg.profile} {flags}`"
         )
     return ""
+
+
+def _online_lists(online: object) -> dict[str, object]:
+    """The lists DVC's matrices expand under ``online:`` (None where not a mapping)."""
+    online = online if isinstance(online, dict) else {}
+    return {f"online.{k}": online.get(k) for k in ("objectives", "rounds")}
 
 
 def run_stage(
@@ -316,37 +387,46 @@ def run_stage(
     objective: str | None,
     threads: int | None,
     seed: int | None = None,
+    rnd: int = 1,
+    matched: bool = False,
 ) -> int:
     from diffpref.io import check_replaceable
 
-    for folder in dag.output_dirs(stage, objective, seed, cfg):
+    row = dag.row_of(stage, objective, rnd, matched)
+    for folder in dag.output_dirs(row, objective, seed, cfg, rnd):
         check_replaceable(folder)  # a user's folder in the way: said before any work
     import torch
 
     from diffpref import stages, tracking
 
     threads = threads or env.threads() or torch.get_num_threads()
-    params = dag.params(stage, cfg, objective)
+    params = dag.params(row, cfg, objective)
     loaded = set(sys.modules)  # what the stage imports beyond: recorded (stages.run)
     module = importlib.import_module(f"diffpref.stages.{stage}")
-    inputs = {name: cfg.path(name) for name in getattr(module, "INPUTS", ())}
+    data_rnd = 1 if matched else rnd  # a control trains on round 1's data
+    inputs = {n: cfg.data_path(n, objective, seed, data_rnd) for n in getattr(module, "INPUTS", ())}
+    per_model = objective not in (None, "base")
+    variant = dag.variant(row, rnd) if per_model else None
     options = {
         "tracking": cfg.tracking.model_dump(),
         "pipeline_params_hash": dag.file_hash(raw),
     }
     phash = dag.file_hash(params)
-    with tracking.stage_run(stage, objective, params, phash, seed, inputs, options) as run:
+    shown = variant if rnd > 1 or matched else None  # round 1 keeps its name: train@dpo/seed0
+    with tracking.stage_run(
+        stage, objective, params, phash, seed, inputs, options, rnd if per_model else None, shown
+    ) as run:
         start = time.perf_counter()
         run.log_metric("start_s", start - _T0)  # imports: what every stage pays before work
-        ctx = stages.Ctx(cfg, objective, run, threads, seed, phash)
+        ctx = stages.Ctx(cfg, objective, run, threads, seed, phash, rnd, matched)
         reads, imported = stages.run(stage, ctx, loaded)
         if launch.is_main():  # what the stage read, beside its outputs and in its record
-            settings.write_reads(dag.output_dir(stage, cfg, objective, seed), reads)
+            settings.write_reads(dag.output_dir(row, cfg, objective, seed, rnd), reads)
             run.log_dict({"params": reads, "imports": imported}, settings.READS_FILE)
         work = time.perf_counter() - start
     log.info(
         "%s finished: start %.1f s, work %.1f s, MLflow record %.1f s",
-        tracking.run_name(stage, objective, seed),
+        tracking.run_name(stage, objective, seed, shown),
         start - _T0,
         work,
         time.perf_counter() - start - work,

@@ -206,14 +206,17 @@ def _jsonable(x: Any) -> Any:
 # The folders DVC and Snakemake track as one stage output each (dvc.yaml ``outs``).
 _STAGE_DIRS = {"world", "prompts", "candidates", "rewards", "labels", "report"}
 _SEED_DIR = re.compile(r"seed\d+")
+_MODEL_DIR = re.compile(r"(round|matched)\d+")
 
 
 def stage_output(path: Path) -> Path:
-    """The stage output folder holding ``path``: ``results/<stage>``, or one model's folder
-    ``results/{adapters,eval}/<objective>/seed<N>`` / ``results/eval/base``."""
+    """The stage output folder holding ``path``: ``results/<stage>`` (a later online round's
+    ``results/online/<objective>/seed<N>/round<r>/<stage>``), or one model's folder
+    ``results/{adapters,eval}/<objective>/seed<N>/<round or control>`` / ``results/eval/base``."""
     path = Path(path)
     for folder in path.parents:
-        if folder.parent.parent.name in ("adapters", "eval") and _SEED_DIR.fullmatch(folder.name):
+        model = folder.parent.parent.parent.name in ("adapters", "eval")
+        if model and _SEED_DIR.fullmatch(folder.parent.name) and _MODEL_DIR.fullmatch(folder.name):
             return folder
         if folder.name == "base" and folder.parent.name == "eval":
             return folder

@@ -33,6 +33,8 @@ except ConfigError as e:
 PROFILE = CFG.profile
 OBJECTIVES = list(CFG.objectives)
 SEEDS = CFG.train_seeds  # the active profile's (DVC, which cannot see profiles, expands the top level)
+ONLINE = CFG.online.objectives  # objectives with later rounds, and their rounds (2, 3, ...)
+ROUNDS = [r.round for r in CFG.online.rounds]
 
 
 def cmd(row):
@@ -42,7 +44,7 @@ def cmd(row):
 
 @functools.cache  # one evaluation per job, however many param slots read it
 def _key_values(row, objective=None):
-    params = dag.params(dag.stage_of(row), CFG, objective)
+    params = dag.params(row, CFG, objective)
     return [f"{k}={json.dumps(v, sort_keys=True)}" for k, v in params.items()]
 
 
@@ -53,7 +55,8 @@ def params_of(row):
     function: Snakemake fills "{...}" in a plain string param as a wildcard (a profile name or
     a path holding braces would break the DAG), never in what a function returns."""
     per_model = dag.STAGES[row].per_model
-    n = max((len(_key_values(row, o)) for o in (OBJECTIVES if per_model else [None])), default=0)
+    names = (ONLINE if dag.STAGES[row].per_round else OBJECTIVES) if per_model else [None]
+    n = max((len(_key_values(row, o)) for o in names), default=0)
 
     def slot(w, i):
         kv = _key_values(row, w.objective if per_model else None)
@@ -84,10 +87,19 @@ def res(row):
     return dag.job_resources(CFG, dag.stage_of(row))
 
 
-# only the configured objectives and training seeds (names validated by the schema)
+def after(row):
+    """The adapter of the round before (``{after}`` in the DAG table: no wildcard of its own)."""
+    template = next(d for d in dag.STAGES[row].deps if "{after}" in d)
+    return lambda w: template.format(
+        objective=w.objective, seed=w.seed, round=w.round, after=int(w.round) - 1
+    )
+
+
+# only the configured objectives, training seeds and later rounds (names validated by the schema)
 wildcard_constraints:
     objective="|".join(map(re.escape, OBJECTIVES)) or "(?!)",
     seed="|".join(map(str, SEEDS)),
+    round="|".join(map(str, ROUNDS)) or "(?!)",
 
 
 onstart:

@@ -94,7 +94,7 @@ rule train:
         "results/candidates",
         "results/labels",
     output:
-        directory("results/adapters/{objective}/seed{seed}"),
+        directory("results/adapters/{objective}/seed{seed}/round1"),
     params:
         *params_of("train"),
     threads: res("train").cpus
@@ -125,10 +125,10 @@ rule evaluate:
         code_of("evaluate"),
         "results/world",
         "results/prompts",
-        "results/adapters/{objective}/seed{seed}",
+        "results/adapters/{objective}/seed{seed}/round1",
         "results/eval/base",
     output:
-        directory("results/eval/{objective}/seed{seed}"),
+        directory("results/eval/{objective}/seed{seed}/round1"),
     params:
         *params_of("evaluate"),
     threads: res("evaluate").cpus
@@ -138,14 +138,145 @@ rule evaluate:
         cmd("evaluate")
 
 
+# online rounds (online.rounds) of the online objectives: round r samples round r-1's policy,
+# trains from it with it as the reference; each also gets its compute-matched offline control
+
+
+rule candidates_round:
+    input:
+        code_of("candidates_round"),
+        "results/world",
+        "results/prompts",
+        after("candidates_round"),
+    output:
+        directory("results/online/{objective}/seed{seed}/round{round}/candidates"),
+    params:
+        *params_of("candidates_round"),
+    threads: res("candidates_round").cpus
+    resources:
+        **res("candidates_round").scheduler,
+    shell:
+        cmd("candidates_round")
+
+
+rule rewards_round:
+    input:
+        code_of("rewards_round"),
+        "results/world",
+        "results/online/{objective}/seed{seed}/round{round}/candidates",
+    output:
+        directory("results/online/{objective}/seed{seed}/round{round}/rewards"),
+    params:
+        *params_of("rewards_round"),
+    threads: res("rewards_round").cpus
+    resources:
+        **res("rewards_round").scheduler,
+    shell:
+        cmd("rewards_round")
+
+
+rule labels_round:
+    input:
+        code_of("labels_round"),
+        "results/online/{objective}/seed{seed}/round{round}/rewards",
+    output:
+        directory("results/online/{objective}/seed{seed}/round{round}/labels"),
+    params:
+        *params_of("labels_round"),
+    threads: res("labels_round").cpus
+    resources:
+        **res("labels_round").scheduler,
+    shell:
+        cmd("labels_round")
+
+
+rule train_round:
+    input:
+        code_of("train_round"),
+        "results/world",
+        "results/online/{objective}/seed{seed}/round{round}/candidates",
+        "results/online/{objective}/seed{seed}/round{round}/labels",
+        after("train_round"),
+    output:
+        directory("results/adapters/{objective}/seed{seed}/round{round}"),
+    params:
+        *params_of("train_round"),
+    threads: res("train_round").cpus
+    resources:
+        **res("train_round").scheduler,
+    shell:
+        cmd("train_round")
+
+
+rule evaluate_round:
+    input:
+        code_of("evaluate_round"),
+        "results/world",
+        "results/prompts",
+        "results/adapters/{objective}/seed{seed}/round{round}",
+        "results/eval/base",
+    output:
+        directory("results/eval/{objective}/seed{seed}/round{round}"),
+    params:
+        *params_of("evaluate_round"),
+    threads: res("evaluate_round").cpus
+    resources:
+        **res("evaluate_round").scheduler,
+    shell:
+        cmd("evaluate_round")
+
+
+rule train_matched:
+    input:
+        code_of("train_matched"),
+        "results/world",
+        "results/candidates",
+        "results/labels",
+    output:
+        directory("results/adapters/{objective}/seed{seed}/matched{round}"),
+    params:
+        *params_of("train_matched"),
+    threads: res("train_matched").cpus
+    resources:
+        **res("train_matched").scheduler,
+    shell:
+        cmd("train_matched")
+
+
+rule evaluate_matched:
+    input:
+        code_of("evaluate_matched"),
+        "results/world",
+        "results/prompts",
+        "results/adapters/{objective}/seed{seed}/matched{round}",
+        "results/eval/base",
+    output:
+        directory("results/eval/{objective}/seed{seed}/matched{round}"),
+    params:
+        *params_of("evaluate_matched"),
+    threads: res("evaluate_matched").cpus
+    resources:
+        **res("evaluate_matched").scheduler,
+    shell:
+        cmd("evaluate_matched")
+
+
+def models(kind):
+    """Every model folder of ``kind`` the report reads: round 1's, later rounds', controls'."""
+    out = expand(f"results/{kind}/{{o}}/seed{{s}}/round1", o=OBJECTIVES, s=SEEDS)
+    for v in ("round", "matched"):
+        out += expand(f"results/{kind}/{{o}}/seed{{s}}/{v}{{r}}", o=ONLINE, s=SEEDS, r=ROUNDS)
+    return out
+
+
 rule report:
     input:
         code_of("report"),
         "results/world",
         "results/prompts",
-        expand("results/adapters/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
+        models("adapters"),
         "results/eval/base",
-        expand("results/eval/{objective}/seed{seed}", objective=OBJECTIVES, seed=SEEDS),
+        models("eval"),
     output:
         directory("results/report"),
         directory("results/metrics"),

@@ -26,22 +26,29 @@ from typing import Any
 
 from diffpref import registry
 from diffpref.config import imports
-from diffpref.config.schema import Config, ConfigError, JobResources, TrainParams
+from diffpref.config.schema import Config, ConfigError, JobResources, TrainParams, model_variant
 from diffpref.settings import paused
 
 
 @dataclass(frozen=True)
 class Stage:
     """One row of the DAG: ``module``, the stage it runs (``diffpref <module>``); ``deps``
-    and ``outs``, upstream and own results with Snakemake's ``{objective}`` and ``{seed}``
-    wildcards; ``per_model``: one job per (objective, training seed)."""
+    and ``outs``, upstream and own results with Snakemake's ``{objective}``, ``{seed}`` and
+    ``{round}`` wildcards (``{after}``: the round before); ``per_model``: one job per
+    (objective, training seed), and with ``per_round`` per online round too."""
 
     module: str
     deps: tuple[str, ...]
     outs: tuple[str, ...]
     per_model: bool = False
     data: str | None = None  # the user's data folder (DVC dependency; Snakemake: the file)
+    per_round: bool = False
 
+
+MODEL = "{objective}/seed{seed}"
+ONLINE = f"results/online/{MODEL}/round{{round}}"  # a later round's own training data
+ADAPTER, EVAL = f"results/adapters/{MODEL}", f"results/eval/{MODEL}"
+AFTER = f"{ADAPTER}/round{{after}}"  # the policy a round samples and starts from
 
 STAGES: dict[str, Stage] = {
     "world": Stage("world", (), ("results/world",)),
@@ -57,7 +64,7 @@ STAGES: dict[str, Stage] = {
     "train": Stage(
         "train",
         ("results/world", "results/candidates", "results/labels"),
-        ("results/adapters/{objective}/seed{seed}",),
+        (f"{ADAPTER}/round1",),
         per_model=True,
     ),
     "evaluate_base": Stage(
@@ -65,14 +72,56 @@ STAGES: dict[str, Stage] = {
     ),
     "evaluate": Stage(
         "evaluate",
-        (
-            "results/world",
-            "results/prompts",
-            "results/adapters/{objective}/seed{seed}",
-            "results/eval/base",
-        ),
-        ("results/eval/{objective}/seed{seed}",),
+        ("results/world", "results/prompts", f"{ADAPTER}/round1", "results/eval/base"),
+        (f"{EVAL}/round1",),
         per_model=True,
+    ),
+    # online rounds (online.rounds) of online.objectives: round r samples round r-1's policy
+    "candidates_round": Stage(
+        "candidates",
+        ("results/world", "results/prompts", AFTER),
+        (f"{ONLINE}/candidates",),
+        per_model=True,
+        per_round=True,
+    ),
+    "rewards_round": Stage(
+        "rewards",
+        ("results/world", f"{ONLINE}/candidates"),
+        (f"{ONLINE}/rewards",),
+        per_model=True,
+        per_round=True,
+    ),
+    "labels_round": Stage(
+        "labels", (f"{ONLINE}/rewards",), (f"{ONLINE}/labels",), per_model=True, per_round=True
+    ),
+    "train_round": Stage(
+        "train",
+        ("results/world", f"{ONLINE}/candidates", f"{ONLINE}/labels", AFTER),
+        (f"{ADAPTER}/round{{round}}",),
+        per_model=True,
+        per_round=True,
+    ),
+    "evaluate_round": Stage(
+        "evaluate",
+        ("results/world", "results/prompts", f"{ADAPTER}/round{{round}}", "results/eval/base"),
+        (f"{EVAL}/round{{round}}",),
+        per_model=True,
+        per_round=True,
+    ),
+    # the compute-matched control of round r: round 1's data, r times the steps
+    "train_matched": Stage(
+        "train",
+        ("results/world", "results/candidates", "results/labels"),
+        (f"{ADAPTER}/matched{{round}}",),
+        per_model=True,
+        per_round=True,
+    ),
+    "evaluate_matched": Stage(
+        "evaluate",
+        ("results/world", "results/prompts", f"{ADAPTER}/matched{{round}}", "results/eval/base"),
+        (f"{EVAL}/matched{{round}}",),
+        per_model=True,
+        per_round=True,
     ),
     "report": Stage(
         "report",
@@ -85,6 +134,22 @@ STAGES: dict[str, Stage] = {
         ),
     ),
 }
+
+
+def row_of(stage: str, objective: str | None = None, rnd: int = 1, matched: bool = False) -> str:
+    """The DAG row of a job of ``stage`` (the inverse of :func:`stage_of`)."""
+    if stage == "evaluate" and objective == "base":
+        return "evaluate_base"
+    if matched:
+        return f"{stage}_matched"
+    if rnd > 1:
+        return f"{stage}_round"
+    return stage
+
+
+def variant(row: str, rnd: int = 1) -> str:
+    """The model folder a train/evaluate job writes: ``round<r>`` or ``matched<r>``."""
+    return model_variant(rnd, row.endswith("_matched"))
 
 
 def stage_of(row: str) -> str:
@@ -184,10 +249,24 @@ def _rewards(c: Config, o: str | None) -> list[str]:
     return ["results", "device", "rewards.batch_size", *_reward_models(c)]
 
 
+def _candidates_round(c: Config, o: str | None) -> list[str]:
+    """A later round samples the round before's policy: ``online.k`` per prompt, from round
+    1's training prompts or fresh ones of the world's distribution (their seed and count)."""
+    keys = ["results", *_backbone(c), "candidates.batch_size", "online.k", "online.prompts"]
+    keys += ["seed", "sampling.scheduler", "sampling.steps", "sampling.guidance"]
+    return keys + (["prompts.n_train"] if c.online.prompts == "fresh" else [])
+
+
 def _labels(c: Config, o: str | None) -> list[str]:
     own = ["listwise_tau", "listwise_standardize", "pointwise_threshold"]
     own += [] if c.labels.reward == registry.HUMAN else ["tie_threshold", "pairs"]
     return ["results", "labels.reward", *(f"labels.{k}" for k in own)]
+
+
+def _labels_round(c: Config, o: str | None) -> list[str]:
+    own = ["listwise_tau", "listwise_standardize", "pointwise_threshold"]
+    keys = ["results", "labels.reward", *(f"labels.{k}" for k in own)]
+    return [*keys, "online.pairs", "online.tie_threshold"]
 
 
 def _train(c: Config, o: str | None) -> list[str]:
@@ -225,13 +304,22 @@ PARAMS: dict[str, Callable[[Config, str | None], list[str]]] = {
     "train": _train,
     "evaluate": _evaluate,
     "report": _report,
+    "candidates_round": _candidates_round,
+    "rewards_round": _rewards,
+    "labels_round": _labels_round,
+    "train_round": _train,  # the round itself is the job's name: equal keys in every round
+    "train_matched": _train,
+    "evaluate_round": _evaluate,
+    "evaluate_matched": _evaluate,
 }
 
 
-def keys(stage: str, cfg: Config, objective: str | None = None) -> list[str]:
-    """The keys job (``stage``, ``objective``) reads; ``objective`` None for the base model."""
+def keys(row: str, cfg: Config, objective: str | None = None) -> list[str]:
+    """The keys job (``row``, ``objective``) reads; ``objective`` None for the base model.
+    ``row`` is a DAG row, or a stage for its round-1 job (``evaluate`` of ``base``)."""
     with paused():
-        return sorted(PARAMS[stage](cfg, None if objective == "base" else objective))
+        read = PARAMS[row] if row in PARAMS else PARAMS[stage_of(row)]  # evaluate_base
+        return sorted(read(cfg, None if objective == "base" else objective))
 
 
 def resolved(cfg: Config) -> dict[str, Any]:
@@ -260,14 +348,14 @@ def value_at(tree: dict[str, Any], key: str) -> Any:
     return node
 
 
-def params(stage: str, cfg: Config, objective: str | None = None) -> dict[str, Any]:
+def params(row: str, cfg: Config, objective: str | None = None) -> dict[str, Any]:
     """The job's resolved params: each key it reads and its value under the active profile."""
     tree = resolved(cfg)
-    return {k: value_at(tree, k) for k in keys(stage, cfg, objective)}
+    return {k: value_at(tree, k) for k in keys(row, cfg, objective)}
 
 
-def params_hash(stage: str, cfg: Config, objective: str | None = None) -> str:
-    return file_hash(params(stage, cfg, objective))
+def params_hash(row: str, cfg: Config, objective: str | None = None) -> str:
+    return file_hash(params(row, cfg, objective))
 
 
 def file_hash(raw: Any) -> str:
@@ -298,6 +386,10 @@ def snakemake_shell(row: str, profile: str) -> str:
         words += ["--objective", "base"]
     elif STAGES[row].per_model:
         words += ["--objective", "{wildcards.objective:q}", "--seed", "{wildcards.seed:q}"]
+    if STAGES[row].per_round:
+        words += ["--round", "{wildcards.round:q}"]
+    if row.endswith("_matched"):
+        words += ["--matched"]
     return " ".join(words)
 
 
@@ -320,43 +412,60 @@ def user_data(cfg: Config, stage: str) -> list[str]:
     return [path]
 
 
-def output_dirs(stage: str, objective: str | None, seed: int | None, cfg: Config) -> list[Path]:
+def output_dirs(
+    row: str, objective: str | None, seed: int | None, cfg: Config, rnd: int = 1
+) -> list[Path]:
     """The folders a job writes, each as a whole (a declared file's folder for the report's
-    plots), under the active ``results`` root; the first holds its keys read."""
-    row = "evaluate_base" if stage == "evaluate" and objective == "base" else stage
+    plots), under the active ``results`` root; the first holds its keys read. ``row``: a DAG
+    row, or a stage for its round-1 job."""
+    row = row_of(row, objective) if row not in STAGES else row
     with paused():
         root = cfg.results
     out = []
     for o in STAGES[row].outs:
-        path = Path(root, Path(o.format(objective=objective, seed=seed)).relative_to("results"))
+        filled = o.format(objective=objective, seed=seed, round=rnd, after=rnd - 1)
+        path = Path(root, Path(filled).relative_to("results"))
         out.append(path.parent if path.suffix else path)  # a file (.png): its folder
     return list(dict.fromkeys(out))
 
 
-def jobs(cfg: Config) -> list[tuple[str, str | None, int | None]]:
-    """Every job of the DAG as (stage, objective, training seed); the base model's
-    evaluation is ("evaluate", "base", None)."""
+Job = tuple[str, str | None, int | None, int]  # (row, objective, training seed, round)
+
+
+def jobs(cfg: Config) -> list[Job]:
+    """Every job of the DAG as (row, objective, training seed, round); the base model's
+    evaluation is ("evaluate_base", "base", None, 1)."""
     with paused():
         models = [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
-    out: list[tuple[str, str | None, int | None]] = []
+        online = [(o, s) for o in cfg.online.objectives for s in cfg.train_seeds]
+        rounds = [r.round for r in cfg.online.rounds]
+    out: list[Job] = []
     for row, s in STAGES.items():
         if row == "evaluate_base":
-            out.append((s.module, "base", None))
+            out.append((row, "base", None, 1))
+        elif s.per_round:
+            out += [(row, o, seed, r) for o, seed in online for r in rounds]
         elif s.per_model:
-            out += [(s.module, o, seed) for o, seed in models]
+            out += [(row, o, seed, 1) for o, seed in models]
         else:
-            out.append((s.module, None, None))
+            out.append((row, None, None, 1))
     return out
 
 
 def written_dirs(cfg: Config) -> list[Path]:
     """Every folder the DAG's jobs replace or delete: their outputs, training checkpoints."""
-    out = [d for job in jobs(cfg) for d in output_dirs(*job, cfg=cfg)]
+    out = [d for row, o, s, r in jobs(cfg) for d in output_dirs(row, o, s, cfg, r)]
     with paused():
-        out += [cfg.model_dir("checkpoints", o, s) for st, o, s in jobs(cfg) if st == "train"]
+        out += [
+            cfg.model_dir("checkpoints", o, s, variant(row, r))
+            for row, o, s, r in jobs(cfg)
+            if stage_of(row) == "train"
+        ]
     return out
 
 
-def output_dir(stage: str, cfg: Config, objective: str | None, seed: int | None) -> Path:
+def output_dir(
+    row: str, cfg: Config, objective: str | None, seed: int | None, rnd: int = 1
+) -> Path:
     """The folder a job writes first (where its keys read go: :func:`settings.write_reads`)."""
-    return output_dirs(stage, objective, seed, cfg)[0]
+    return output_dirs(row, objective, seed, cfg, rnd)[0]

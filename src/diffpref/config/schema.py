@@ -254,6 +254,57 @@ class ReportParams(Settings):
     )
 
 
+def model_variant(rnd: int = 1, matched: bool = False) -> str:
+    """The folder of one trained model under its seed: ``round<r>`` (round 1: the offline
+    model), or ``matched<r>``, the compute-matched offline control of round r."""
+    return f"matched{rnd}" if matched else f"round{rnd}"
+
+
+class OnlineRound(Settings):
+    """One online round after the first: trains on samples of round ``after``'s policy, with
+    that policy as the frozen reference. Written with the round before it because DVC expands
+    this list as is and cannot count."""
+
+    round: Int = Field(ge=2, le=64)
+    after: Int = Field(ge=1, le=63)
+
+
+class OnlineParams(Settings):
+    """Online (on-policy) rounds: README "Online rounds"."""
+
+    objectives: list[Name] = Field(
+        max_length=64, description="objectives retrained on their own samples, round by round"
+    )
+    rounds: list[OnlineRound] = Field(
+        max_length=63, description="rounds after round 1: [{round: 2, after: 1}, ...]"
+    )
+    k: Int = Field(ge=2, le=64, description="candidates per prompt per round")
+    pairs: Literal["all", "best_worst"] = Field(description="pairs from the K candidates")
+    tie_threshold: Float = Field(
+        ge=0, description="pairs closer than this are dropped (a margin threshold)"
+    )
+    prompts: Literal["same", "fresh"] = Field(
+        description="same: round 1's training prompts | fresh: new world prompts each round"
+    )
+
+    @field_validator("rounds")
+    @classmethod
+    def _a_chain(cls, rounds: list[OnlineRound]) -> list[OnlineRound]:
+        for i, r in enumerate(rounds):
+            if (r.round, r.after) != (i + 2, i + 1):
+                want = ", ".join(f"{{round: {j + 2}, after: {j + 1}}}" for j in range(len(rounds)))
+                raise ValueError(
+                    f"entry {i + 1} is {{round: {r.round}, after: {r.after}}}: rounds follow each "
+                    f"other from round 2, each after the one before: [{want}]"
+                )
+        return rounds
+
+    @property
+    def last(self) -> int:
+        """The last round (1: offline only)."""
+        return 1 + len(self.rounds)
+
+
 class TrackingParams(Settings):
     """What the MLflow record keeps; read by every stage's record, by no stage's work (so it is
     in no stage's params hash: changing it reruns nothing)."""
@@ -370,6 +421,7 @@ class Config(Settings):
     objectives: dict[str, Objective] = Field(default_factory=dict)
     evaluate: EvaluateParams
     report: ReportParams
+    online: OnlineParams
     tracking: TrackingParams
     resources: Resources = Field(
         default_factory=dict,
@@ -395,6 +447,22 @@ class Config(Settings):
         return self
 
     @model_validator(mode="after")
+    def _online_alone_offline_if_not_generated(self) -> Config:
+        if self.online.rounds and self.candidates.source != "generate":
+            raise ValueError(
+                "online.rounds: online rounds sample the policy: they need candidates.source: "
+                f"generate (not {self.candidates.source!r})"
+            )
+        if self.online.prompts == "fresh" and self.prompts.source != "world":
+            raise ValueError(
+                "online.prompts: fresh prompts come from the embedded world's prompt "
+                "distribution: use prompts.source: world, or online.prompts: same"
+            )
+        if self.online.rounds and self.labels.reward == registry.HUMAN:
+            raise ValueError("online.rounds: online rounds need a reward model as labels.reward")
+        return self
+
+    @model_validator(mode="after")
     def _resources_of_the_backbone(self) -> Config:
         if self.backbone.kind not in self.resources:
             raise ValueError(
@@ -403,11 +471,25 @@ class Config(Settings):
             )
         return self
 
-    def model_dir(self, kind: str, objective: str, seed: int | None) -> Path:
-        """``results/<kind>/<objective>/seed<N>``: one folder per training replicate
-        (``kind``: adapters, eval, checkpoints); the base model has no seed folder."""
+    def model_dir(
+        self, kind: str, objective: str, seed: int | None, variant: str = "round1"
+    ) -> Path:
+        """``results/<kind>/<objective>/seed<N>/<variant>``: one folder per trained model
+        (``kind``: adapters, eval, checkpoints). ``variant``: ``round<r>`` (round 1: the
+        offline model) or ``matched<r>`` (the compute-matched offline control of round r).
+        The base model has neither seed nor variant."""
         path = self.path(kind, objective)
-        return path if seed is None else path / f"seed{seed}"
+        return path if seed is None else path / f"seed{seed}" / variant
+
+    def data_path(
+        self, kind: str, objective: str | None = None, seed: int | None = None, rnd: int = 1
+    ) -> Path:
+        """Training data (``kind``: candidates, rewards, labels) of round ``rnd``: round 1's
+        are shared (``results/<kind>``), a later round's belong to one (objective, seed).
+        Any other ``kind`` is shared by every round (prompts, eval)."""
+        if rnd == 1 or kind not in ("candidates", "rewards", "labels"):
+            return self.path(kind)
+        return self.path("online", str(objective), f"seed{seed}", f"round{rnd}", kind)
 
     def train_for(self, objective: str) -> TrainParams:
         """Shared training settings with the objective's overrides applied. A stage that calls
@@ -599,6 +681,7 @@ def validate(raw: dict[str, Any], path: str | Path = "params.yaml") -> Config:
     if cfg is not None:
         cfg.objectives = parsed
         errors += _share_errors(cfg, path)
+        errors += _online_errors(cfg, path)
         errors += _results_errors(cfg, path)
     if errors:
         raise ConfigError("\n".join(errors))
@@ -622,6 +705,39 @@ def _share_errors(cfg: Config, path: Path) -> list[str]:
                 "split evenly over the train.num_processes processes)"
             )
     return list(found.values())
+
+
+def online_error(objective: Objective) -> str | None:
+    """Why ``objective`` cannot take part in online rounds, or None. A round continues the
+    previous round's LoRA with it as the frozen reference: soft tokens have no LoRA policy
+    (the backbone stays frozen), and Rethinking-DPO's moving reference already replaces the
+    reference during training, its divergence measured against the base."""
+    if objective.labels == "captions":
+        return (
+            f"loss {objective.loss!r} trains soft tokens on a frozen backbone: there is no LoRA "
+            "policy for a round to continue"
+        )
+    if getattr(objective.params, "rethinking", None) is not None:
+        return (
+            "its rethinking: moving reference already replaces the reference during training "
+            "(measured against the base model); online rounds fix it to the previous round"
+        )
+    return None
+
+
+def _online_errors(cfg: Config, path: Path) -> list[str]:
+    """Online objectives exist, once each, and can continue a LoRA policy."""
+    errors = []
+    names = cfg.online.objectives
+    if len(set(names)) != len(names):
+        errors.append(f"{path}: online.objectives: repeated names in {names}")
+    for name in dict.fromkeys(names):
+        if name not in cfg.objectives:
+            known = ", ".join(cfg.objectives) or "none"
+            errors.append(f"{path}: online.objectives: {name!r} is not an objective ({known})")
+        elif why := online_error(cfg.objectives[name]):
+            errors.append(f"{path}: online.objectives: {name!r} cannot take online rounds: {why}")
+    return errors
 
 
 def project_roots(path: str | Path) -> list[Path]:

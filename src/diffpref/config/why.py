@@ -25,24 +25,29 @@ from diffpref.config import dag
 from diffpref.config.dvc import digest, job_file
 from diffpref.config.schema import Config
 
-JOB = re.compile(r"(?P<row>\w+)(?:@(?P<objective>[A-Za-z0-9][\w-]*)-(?P<seed>\d+))?")
+JOB = re.compile(
+    r"(?P<row>\w+)(?:@(?P<objective>[A-Za-z0-9][\w-]*)-(?P<seed>\d+)(?:-round(?P<index>\d+))?)?"
+)
 
 
-def parse(job: str, cfg: Config) -> tuple[str, str | None, int | None]:
-    """``train@dpo-0`` -> (row, objective, seed), as DVC names jobs; ValueError naming the
-    jobs that exist."""
+def dvc_name(row: str, objective: str | None, seed: int | None, rnd: int = 1) -> str:
+    """The job as DVC names it: ``train@dpo-0``; a round's job adds the index of its entry
+    in ``online.rounds`` (``train_round@dpo-0-round0`` is round 2)."""
+    if objective is None or row == "evaluate_base":
+        return row
+    return f"{row}@{objective}-{seed}" + (f"-round{rnd - 2}" if dag.STAGES[row].per_round else "")
+
+
+def parse(job: str, cfg: Config) -> tuple[str, str | None, int | None, int]:
+    """``train@dpo-0`` -> (row, objective, seed, round), as DVC names jobs; ValueError
+    naming the jobs that exist."""
     m = JOB.fullmatch(job)
-    known = [*(r for r in dag.STAGES if not dag.STAGES[r].per_model)]
-    known += [
-        f"{r}@{o}-{s}"
-        for r in ("train", "evaluate")
-        for o in cfg.objectives
-        for s in cfg.train_seeds
-    ]
+    known = [dvc_name(*j) for j in dag.jobs(cfg)]
     if not m or job not in known:
         raise ValueError(f"no job {job!r} in this DAG (jobs: {', '.join(known)})")
-    seed = m["seed"]
-    return m["row"], m["objective"], None if seed is None else int(seed)
+    seed, index = m["seed"], m["index"]
+    rnd = 1 if index is None else int(index) + 2
+    return m["row"], m["objective"], None if seed is None else int(seed), rnd
 
 
 def _md5(path: Path) -> str:
@@ -51,10 +56,9 @@ def _md5(path: Path) -> str:
 
 def explain(job: str, cfg: Config, root: Path = Path(".")) -> list[str]:
     """Lines saying why ``job`` would rerun; empty when nothing it depends on changed."""
-    row, objective, seed = parse(job, cfg)
-    stage = dag.stage_of(row)
+    row, objective, seed, rnd = parse(job, cfg)
     obj = "base" if row == "evaluate_base" else objective
-    out_dir = root / dag.output_dir(stage, cfg, obj, seed)
+    out_dir = root / dag.output_dir(row, cfg, obj, seed, rnd)
     reads_file = out_dir / settings.READS_FILE
     if not reads_file.is_file():
         return [f"{job}: never ran here ({reads_file} is missing): it runs"]
@@ -64,7 +68,7 @@ def explain(job: str, cfg: Config, root: Path = Path(".")) -> list[str]:
     for key, old in sorted(recorded.items()):
         if (new := dag.value_at(tree, key)) != old:
             lines.append(f"params: {key}: {json.dumps(old)} -> {json.dumps(new)}")
-    for key in dag.keys(stage, cfg, obj):
+    for key in dag.keys(row, cfg, obj):
         if not any(k == key or k.startswith(key + ".") for k in recorded):
             lines.append(f"params: {key}: now read (not read when it ran)")
     lock = _locked(root, job)
@@ -78,7 +82,7 @@ def explain(job: str, cfg: Config, root: Path = Path(".")) -> list[str]:
                 lines.append(f"code: {f} changed (differs from its resolved file)")
             elif f not in lock and f not in picked:
                 lines.append(f"code: {f} is new among its code")
-        resolved = job_file(row, objective if row == "train" else None)
+        resolved = job_file(row, objective if dag.stage_of(row) == "train" else None)
         if resolved in lock and _md5(root / resolved) != lock[resolved] and not lines:
             lines.append(f"resolved: {resolved} differs from the one it ran with (`dvc status`)")
     else:
@@ -89,7 +93,7 @@ def explain(job: str, cfg: Config, root: Path = Path(".")) -> list[str]:
             if (root / f).stat().st_mtime > ran
         ]
         for dep in dag.STAGES[row].deps:
-            path = root / dep.format(objective=objective, seed=seed)
+            path = root / dep.format(objective=objective, seed=seed, round=rnd, after=rnd - 1)
             if path.exists() and path.stat().st_mtime > ran:
                 lines.append(f"inputs: {path.relative_to(root)} is newer than its outputs")
     return lines
@@ -108,5 +112,5 @@ def _locked(root: Path, job: str) -> dict[str, str] | None:
 
 def _resolved_digests(root: Path, row: str, objective: str | None) -> dict[str, str]:
     """Config-picked modules DVC follows through the job's resolved file, not dvc.lock."""
-    path = root / job_file(row, objective if row == "train" else None)
+    path = root / job_file(row, objective if dag.stage_of(row) == "train" else None)
     return (yaml.safe_load(path.read_text()) or {}).get("code", {}) if path.is_file() else {}

@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from diffpref import settings
-from diffpref.config.schema import Config
+from diffpref.config.schema import Config, model_variant
 
 STAGES = ["world", "prompts", "candidates", "rewards", "labels", "train", "evaluate", "report"]
 
@@ -29,6 +30,26 @@ class Ctx:
     threads: int
     seed: int | None = None  # the training replicate (train, evaluate of an objective)
     params_hash: str = ""  # of the job's resolved params (a checkpoint resumes only under it)
+    rnd: int = 1  # the online round (1: the offline run)
+    matched: bool = False  # the compute-matched offline control of round ``rnd``
+
+    @property
+    def data_round(self) -> int:
+        """The round whose training data the job reads (a control: round 1's)."""
+        return 1 if self.matched else self.rnd
+
+    def data(self, kind: str) -> Path:
+        """This job's ``candidates``, ``rewards`` or ``labels`` folder (its round's)."""
+        return self.cfg.data_path(kind, self.objective, self.seed, self.data_round)
+
+    @property
+    def variant(self) -> str:
+        """The model folder of a train/evaluate job: ``round<r>`` or ``matched<r>``."""
+        return model_variant(self.rnd, self.matched)
+
+    def model_dir(self, kind: str) -> Path:
+        """This job's model folder of ``kind`` (adapters, eval, checkpoints)."""
+        return self.cfg.model_dir(kind, str(self.objective), self.seed, self.variant)
 
 
 def run(stage: str, ctx: Ctx, loaded: set[str]) -> tuple[dict[str, Any], list[str]]:

@@ -1,5 +1,9 @@
 """candidates: K images per training prompt from the base model, plus cached model inputs.
 
+In a later online round (``--objective --seed --round r``) the images come from the round r-1
+policy of that model (the base with its adapter), ``online.k`` per prompt, with sampling seeds
+of their own; the prompts are round 1's or fresh ones (``online.prompts``).
+
 Writes the images (uint8, for reward models and the report), their latents and the prompts'
 text conditioning, so training never runs the VAE or a text encoder again. With
 ``candidates.source: pickapic`` the images are instead imported human preference pairs
@@ -9,6 +13,7 @@ text conditioning, so training never runs the VAE or a text encoder again. With
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +23,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from diffpref import datasources
+from diffpref.adapters import Adapted
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.generation import candidate_seed, generate
-from diffpref.io import atomic_dir, read_table
+from diffpref.io import atomic_dir, read_table, write_json
 
 
 @dataclass
@@ -33,17 +39,21 @@ class Candidates:
     preferences: pd.DataFrame | None = None  # imported human pairs
 
 
-def sampled(cfg, backbone) -> Candidates:
-    prompts = read_table(cfg.path("prompts", "train.parquet"), ["prompt_id", "prompt"])
-    k = cfg.candidates.k
-    seeds = [[candidate_seed(cfg.seed, i, j, k) for j in range(k)] for i in range(len(prompts))]
+def sampled(cfg, backbone, rnd: int = 1, adapted: Adapted | None = None) -> Candidates:
+    """K samples per training prompt; a later round's (``rnd``) from ``adapted``, with seeds
+    that no other round uses."""
+    prompts = train_prompts(cfg, rnd)
+    k = cfg.candidates.k if rnd == 1 else cfg.online.k
+    data_seed = cfg.seed if rnd == 1 else round_seed(cfg.seed, rnd)
+    seeds = [[candidate_seed(data_seed, i, j, k) for j in range(k)] for i in range(len(prompts))]
     images, latents, cond = generate(
         backbone,
         prompts.prompt.tolist(),
         seeds,
         cfg.sampling,
         cfg.candidates.batch_size,
-        desc="candidates",
+        desc="candidates" + ("" if rnd == 1 else f" round {rnd}"),
+        adapt=adapted.cond if adapted is not None else lambda c: c,
     )
     table = pd.DataFrame(
         {
@@ -55,6 +65,28 @@ def sampled(cfg, backbone) -> Candidates:
     )
     table["row"] = np.arange(len(table))
     return Candidates(prompts, table, images, latents, cond)
+
+
+def round_seed(seed: int, rnd: int) -> int:
+    """The data seed of online round ``rnd`` (>= 2): distinct from every round's and from the
+    data seeds a user picks (0, 1, ...), so no two rounds share a sampling seed."""
+    return 7_919 * (seed + 1) + 104_729 * rnd
+
+
+def train_prompts(cfg, rnd: int) -> pd.DataFrame:
+    """Round 1's training prompts, or with ``online.prompts: fresh`` a later round's own: as
+    many new ones of the world's distribution, none of them a held-out prompt."""
+    prompts = read_table(cfg.path("prompts", "train.parquet"), ["prompt_id", "prompt"])
+    if rnd == 1 or cfg.online.prompts == "same":
+        return prompts
+    from diffpref.world.prompts import generate_prompts
+
+    held_out = set(read_table(cfg.path("prompts", "eval.parquet"), ["prompt"]).prompt)
+    fresh = generate_prompts(cfg.prompts.n_train, 1, seed=round_seed(cfg.seed, rnd))
+    fresh = fresh[(fresh.split == "train") & ~fresh.prompt.isin(held_out)]
+    fresh = fresh.reset_index(drop=True)
+    fresh["prompt_id"] = [f"round{rnd}-{i}" for i in fresh.prompt_id]
+    return fresh[["prompt_id", "prompt"]]
 
 
 def imported(cfg, backbone) -> Candidates:
@@ -85,11 +117,17 @@ def run(ctx) -> None:
         datasources.check_pickapic(cfg.candidates.preference_file)
         datasources.warn_if_untracked("candidates", cfg.candidates.preference_file)
     backbone = load_backbone(cfg, resolve_device(cfg))
-    cands = (
-        imported(cfg, backbone) if cfg.candidates.source == "pickapic" else sampled(cfg, backbone)
-    )
+    start = time.perf_counter()
+    if ctx.rnd > 1:  # the round before's policy: that model's adapter on the base
+        policy = cfg.model_dir("adapters", ctx.objective, ctx.seed, f"round{ctx.rnd - 1}")
+        cands = sampled(cfg, backbone, ctx.rnd, Adapted(backbone, policy))
+    elif cfg.candidates.source == "pickapic":
+        cands = imported(cfg, backbone)
+    else:
+        cands = sampled(cfg, backbone)
+    sampling_s = time.perf_counter() - start
     uncond = backbone.encode_text([""])
-    with atomic_dir(cfg.path("candidates")) as tmp:
+    with atomic_dir(ctx.data("candidates")) as tmp:
         cands.table.to_parquet(tmp / "candidates.parquet")
         cands.prompts.to_parquet(tmp / "prompts.parquet")
         np.save(tmp / "images.npy", cands.images.numpy())
@@ -99,7 +137,16 @@ def run(ctx) -> None:
         save_file(text, tmp / "text.safetensors")
         if cands.preferences is not None:
             cands.preferences.to_parquet(tmp / "preferences.parquet")
-    metrics = {"n_candidates": len(cands.table), "n_prompts": len(cands.prompts)}
+        # what the samples cost: an online round's extra price, next to its gain (report)
+        write_json(
+            tmp / "sampling.json",
+            {"round": ctx.rnd, "images": len(cands.table), "sampling_time_s": sampling_s},
+        )
+    metrics = {
+        "n_candidates": len(cands.table),
+        "n_prompts": len(cands.prompts),
+        "sampling_time_s": sampling_s,
+    }
     if cands.preferences is not None:
         metrics["n_pairs"] = len(cands.preferences)
     ctx.run.log_metrics(metrics)

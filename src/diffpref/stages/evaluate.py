@@ -34,7 +34,7 @@ def run(ctx) -> None:
             cfg.path("eval", "base", "scores.parquet"), ["prompt_id", "seed", "reward", "score"]
         )
     backbone = load_backbone(cfg, device)
-    adapter = None if name == "base" else cfg.model_dir("adapters", name, ctx.seed)
+    adapter = None if name == "base" else ctx.model_dir("adapters")
     adapted = Adapted(backbone, adapter)
     seeds = [list(ev.seeds) for _ in range(len(prompts))]
     images, latents, _ = generate(
@@ -43,7 +43,7 @@ def run(ctx) -> None:
         seeds,
         cfg.sampling,
         ev.batch_size,
-        desc=f"eval {name}" + ("" if ctx.seed is None else f" seed {ctx.seed}"),
+        desc=f"eval {name}" + ("" if ctx.seed is None else f" seed {ctx.seed} {ctx.variant}"),
         adapt=adapted.cond,
     )
     keys = pd.DataFrame(
@@ -60,14 +60,15 @@ def run(ctx) -> None:
     metrics = summarize(scores, base_scores, latents.numpy(), keys, ev)
     metrics["objective"] = name
     metrics["train_seed"] = ctx.seed
-    with atomic_dir(cfg.model_dir("eval", name, ctx.seed)) as tmp:
+    metrics["model"] = None if name == "base" else ctx.variant
+    out = ctx.model_dir("eval")  # the base model: results/eval/base
+    with atomic_dir(out) as tmp:
         scores.to_parquet(tmp / "scores.parquet")
         np.save(tmp / "samples.npy", images.numpy())
         keys.to_parquet(tmp / "samples.parquet")
         write_json(tmp / "metrics.json", metrics)
         if ev.export_geneval:
             export_geneval(tmp / "geneval", prompts, images.numpy(), len(ev.seeds))
-    out = cfg.model_dir("eval", name, ctx.seed)
     ctx.run.log_artifact(out / "scores.parquet")
     ctx.run.log_artifact(out / "metrics.json")
     ctx.run.log_figure(

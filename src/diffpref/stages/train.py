@@ -5,6 +5,10 @@ The training seed drives everything random in training (adapter init, batch orde
 noise); the data (prompts, candidates, labels) is shared by every seed, so the spread between
 seeds is the training algorithm's own variance.
 
+A later online round (``--round r``) trains on that model's own round-r samples, starting
+from its round r-1 adapter, which is also the frozen reference. The compute-matched control
+(``--matched``) trains round 1's data for r x ``train.steps``, from scratch like round 1.
+
 With ``train.num_processes: N`` this runs in each of N processes (``diffpref train`` launched
 them, :mod:`diffpref.launch`): all train, rank 0 alone writes the adapter and the record.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 from diffpref import launch, training
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.distributed import process_device
-from diffpref.io import atomic_dir, check_replaceable, write_json
+from diffpref.io import atomic_dir, check_replaceable, read_json, write_json
 from diffpref.training.checkpoint import discard
 
 INPUTS = ("candidates", "labels")  # recorded in MLflow as datasets with their digests
@@ -24,15 +28,23 @@ def run(ctx) -> None:
     cfg, name = ctx.cfg, ctx.objective
     objective = cfg.objectives[name]
     tp = cfg.train_for(name)
-    ckpt = cfg.model_dir("checkpoints", name, ctx.seed)
+    if ctx.matched:  # as many optimizer steps as rounds 1..r together
+        tp = tp.model_copy(update={"steps": tp.steps * ctx.rnd})
+    ckpt = ctx.model_dir("checkpoints")
     check_replaceable(ckpt)  # a user's folder there: said before any training
     device = process_device(resolve_device(cfg))
     backbone = load_backbone(cfg, device)
-    data = training.load_train_data(cfg.path(), objective.labels)
-    result = training.train(backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash)
+    data = training.load_train_data(ctx.data("candidates"), ctx.data("labels"), objective.labels)
+    online = ctx.rnd > 1 and not ctx.matched
+    previous = cfg.model_dir("adapters", name, ctx.seed, f"round{ctx.rnd - 1}") if online else None
+    result = training.train(
+        backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash, previous=previous
+    )
     if not launch.is_main():
         return
-    with atomic_dir(cfg.model_dir("adapters", name, ctx.seed)) as tmp:
+    out = ctx.model_dir("adapters")
+    sampling = read_json(ctx.data("candidates") / "sampling.json") if online else None
+    with atomic_dir(out) as tmp:
         result.method.save(tmp)
         write_json(
             tmp / "train_metrics.json",
@@ -41,13 +53,17 @@ def run(ctx) -> None:
                 "history": result.history,
                 "objective": objective.loss,
                 "train_seed": ctx.seed,
+                "round": ctx.rnd,
+                "matched": ctx.matched,  # the compute-matched offline control of the round
+                "reference": str(previous) if previous else "base",
+                "sampling": sampling,  # an online round's own samples: images, time
                 "n_examples": int(data.groups.shape[0]),
                 # where an interrupted run picked up (summary: the step and the steps run)
                 "resumed_from": result.resumed_from and str(result.resumed_from),
             },
         )
     discard(ckpt)  # finished: nothing left to resume
-    ctx.run.log_artifact(cfg.model_dir("adapters", name, ctx.seed), "adapter")
+    ctx.run.log_artifact(out, "adapter")
     ctx.run.log_figure(
         "loss_curve.png",
         "diffpref.plots:plot_training",

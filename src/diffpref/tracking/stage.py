@@ -23,9 +23,14 @@ from diffpref import env, launch, settings
 from diffpref.tracking.provenance import flatten, pipeline_id
 
 
-def run_name(stage: str, objective: str | None, seed: int | None = None) -> str:
-    """``train@dpo/seed1``: the stage, its objective and its training replicate."""
-    return stage + (f"@{objective}" if objective else "") + ("" if seed is None else f"/seed{seed}")
+def run_name(
+    stage: str, objective: str | None, seed: int | None = None, variant: str | None = None
+) -> str:
+    """``train@dpo/seed1``: the stage, its objective and its training replicate; a later
+    online round or a compute-matched control adds its ``variant`` (``/round2``,
+    ``/matched2``)."""
+    name = stage + (f"@{objective}" if objective else "") + ("" if seed is None else f"/seed{seed}")
+    return name + (f"/{variant}" if variant else "")
 
 
 @dataclass
@@ -41,6 +46,8 @@ class StageRun:
     seed: int | None = None
     inputs: list[tuple[str, str]] = field(default_factory=list)
     enabled: bool = True
+    rnd: int | None = None  # the online round of a model's job (tag ``round``)
+    variant: str | None = None  # a later round's or a control's (run name; tag ``model``)
     metrics: list[tuple[str, float, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)
@@ -103,6 +110,8 @@ def stage_run(
     seed: int | None = None,
     inputs: dict[str, Path] | None = None,
     options: dict[str, Any] | None = None,
+    rnd: int | None = None,
+    variant: str | None = None,
 ) -> Iterator[StageRun]:
     """``options``: the ``tracking:`` params and ``pipeline_params_hash`` (the whole resolved
     params file's hash, tagged on the execution's parent run)."""
@@ -110,7 +119,8 @@ def stage_run(
     # processes (one run per stage, whatever N)
     enabled = env.mlflow_enabled() and launch.is_main()
     items = [(k, str(v)) for k, v in (inputs or {}).items()]
-    run = StageRun(stage, objective, params, params_hash, seed, items, enabled)
+    run = StageRun(stage, objective, params, params_hash, seed, items, enabled, rnd=rnd)
+    run.variant = variant
     start, start_ms = time.perf_counter(), now_ms()
     writer = _start_writer(run, start_ms, options or {}) if enabled else None
     status = "FINISHED"
@@ -139,6 +149,8 @@ def _start_writer(run: StageRun, start_ms: int, options: dict[str, Any]) -> subp
         "stage": run.stage,
         "objective": run.objective,
         "seed": run.seed,
+        "round": run.rnd,
+        "variant": run.variant,
         "params": flatten(run.params),
         "params_hash": run.params_hash,
         "start_ms": start_ms,
@@ -199,7 +211,7 @@ def _finish_writer(writer: subprocess.Popen, run: StageRun, status: str) -> None
         pass
     writer.wait()
     if writer.returncode != 0:
-        name = run_name(run.stage, run.objective, run.seed)
+        name = run_name(run.stage, run.objective, run.seed, run.variant)
         print(
             f"WARNING: the MLflow record of {name} was not written (its writer exited with "
             f"{writer.returncode}; see above)",

@@ -84,6 +84,8 @@ class Writer:
                 "stage": head["stage"],
                 "objective": head["objective"] or "",
                 "train_seed": "" if head["seed"] is None else str(head["seed"]),
+                **({} if head.get("round") is None else {"round": str(head["round"])}),
+                **({"model": head["variant"]} if head.get("variant") else {}),
                 "git_commit": self.context["commit"],
                 "params_hash": head["params_hash"],
                 **self.context["env_tags"],
@@ -302,7 +304,7 @@ def set_aside(record: Path, error: Exception) -> Path:
 
 
 def _name(head: dict) -> str:
-    return run_name(head["stage"], head["objective"], head["seed"])
+    return run_name(head["stage"], head["objective"], head["seed"], head.get("variant"))
 
 
 def _killed() -> dict:

@@ -40,9 +40,9 @@ class TrainData:
         )
 
 
-def load_train_data(results: Path, labels: str) -> TrainData:
-    """Index the cached latents/text by the objective's label file."""
-    cdir = results / "candidates"
+def load_train_data(cdir: Path, ldir: Path, labels: str) -> TrainData:
+    """Index the cached latents/text of the candidates folder ``cdir`` by the objective's label
+    file in ``ldir`` (round 1's, or a later online round's own)."""
     cands = read_table(cdir / "candidates.parquet", ["prompt_id", "cand_idx", "row", "prompt_row"])
     row = {(p, int(c)): int(r) for p, c, r in zip(cands.prompt_id, cands.cand_idx, cands.row)}
     prow = dict(zip(cands.prompt_id, cands.prompt_row))
@@ -50,7 +50,6 @@ def load_train_data(results: Path, labels: str) -> TrainData:
     text = {k: v for k, v in text_all.items() if not k.startswith("uncond.")}
     uncond = {k.removeprefix("uncond."): v for k, v in text_all.items() if k.startswith("uncond.")}
     latents = load_tensors(cdir / "latents.safetensors")["latents"]
-    ldir = results / "labels"
     extras: dict[str, Tensor] = {}
     if labels in ("pairwise", "smoothed"):
         df = read_table(ldir / f"{labels}.parquet", ["prompt_id", "winner", "loser"])
