@@ -81,11 +81,21 @@ def copy_project(src: Path, dst: Path) -> Path:
     return dst
 
 
+SMOKE_ONLINE = {"objectives": ["dpo"], "rounds": [{"round": 2, "after": 1}]}  # profile smoke's
+
+
+def smoke_top_level(raw: dict) -> None:
+    """The smoke profile, with the lists DVC expands (training seeds, online objectives and
+    rounds) set at the top level as the profile sets them."""
+    raw.update(profile="smoke", train_seeds=[0])
+    raw["online"].update(SMOKE_ONLINE)
+
+
 def smoke_project(root: Path) -> Path:
     """:func:`make_project` on the smoke profile with one training seed, committed: the
     cheapest whole DAG."""
     make_project(root)
-    edit_params(root, lambda raw: raw.update(profile="smoke", train_seeds=[0]))
+    edit_params(root, smoke_top_level)
     sh(["git", "commit", "-qam", "smoke profile, one training seed"], root)
     return root
 
@@ -94,6 +104,7 @@ def one_objective_two_seeds(raw: dict) -> None:
     raw["objectives"] = {"dpo": raw["objectives"]["dpo"]}
     raw["train_seeds"] = [0, 1]
     del raw["profiles"]["smoke"]["train_seeds"]
+    del raw["profiles"]["smoke"]["online"]  # offline: smoke_project adds one online round
 
 
 def replicas(*seeds: int) -> set[str]:
@@ -136,7 +147,10 @@ def snakemake_plan(out: str) -> dict[str, dict[str, str]]:
         fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.M))
         name = m.group(1)
         if w := fields.get("wildcards"):  # "objective=dpo, seed=0" -> "dpo-0"
-            name += "@" + "-".join(kv.split("=")[1] for kv in w.split(", "))
+            wild = dict(kv.split("=") for kv in w.split(", "))
+            name += f"@{wild['objective']}-{wild['seed']}"
+            if "round" in wild:  # DVC names a round by its index in online.rounds
+                name += f"-round{int(wild['round']) - 2}"
         jobs[name] = fields
     return jobs
 
@@ -145,20 +159,22 @@ def covered(key: str, declared: list[str]) -> bool:
     return any(key == d or key.startswith(d + ".") for d in declared)
 
 
-def check_reads(params: Path, jobs: list[tuple[str, str | None, int | None]], root: Path) -> None:
+def check_reads(
+    params: Path, jobs: list[tuple[str, str | None, int | None, int]], root: Path
+) -> None:
     """Each job read exactly the keys the DAG table declares for it, both ways (its
     ``_reads.json``): nothing read undeclared (a stale result), nothing declared unread (a
-    needless rerun); and what it read is the resolved value. ``jobs``: (stage, objective or
-    "base", training seed)."""
+    needless rerun); and what it read is the resolved value. ``jobs``: (DAG row or stage,
+    objective or "base", training seed, round)."""
     from diffpref import config, settings
     from diffpref.config import dag
 
     cfg, _ = config.load(params)
-    for stage, objective, seed in jobs:
-        folder = root / dag.output_dir(stage, cfg, objective, seed)
+    for row, objective, seed, rnd in jobs:
+        folder = root / dag.output_dir(row, cfg, objective, seed, rnd)
         reads = json.loads((folder / settings.READS_FILE).read_text())
-        declared = dag.keys(stage, cfg, objective)
-        job = (stage, objective, seed)
+        declared = dag.keys(row, cfg, objective)
+        job = (row, objective, seed, rnd)
         assert [k for k in reads if not covered(k, declared)] == [], job
         assert [d for d in declared if not any(covered(k, [d]) for k in reads)] == [], job
         tree = dag.resolved(cfg)

@@ -85,7 +85,7 @@ READERS = {  # artifact: (writer, reader, what the error calls it)
         "safetensors",
     ),
     "candidates/images.npy": (lambda p: np.save(p, np.ones((4, 3, 8, 8))), load_array, "npy"),
-    "eval/dpo/seed0/metrics.json": (lambda p: p.write_text('{"a": 1}'), read_json, "JSON"),
+    "eval/dpo/seed0/round1/metrics.json": (lambda p: p.write_text('{"a": 1}'), read_json, "JSON"),
 }
 
 
@@ -129,7 +129,8 @@ def test_a_truncated_image_array_stops_the_rewards_stage_before_any_model(
 
 @pytest.mark.parametrize("name", [LORA_FILE, TOKENS_FILE])
 def test_a_truncated_adapter_names_the_file_and_its_training_job(tmp_path, name):
-    folder = tmp_path / "results" / "adapters" / "labels" / "seed0"  # objective named 'labels'
+    # an objective named 'labels'
+    folder = tmp_path / "results" / "adapters" / "labels" / "seed0" / "round1"
     folder.mkdir(parents=True)
     save_file({"tokens": torch.ones(4, 16)}, folder / name)
     truncate(folder / name)
@@ -146,9 +147,14 @@ def test_a_truncated_adapter_names_the_file_and_its_training_job(tmp_path, name)
         ("world/base/unet/diffusion_pytorch_model.safetensors", "world"),
         ("prompts/train.parquet", "prompts"),
         ("labels/pairwise.parquet", "labels"),
-        ("adapters/rewards/seed2/soft_tokens.safetensors", "adapters/rewards/seed2"),
+        ("adapters/rewards/seed2/round1/soft_tokens.safetensors", "adapters/rewards/seed2/round1"),
         ("eval/base/scores.parquet", "eval/base"),
-        ("eval/dpo/seed0/scores.parquet", "eval/dpo/seed0"),
+        ("eval/dpo/seed0/round1/scores.parquet", "eval/dpo/seed0/round1"),
+        (
+            "adapters/dpo/seed1/matched3/pytorch_lora_weights.safetensors",
+            "adapters/dpo/seed1/matched3",
+        ),
+        ("online/dpo/seed0/round2/labels/pairwise.parquet", "online/dpo/seed0/round2/labels"),
     ],
 )
 def test_stage_output_is_the_folder_dvc_and_snakemake_track(inside, output):

@@ -364,7 +364,7 @@ PARAMS_CASES = {
     "unknown_profile": (
         lambda r: r.update(profile="huge"),
         "profile: unknown profile 'huge' "
-        "(known: default, manyseeds, sd15, sd15-bench, sdxl, smoke)",
+        "(known: default, manyseeds, rounds, sd15, sd15-bench, sdxl, smoke)",
     ),
     "profile_sets_unknown_key": (lambda r: _smoke_with(r, lr_x=1), f"train.lr_x: {EXTRA}"),
     "profile_shell": (
@@ -394,6 +394,62 @@ PARAMS_CASES = {
     "profile_not_mapping": (
         lambda r: r["profiles"].update(smoke=3),
         "profiles.smoke: must be a mapping of overrides",
+    ),
+    # online rounds: a chain DVC can expand, of objectives that can continue a LoRA policy
+    "online_round_gap": (
+        _set(
+            "online",
+            objectives=["dpo"],
+            rounds=[{"round": 2, "after": 1}, {"round": 4, "after": 3}],
+        ),
+        "online.rounds: entry 2 is {round: 4, after: 3}: rounds follow each other from round 2, "
+        "each after the one before: [{round: 2, after: 1}, {round: 3, after: 2}]",
+    ),
+    "online_round_after": (
+        _set("online", objectives=["dpo"], rounds=[{"round": 2, "after": 2}]),
+        "online.rounds: entry 1 is {round: 2, after: 2}: rounds follow each other from "
+        "round 2, each after the one before: [{round: 2, after: 1}]",
+    ),
+    "online_round_one": (
+        _set("online", rounds=[{"round": 1, "after": 1}]),
+        "online.rounds.0.round: Input should be greater than or equal to 2",
+    ),
+    "online_unknown_objective": (
+        _set("online", objectives=["dpoo"]),
+        "online.objectives: 'dpoo' is not an objective (agsm, dpo, dpo_hinge, dpo_ipo, "
+        "dpo_rethink, kto, lair, mapo, sft, smpo, softrepa)",
+    ),
+    "online_soft_tokens": (
+        _set("online", objectives=["softrepa"]),
+        "online.objectives: 'softrepa' cannot take online rounds: loss 'softrepa' trains soft "
+        "tokens on a frozen backbone: there is no LoRA policy for a round to continue",
+    ),
+    "online_rethinking": (
+        _set("online", objectives=["dpo_rethink"]),
+        "online.objectives: 'dpo_rethink' cannot take online rounds: its rethinking: moving "
+        "reference already replaces the reference during training (measured against the base "
+        "model); online rounds fix it to the previous round",
+    ),
+    "online_repeated": (
+        _set("online", objectives=["dpo", "dpo"]),
+        "online.objectives: repeated names in ['dpo', 'dpo']",
+    ),
+    "online_fresh_file_prompts": (
+        lambda r: (
+            r["online"].update(prompts="fresh"),
+            r["prompts"].update(source="file", file="data/prompts/x.txt"),
+        ),
+        "online.prompts: fresh prompts come from the embedded world's prompt distribution: use "
+        "prompts.source: world, or online.prompts: same",
+    ),
+    "online_pairs": (
+        _set("online", pairs="margin"),
+        "online.pairs: Input should be 'all' or 'best_worst'",
+    ),
+    "online_k": (_set("online", k=1), "online.k: Input should be greater than or equal to 2"),
+    "online_missing": (
+        lambda r: r["online"].pop("tie_threshold"),
+        "online.tie_threshold: Field required",
     ),
 }
 
@@ -1048,15 +1104,16 @@ def test_training_checkpoint_state_loads_weights_only(tmp_path):
 
 
 def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path):
-    """For a target asked of Snakemake directly: no rule makes ``results/adapters/<name>/seed0``
-    unless ``<name>`` is a configured objective (whose name the schema validated)."""
+    """For a target asked of Snakemake directly: no rule makes
+    ``results/adapters/<name>/seed0/round1`` unless ``<name>`` is a configured objective (whose
+    name the schema validated)."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "src").symlink_to(REPO / "src")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     dry_run = ["snakemake", "-s", str(REPO / "Snakefile"), "-n", "-c1"]
     runs = {
         name: subprocess.Popen(
-            [*dry_run, f"results/adapters/{name}/seed0"],
+            [*dry_run, f"results/adapters/{name}/seed0/round1"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
@@ -1068,7 +1125,7 @@ def test_snakemake_objective_wildcard_refuses_unsafe_and_reserved_names(tmp_path
     out = {name: p.communicate()[0] for name, p in runs.items()}
     assert runs["dpo"].returncode == 0 and "rule train:" in out["dpo"], out["dpo"]
     for name in ("baseline", "base", "a.b"):
-        assert f"No rule to produce results/adapters/{name}/seed0" in out[name], out[name]
+        assert f"No rule to produce results/adapters/{name}/seed0/round1" in out[name], out[name]
 
 
 def test_resume_refuses_a_checkpoint_carrying_code(tmp_path):
@@ -1089,3 +1146,53 @@ def test_resume_refuses_a_checkpoint_carrying_code(tmp_path):
     with pytest.raises(InputError, match="refused"):
         resume(acc, tmp_path / "ckpt", "h")
     assert not marker.exists()
+
+
+ONLINE = {"online": {"objectives": ["dpo"], "rounds": [{"round": 2, "after": 1}]}}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["train", "--objective", "dpo", "--seed", "0", "--round", "3"],
+            "online.rounds: round 3 is not one of its rounds [2]",
+        ),
+        (
+            ["train", "--objective", "mapo", "--seed", "0", "--round", "2"],
+            "online.objectives: 'mapo' takes no online rounds (online objectives: dpo)",
+        ),
+        (
+            ["evaluate", "--objective", "dpo", "--seed", "0", "--matched"],
+            "--matched needs --round N (the control of round N, N one of online.rounds)",
+        ),
+        (
+            ["candidates", "--objective", "dpo", "--seed", "0"],
+            "candidates: --objective applies to a later online round only (--round N)",
+        ),
+        (["labels", "--round", "2"], "--objective (or --job) is required"),
+        (
+            ["train", "--job", "train_round@dpo-0-round1"],
+            "--job: no job 'train_round@dpo-0-round1' in this DAG (jobs: ",
+        ),
+    ],
+)
+def test_a_round_job_outside_the_configured_rounds_exits_2(tmp_path, capsys, args, message):
+    p = params(tmp_path, ONLINE)
+    assert run(args[0], p, *args[1:]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {p}: {message}")
+    assert not (tmp_path / "results").exists()
+
+
+def test_under_dvc_a_profile_may_not_change_the_online_lists_dvc_expands(
+    tmp_path, capsys, monkeypatch
+):
+    p = params(tmp_path, {"profiles": {"smoke": {"train_seeds": [0, 1, 2]}}})
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert run("check", p, "--profile", "smoke") == 2
+    assert capsys.readouterr().err == (
+        f"error: {p}: profile smoke sets online.objectives [\"dpo\"], online.rounds "
+        '[{"round": 2, "after": 1}] but DVC expands the top-level [], []; run `dvc exp run '
+        "-S profile=smoke -S 'online.objectives=[\"dpo\"]' "
+        "-S 'online.rounds=[{\"round\": 2, \"after\": 1}]'`\n"
+    )

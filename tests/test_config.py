@@ -131,7 +131,8 @@ def test_params_hash_changes_only_for_stages_that_read_the_key():
     before = hashes()
     raw["objectives"]["dpo"]["beta"] = 1234
     after = hashes()
-    assert [s for s in before if before[s] != after[s]] == ["train"]
+    # every training row of dpo: round 1, a later online round, the compute-matched control
+    assert [s for s in before if before[s] != after[s]] == ["train", "train_round", "train_matched"]
     raw["train_seeds"] = [0, 1, 2, 3]  # a new replicate: only the report reads the list
     again = hashes()
     assert [s for s in after if after[s] != again[s]] == ["report"]
@@ -150,7 +151,7 @@ def test_job_resources_follow_the_backbone_and_default_under_each_stage():
     for stage in ("prompts", "labels", "report"):
         assert dag.job_resources(sdxl, stage).gpu == 0
     # a stage entry per stage the pipeline has, no more
-    assert set(config.BackboneResources.model_fields) == {"default", *dag.PARAMS}
+    assert set(config.BackboneResources.model_fields) == {"default", *map(dag.stage_of, dag.STAGES)}
 
 
 def test_job_resources_name_a_bad_entry(tmp_path, capsys):

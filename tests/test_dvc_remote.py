@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # outputs a colleague gets from the remote (cached by DVC) or from git (small, uncached)
 SHARED = [
     "results/report/comparison.csv",
-    "results/adapters/dpo/seed0/pytorch_lora_weights.safetensors",
+    "results/adapters/dpo/seed0/round1/pytorch_lora_weights.safetensors",
     "results/eval/base/scores.parquet",
     "results/metrics/dpo.json",
     "results/plots/win_vs_base.png",

@@ -120,12 +120,19 @@ def test_two_clean_runs_give_the_same_bytes_and_the_report_states_its_seeds(
     """Snakemake with MLflow records and DVC without, each in a fresh copy: the same prompts,
     candidates, rewards, labels, adapters, evaluations and report numbers, byte for byte."""
     assert_same_results(smoke_dvc, smoke_reference)
-    for name in ("prompts", "candidates", "rewards", "labels", "adapters/dpo/seed0", "report"):
+    for name in (
+        "prompts",
+        "candidates",
+        "rewards",
+        "labels",
+        "adapters/dpo/seed0/round1",
+        "report",
+    ):
         assert (smoke_reference / "results" / name).is_dir(), name
     # each folder a stage wrote is marked as its own (the same bytes everywhere), so that a
     # later run may replace it; DVC caches the marker with the folder
     for run in (smoke_reference, smoke_dvc):
-        for name in ("world", "prompts", "eval/base", "eval/dpo/seed0", "metrics", "plots"):
+        for name in ("world", "prompts", "eval/base", "eval/dpo/seed0/round1", "metrics", "plots"):
             assert (run / "results" / name / MARKER).read_text() == MARKER_TEXT, (run, name)
     md = (smoke_reference / "results/report/report.md").read_text()
     assert "training seeds per objective ([0])" in md
@@ -153,11 +160,11 @@ KILL_TARGET = {  # how each tool names a stage's job (default: the stage's own n
     "snakemake": {
         s: f"results/{s}" for s in ("world", "prompts", "candidates", "rewards", "labels", "report")
     }
-    | {"train": "results/adapters/dpo/seed0", "evaluate": "results/eval/dpo/seed0"},
+    | {"train": "results/adapters/dpo/seed0/round1", "evaluate": "results/eval/dpo/seed0/round1"},
     "dvc": {"train": "train@dpo-0", "evaluate": "evaluate@dpo-0"},
 }
-CHECKPOINT = Path("results/checkpoints/dpo/seed0/state")
-TRAIN_METRICS = Path("results/adapters/dpo/seed0/train_metrics.json")
+CHECKPOINT = Path("results/checkpoints/dpo/seed0/round1/state")
+TRAIN_METRICS = Path("results/adapters/dpo/seed0/round1/train_metrics.json")
 # Stages whose whole work runs inside `atomic_dir`: each is killed at a random point after its
 # temp folder (`results/.<stage>.tmp-<pid>-<random>`) appears, not its writer, so the kill
 # lands on a half-written output, which must be there after the kill and gone after the rerun.

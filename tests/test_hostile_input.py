@@ -52,7 +52,7 @@ def test_every_snakemake_command_keeps_each_hostile_string_one_word(row):
     """The rule's command as Snakemake's own formatter fills it in (threads, wildcards) and a
     POSIX shell splits it: the profile and the wildcards are each exactly one word, as given."""
     for value in HOSTILE:
-        wildcards = Wildcards(fromdict={"objective": value, "seed": "0"})
+        wildcards = Wildcards(fromdict={"objective": value, "seed": "0", "round": "2"})
         cmd = snakemake_format(dag.snakemake_shell(row, value), threads=2, wildcards=wildcards)
         words = ["diffpref", dag.stage_of(row), "--params", "params.yaml", "--profile", value]
         words += ["--threads", "2"]
@@ -60,6 +60,8 @@ def test_every_snakemake_command_keeps_each_hostile_string_one_word(row):
             words += ["--objective", "base"]
         elif dag.STAGES[row].per_model:
             words += ["--objective", value, "--seed", "0"]
+        words += ["--round", "2"] if dag.STAGES[row].per_round else []
+        words += ["--matched"] if row.endswith("_matched") else []
         assert shlex.split(cmd) == words, cmd
 
 
@@ -157,7 +159,7 @@ def test_a_dvc_job_named_by_dvc_runs_that_objective_and_seed(tmp_path, capsys):
     cases = {
         ("train", "--job", "train@nope-0"): "--job: no job 'train@nope-0' in this DAG (jobs: ",
         ("train", "--job", "evaluate@dpo-0"): "--job: 'evaluate@dpo-0' is not a train job",
-        ("evaluate", "--job", "train@dpo-0", "--seed", "0"): "--job names the objective and",
+        ("evaluate", "--job", "train@dpo-0", "--seed", "0"): "--job names the objective, the",
         ("train",): "--objective (or --job) is required",
     }
     for args, message in cases.items():
@@ -269,7 +271,7 @@ def test_results_outside_the_project_need_the_switch_and_check_says_so(
         pytest.param(["report"], "results/plots", id="report_plots"),
         pytest.param(
             ["train", "--objective", "dpo", "--seed", "0"],
-            "results/checkpoints/dpo/seed0",
+            "results/checkpoints/dpo/seed0/round1",
             id="train_checkpoint",
         ),
     ],

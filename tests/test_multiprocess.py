@@ -149,7 +149,7 @@ def outputs(params: Path) -> set[str]:
 def adapter(params: Path, objective: str) -> dict[str, torch.Tensor]:
     from diffpref import adapters
 
-    folder = params.parent / "results" / "adapters" / objective / "seed0"
+    folder = params.parent / "results" / "adapters" / objective / "seed0" / "round1"
     name = adapters.TOKENS_FILE if objective == "agsm" else adapters.LORA_FILE
     return load_file(folder / name)
 
@@ -207,7 +207,7 @@ def test_dpo_on_two_processes_killed_and_resumed_trains_the_adapter_of_one(
     of one uninterrupted process: the split, the gradient average and resume together."""
     monkeypatch.setenv("DIFFPREF_MLFLOW", "0")
     one, two = one_and_two(inputs, tmp_path, "dpo", steps=12, checkpoint_every=3)
-    state = two.parent / "results" / "checkpoints" / "dpo" / "seed0" / "state"
+    state = two.parent / "results" / "checkpoints" / "dpo" / "seed0" / "round1" / "state"
     proc = launch(two, "dpo")
     while not (state / "params_hash.txt").is_file():  # the first checkpoint (step 3) is in
         assert proc.poll() is None, (two.parent / "train.log").read_text()[-4000:]

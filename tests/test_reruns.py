@@ -28,32 +28,36 @@ from tests.project import check_reads, covered, sh, snakemake_plan, stage_runs, 
 from diffpref import config, settings
 from diffpref.config import dag, imports
 from diffpref.config import dvc as dvc_mod
-from diffpref.config.why import explain
+from diffpref.config.why import dvc_name, explain
 
-SMOKE_JOBS = [  # (DAG row, objective, training seed) of the smoke project: dpo on seed 0
-    ("world", None, None),
-    ("prompts", None, None),
-    ("candidates", None, None),
-    ("rewards", None, None),
-    ("labels", None, None),
-    ("train", "dpo", 0),
-    ("evaluate_base", None, None),
-    ("evaluate", "dpo", 0),
-    ("report", None, None),
+# (DAG row, objective, training seed, round) of the smoke project: dpo on seed 0, with one
+# online round (round 2) and its compute-matched control
+SMOKE_JOBS = [
+    ("world", None, None, 1),
+    ("prompts", None, None, 1),
+    ("candidates", None, None, 1),
+    ("rewards", None, None, 1),
+    ("labels", None, None, 1),
+    ("train", "dpo", 0, 1),
+    ("evaluate_base", None, None, 1),
+    ("evaluate", "dpo", 0, 1),
+    *((row, "dpo", 0, 2) for row in dag.STAGES if dag.STAGES[row].per_round),
+    ("report", None, None, 1),
 ]
 
 
-def job_name(row: str, objective: str | None, seed: int | None) -> str:
-    return row + (f"@{objective}-{seed}" if objective else "")
+def job_name(row: str, objective: str | None, seed: int | None, rnd: int = 1) -> str:
+    return dvc_name(row, objective, seed, rnd)
 
 
 def recorded_reads(root: Path, cfg: config.Config) -> dict[str, dict]:
     out = {}
-    for row, objective, seed in SMOKE_JOBS:
-        stage = dag.stage_of(row)
+    for row, objective, seed, rnd in SMOKE_JOBS:
         obj = "base" if row == "evaluate_base" else objective
-        folder = root / dag.output_dir(stage, cfg, obj, seed)
-        out[job_name(row, objective, seed)] = json.loads((folder / settings.READS_FILE).read_text())
+        folder = root / dag.output_dir(row, cfg, obj, seed, rnd)
+        out[job_name(row, objective, seed, rnd)] = json.loads(
+            (folder / settings.READS_FILE).read_text()
+        )
     return out
 
 
@@ -72,9 +76,7 @@ def copies(clean_runs, tmp_path_factory) -> dict[str, Path]:
 def test_each_stage_reads_exactly_the_keys_the_table_declares(smoke_reference):
     """What drives reruns (dag.PARAMS) is what the stages really read, both ways, on the
     embedded world (tests/real checks the real-model profiles' keys the same way)."""
-    jobs = [
-        (dag.stage_of(row), "base" if row == "evaluate_base" else o, s) for row, o, s in SMOKE_JOBS
-    ]
+    jobs = [(row, "base" if row == "evaluate_base" else o, s, r) for row, o, s, r in SMOKE_JOBS]
     check_reads(smoke_reference / "params.yaml", jobs, smoke_reference)
 
 
@@ -89,8 +91,11 @@ def test_each_stage_imports_only_modules_of_its_computed_code(smoke_reference):
     checked = set()
     for run in stage_runs(smoke_reference):
         tags = run.data.tags
-        row = "evaluate_base" if tags.get("objective") == "base" else tags["stage"]
-        objective = None if row == "evaluate_base" else tags.get("objective")
+        model = tags.get("model", "")  # a later round's or a control's
+        objective = tags.get("objective") or None
+        rnd = int(model.removeprefix("matched").removeprefix("round") or 1)
+        row = dag.row_of(tags["stage"], objective, rnd, model.startswith("matched"))
+        objective = None if row == "evaluate_base" else objective
         record = json.loads(
             Path(client.download_artifacts(run.info.run_id, settings.READS_FILE)).read_text()
         )
@@ -129,8 +134,8 @@ def snakemake_reasons(root: Path) -> dict[str, str]:
 
     def plan(rows: list[str]) -> dict[str, str]:
         targets = [
-            out.format(objective=o, seed=s)
-            for row, o, s in SMOKE_JOBS
+            out.format(objective=o, seed=s, round=r, after=r - 1)
+            for row, o, s, r in SMOKE_JOBS
             if row in rows
             for out in dag.STAGES[row].outs
         ]
@@ -222,7 +227,8 @@ def test_editing_any_module_reruns_exactly_the_jobs_whose_code_holds_it(copies):
     edited = [*src.rglob("*.py"), *src.glob("templates/*.j2")]
     names = {f"src/diffpref/{f.relative_to(src)}" for f in edited}
     want = {
-        job_name(row, o, s): set(dag.code(row, cfg, o, src)) & names for row, o, s in SMOKE_JOBS
+        job_name(row, o, s, r): set(dag.code(row, cfg, o, src)) & names
+        for row, o, s, r in SMOKE_JOBS
     }
     for root in copies.values():
         for name in names:
@@ -239,9 +245,12 @@ def test_editing_any_module_reruns_exactly_the_jobs_whose_code_holds_it(copies):
     assert "resolve" not in dvc  # rerun by `dvc repro resolve`: up to date
     assert smk == want
     assert dvc == want
-    # what the issue names: every train and evaluate job and the report rerun for adapters.py
+    # what the issue names: every train and evaluate job reruns for adapters.py, and the
+    # candidates (a later round samples the round before's adapter)
     users = {j for j, files in want.items() if "src/diffpref/adapters.py" in files}
-    assert users == {"train@dpo-0", "evaluate@dpo-0", "evaluate_base"}
+    rounds = {job_name(row, "dpo", 0, 2) for row in dag.STAGES if dag.STAGES[row].per_round}
+    rounds -= {"rewards_round@dpo-0-round0", "labels_round@dpo-0-round0"}
+    assert users == {"train@dpo-0", "evaluate@dpo-0", "evaluate_base", "candidates"} | rounds
     assert not any("src/diffpref/cli.py" in files for files in want.values())
     assert "src/diffpref/templates/report.html.j2" in want["report"]
     # `diffpref why` names the same files, by mtime (Snakemake) or content (dvc.lock)
@@ -290,10 +299,10 @@ def test_editing_params_reruns_exactly_the_jobs_that_read_a_changed_value(copies
         tree = dag.resolved(edited)
         declared = {}
         want = {}
-        for row, objective, seed in SMOKE_JOBS:
-            job = job_name(row, objective, seed)
+        for row, objective, seed, rnd in SMOKE_JOBS:
+            job = job_name(row, objective, seed, rnd)
             obj = "base" if row == "evaluate_base" else objective
-            declared[job] = dag.keys(dag.stage_of(row), edited, obj)
+            declared[job] = dag.keys(row, edited, obj)
             changed = {k for k, v in reads[job].items() if dag.value_at(tree, k) != v}
             # named by the declared key that covers it (a section or an objective's entry)
             if changed:

@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if error := _seed_error(args, cfg, objective, seed):
         print(f"error: {args.params}: train_seeds: {error}", file=sys.stderr)
         return 2
+    if error := _dvc_matrix_error(args.params, cfg):
+        print(f"error: {args.params}: {error}", file=sys.stderr)
+        return 2
     if args.stage == "why":
         from diffpref.config.why import explain
 
@@ -348,9 +351,7 @@ def _round_error(
 
 
 def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int | None) -> str:
-    """Why this command's training seed is wrong, or ''. Under DVC, every stage also checks
-    that the profile does not change ``train_seeds``: DVC expands its matrix from the file's
-    top level (it cannot see profiles), so the run would train seeds the report ignores."""
+    """Why this command's training seed is wrong, or ''."""
     if objective is not None and objective != "base":
         if seed is None:
             return f"--seed is required with --objective {objective} (one of {cfg.train_seeds})"
@@ -358,9 +359,16 @@ def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int |
             return f"seed {seed} is not one of {cfg.train_seeds} (profile {cfg.profile})"
     elif seed is not None:
         return "--seed applies only to trained objectives, not to the base model"
+    return ""
+
+
+def _dvc_matrix_error(params: str, cfg: config_mod.Config) -> str:
+    """Under DVC, why the profile changes a list DVC's matrices expand, or '': DVC reads
+    ``train_seeds``, ``online.objectives`` and ``online.rounds`` from the file's top level (it
+    cannot see profiles), so the run would train models the report ignores, or miss some."""
     if not os.environ.get("DVC_ROOT"):
         return ""
-    file = config_mod.read_file(args.params)
+    file = config_mod.read_file(params)
     want = {"train_seeds": cfg.train_seeds, **_online_lists(cfg.online.model_dump())}
     have = {"train_seeds": file.get("train_seeds"), **_online_lists(file.get("online"))}
     if differ := [k for k in want if have[k] is not None and have[k] != want[k]]:

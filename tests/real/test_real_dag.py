@@ -45,9 +45,9 @@ def run_dag(params, results, objectives=OBJECTIVES) -> None:
     (results / "world" / "metrics.json").write_text("{}")
     run(params, "report")
     # the real-model keys (weights, prompt file, reward sources) read as the DAG table says
-    jobs = [(s, None, None) for s in ("prompts", "candidates", "rewards", "labels", "report")]
-    jobs += [(s, o, 0) for s in ("train", "evaluate") for o in objectives]
-    check_reads(params, [*jobs, ("evaluate", "base", None)], results.parent)
+    jobs = [(s, None, None, 1) for s in ("prompts", "candidates", "rewards", "labels", "report")]
+    jobs += [(s, o, 0, 1) for s in ("train", "evaluate") for o in objectives]
+    check_reads(params, [*jobs, ("evaluate", "base", None, 1)], results.parent)
 
 
 def stock_pipeline(kind, path):
@@ -111,21 +111,26 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
     assert set(rewards.reward) == {"pickscore", "clip_score", "aesthetic"}
     assert np.isfinite(rewards.score).all()
     for o in TRAINED[kind]:
-        tm = json.loads((results / "adapters" / o / "seed0" / "train_metrics.json").read_text())
+        tm = json.loads(
+            (results / "adapters" / o / "seed0" / "round1" / "train_metrics.json").read_text()
+        )
         assert np.isfinite(tm["summary"]["final_loss"]), o
         assert tm["summary"]["groups_per_s"] > 0 and tm["summary"]["peak_memory_mb"] > 0
-        m = json.loads((results / "eval" / o / "seed0" / "metrics.json").read_text())
+        m = json.loads((results / "eval" / o / "seed0" / "round1" / "metrics.json").read_text())
         assert set(m["win_vs_base"]) == {"pickscore", "clip_score", "aesthetic"}
     assert (results / "report" / "report.md").is_file()
     table = pd.read_csv(results / "report" / "comparison.csv")
     assert sorted(table.model) == sorted(["base", *TRAINED[kind]])
     n_eval = len(pd.read_parquet(results / "prompts" / "eval.parquet"))
-    assert len(list((results / "eval" / "dpo" / "seed0" / "geneval").iterdir())) == n_eval
+    assert (
+        len(list((results / "eval" / "dpo" / "seed0" / "round1" / "geneval").iterdir())) == n_eval
+    )
 
     pipe = stock_pipeline(kind, pipeline)
     before = pipe_images(pipe, PROMPTS[0])
     pipe.load_lora_weights(
-        str(results / "adapters" / "dpo" / "seed0"), weight_name="pytorch_lora_weights.safetensors"
+        str(results / "adapters" / "dpo" / "seed0" / "round1"),
+        weight_name="pytorch_lora_weights.safetensors",
     )
     after = pipe_images(pipe, PROMPTS[0])
     assert before.shape == after.shape == (1, 32, 32, 3)
@@ -145,7 +150,7 @@ def test_v_prediction_pipeline_trains_through_the_stages(models, tmp_path):
     for stage in ("prompts", "candidates", "rewards", "labels"):
         run(params, stage)
     run(params, "train", "--objective", "dpo", "--seed", "0")
-    adapter = tmp_path / "results" / "adapters" / "dpo" / "seed0"
+    adapter = tmp_path / "results" / "adapters" / "dpo" / "seed0" / "round1"
     tm = json.loads((adapter / "train_metrics.json").read_text())
     assert np.isfinite(tm["summary"]["final_loss"]) and tm["summary"]["steps"] == 2
 
@@ -180,5 +185,7 @@ def test_pickapic_import_gives_trainable_human_pairs(models, tmp_path):
     train_rows = [r for r in rows if r[0] not in held_out and r[3] != 0.5]
     assert len(pairs) == len(train_rows)
     assert np.load(res / "candidates" / "images.npy").shape[1:] == (3, 32, 32)
-    tm = json.loads((res / "adapters" / "dpo" / "seed0" / "train_metrics.json").read_text())
+    tm = json.loads(
+        (res / "adapters" / "dpo" / "seed0" / "round1" / "train_metrics.json").read_text()
+    )
     assert tm["n_examples"] == len(pairs) and np.isfinite(tm["summary"]["final_loss"])

@@ -10,7 +10,7 @@ profile ``manyseeds`` (params.yaml: seeds 0-11, nothing else changed), so only t
 jobs (and the shared upstream ones, which a default run has already made) run:
 
     snakemake --rerun-triggers mtime params input --cores all \
-        results/eval/dpo/seed{0..11} --config profile=manyseeds
+        results/eval/dpo/seed{0..11}/round1 --config profile=manyseeds
 
 The default profile's dpo trains in ~40 s per seed on 2 free CPU cores (plus its evaluation,
 ~15 s).
@@ -46,7 +46,7 @@ from diffpref.config import validate, with_profile
 
 
 def run(root: Path, objective: str, seeds: list[int], profile: str, cores: str) -> None:
-    targets = [f"results/eval/{objective}/seed{s}" for s in seeds]
+    targets = [f"results/eval/{objective}/seed{s}/round1" for s in seeds]
     # the profile changes every job's command line (--profile), which Snakemake's "code"
     # trigger would rerun; the jobs' sources, params and inputs are what decide. --config
     # takes every value after it: the targets go first
@@ -65,7 +65,7 @@ def win_matrix(root: Path, objective: str, seeds: list[int], reward: str, tie: f
     frames = []
     for s in seeds:
         df = pd.read_parquet(
-            root / f"results/eval/{objective}/seed{s}/scores.parquet", columns=cols
+            root / f"results/eval/{objective}/seed{s}/round1/scores.parquet", columns=cols
         )
         frames.append(
             evaluation.win_values(df[df.reward == reward], base, tie).assign(train_seed=s)

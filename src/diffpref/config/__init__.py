@@ -24,9 +24,9 @@ from diffpref.config.schema import (
     TrainParams,
     deep_merge,
     load,
+    read_file,
     read_raw,
     results_outside,
-    top_level_seeds,
     validate,
     with_profile,
 )
@@ -52,9 +52,9 @@ __all__ = [
     "TrainParams",
     "deep_merge",
     "load",
+    "read_file",
     "read_raw",
     "results_outside",
-    "top_level_seeds",
     "validate",
     "with_profile",
 ]

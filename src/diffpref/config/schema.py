@@ -601,11 +601,6 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def top_level_seeds(path: str | Path) -> list[int] | None:
-    """``train_seeds`` as written at the file's top level (what DVC's matrix expands)."""
-    return read_file(path).get("train_seeds")
-
-
 PROFILE_USE = "it is passed on every stage's command line and recorded in MLflow"
 
 
