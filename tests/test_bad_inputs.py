@@ -1191,8 +1191,8 @@ def test_under_dvc_a_profile_may_not_change_the_online_lists_dvc_expands(
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert run("check", p, "--profile", "smoke") == 2
     assert capsys.readouterr().err == (
-        f"error: {p}: profile smoke sets online.objectives [\"dpo\"], online.rounds "
+        f'error: {p}: profile smoke sets online.objectives ["dpo"], online.rounds '
         '[{"round": 2, "after": 1}] but DVC expands the top-level [], []; run `dvc exp run '
         "-S profile=smoke -S 'online.objectives=[\"dpo\"]' "
-        "-S 'online.rounds=[{\"round\": 2, \"after\": 1}]'`\n"
+        '-S \'online.rounds=[{"round": 2, "after": 1}]\'`\n'
     )

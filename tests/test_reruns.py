@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import ONE_THREAD
 from tests.project import check_reads, covered, sh, snakemake_plan, stage_runs, user_env
 
 from diffpref import config, settings
@@ -274,6 +275,8 @@ READ_EDITS = {
     "train.lr": 0.002,
     "objectives.dpo.beta": 2000,
     "evaluate.tie_threshold": 0.02,
+    "online.k": 3,  # a later round's setting: its jobs rerun, round 1's never
+    "online.tie_threshold": 0.04,
     "seed": 1,
     "device": "cpu",
 }
@@ -314,6 +317,10 @@ def test_editing_params_reruns_exactly_the_jobs_that_read_a_changed_value(copies
         for root in copies.values():
             restore(root)
     assert want["train@dpo-0"] == {"backbone.dtype", "device", "objectives.dpo", "train.lr"}
+    assert "online.k" in want["candidates_round@dpo-0-round0"]
+    assert "online.tie_threshold" in want["labels_round@dpo-0-round0"]
+    round_one = [job_name(row, o, s) for row, o, s, r in SMOKE_JOBS if r == 1]
+    assert not any(k.startswith("online.") for job in round_one for k in want.get(job, ()))
     for lines in why.values():  # `diffpref why` names each changed value, old and new
         assert "params: objectives.dpo.beta: 2500.0 -> 2000.0" in lines, lines
         assert "params: train.lr: 0.001 -> 0.002" in lines, lines
@@ -342,3 +349,34 @@ def test_edits_no_job_reads_rerun_nothing_under_either_tool(copies):
             restore(root)
     assert "Nothing to be done" in smk, smk
     assert dvc == {}, dvc
+
+
+def executed(out: str, tool: str) -> set[str]:
+    """The jobs a `snakemake` or `dvc repro` run executed, by DVC's names."""
+    if tool == "snakemake":
+        return set(snakemake_plan(out))
+    return set(re.findall(r"^Running stage '([^']+)':", out, re.M)) - {"resolve"}
+
+
+def test_raising_rounds_runs_only_the_new_rounds_jobs_and_the_report(copies):
+    """`online.rounds` from [2] to [2, 3]: both tools run round 3's seven jobs (its samples,
+    rewards, labels, training from round 2, evaluation, and its compute-matched control) and
+    the report, nothing of round 1 or round 2."""
+    three = [{"round": 2, "after": 1}, {"round": 3, "after": 2}]
+    for root in copies.values():
+        edit_params(root, {"online.rounds": three})
+    try:
+        smk = sh(["snakemake", "--cores", "1"], copies["snakemake"])
+        dvc = sh(["dvc", "repro"], copies["dvc"], env={"DIFFPREF_MLFLOW": "0", **ONE_THREAD})
+        adapter = copies["snakemake"] / "results/adapters/dpo/seed0/round3/train_metrics.json"
+        record = json.loads(adapter.read_text())
+    finally:  # the copies keep round 3's outputs and a new report: this module's last test
+        for root in copies.values():
+            restore(root)
+    rows = [row for row in dag.STAGES if dag.STAGES[row].per_round]
+    want = {job_name(row, "dpo", 0, 3) for row in rows} | {"report"}
+    assert executed(smk, "snakemake") == want
+    assert executed(dvc, "dvc") == want
+    # round 3 started from round 2's adapter, which was its reference
+    assert record["reference"].endswith("results/adapters/dpo/seed0/round2")
+    assert record["round"] == 3 and record["sampling"]["images"] > 0
