@@ -130,8 +130,8 @@ def test_rethinking_reference_copies_the_policy_every_tau_steps(tmp_path):
     logged = [r.get("ref_divergence") is not None for r in res.history]
     assert logged == [False, True, False, True, False, True]
     # the last check copied the final policy into the reference adapter
-    policy = [p for _, p in res.method.moving_ref.pairs]
-    ref = res.method.moving_ref.state()
+    policy = [p for _, p in res.method.reference.pairs]
+    ref = res.method.reference.state()
     assert all(torch.equal(a, b) for a, b in zip(ref, policy))
 
 
@@ -147,12 +147,12 @@ def test_rethinking_reference_freezes_above_delta(tmp_path, monkeypatch):
     assert method.after_step(1, gen) == {"ref_divergence": 0.1, "ref_frozen": 0.0}
     frozen_ref = None
     assert method.after_step(2, gen) == {"ref_divergence": 0.9, "ref_frozen": 1.0}
-    frozen_ref = method.moving_ref.state()
+    frozen_ref = method.reference.state()
     with torch.no_grad():
-        for _, pol in method.moving_ref.pairs:
+        for _, pol in method.reference.pairs:
             pol.add_(1.0)
     assert method.after_step(3, gen) == {}  # frozen: no further checks or copies
-    assert all(torch.equal(a, b) for a, b in zip(method.moving_ref.state(), frozen_ref))
+    assert all(torch.equal(a, b) for a, b in zip(method.reference.state(), frozen_ref))
 
 
 def test_rethinking_timesteps_are_skewed_to_noisy_steps():

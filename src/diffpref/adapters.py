@@ -3,7 +3,8 @@
 Two kinds, both small next to the frozen backbone:
 - **LoRA** on the UNet's attention projections (peft), saved in diffusers format so stock
   pipelines load it with ``load_lora_weights``. The untouched base is the reference (adapters
-  disabled); Rethinking-DPO's moving reference is a second adapter, ``ref``.
+  disabled); Rethinking-DPO's moving reference and an online round's previous policy are a
+  second, frozen adapter, ``ref`` (:class:`ReferenceAdapter`).
 - **Soft tokens** (SoftREPA / AGSM): learned vectors inserted right after the first (BOS/CLS)
   token of the cross-attention context, saved as ``soft_tokens.safetensors``.
 """
@@ -54,8 +55,11 @@ def adapters_disabled(unet) -> Iterator[None]:
         unet.enable_adapters()
 
 
-class MovingReference:
-    """A second LoRA adapter holding a copy of the policy (Rethinking-DPO's reference update)."""
+class ReferenceAdapter:
+    """A second, frozen LoRA adapter ``ref`` beside the trained ``default`` (same shape), that
+    holds a copy of the policy: Rethinking-DPO's moving reference (copied every τ steps), or an
+    online round's previous policy (copied once, at step 0, after :func:`load_lora_into`). It
+    costs one more adapter's parameters, never a copy of the UNet."""
 
     def __init__(self, unet, rank: int, alpha: float | None):
         self.unet = unet
@@ -91,6 +95,53 @@ class MovingReference:
     def load(self, state: list[Tensor]) -> None:
         for (ref, _), s in zip(self.pairs, state):
             ref.copy_(s)
+
+
+def read_lora(folder: Path) -> tuple[dict[str, Tensor], int, float]:
+    """A saved UNet LoRA (:func:`save_lora`'s file in ``folder``) as a peft state dict (keys
+    without adapter name), its rank (from the weights' shapes) and alpha (from the file's
+    metadata; the rank where absent, as diffusers' loader assumes)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from safetensors import safe_open
+
+    path = folder / LORA_FILE
+    tensors = load_tensors(path)
+    with decoding(path, "LoRA safetensors"), safe_open(path, "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    unet = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
+    if not unet:
+        raise ValueError(f"{path}: no UNet LoRA weights (keys starting with 'unet.')")
+    state = unet if any("lora_A" in k for k in unet) else convert_unet_state_dict_to_peft(unet)
+    ranks = {v.shape[0] for k, v in state.items() if "lora_A" in k}
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: LoRA layers of several ranks {sorted(ranks)}")
+    rank = ranks.pop()
+    return state, rank, float(meta.get("unet.lora_alpha", rank))
+
+
+@torch.no_grad()
+def load_lora_into(unet, folder: Path, adapter: str, rank: int, alpha: float | None) -> None:
+    """Set the existing ``adapter`` (of ``rank``/``alpha``) to the LoRA saved in ``folder``,
+    in place: an online round's policy starts as the previous round's. Its rank and alpha
+    must be the saved ones (else the same weights would be another model), and every LoRA
+    weight of the adapter must be in the file."""
+    from peft.utils import set_peft_model_state_dict
+
+    state, saved_rank, saved_alpha = read_lora(folder)
+    alpha = float(alpha or rank)
+    if (saved_rank, saved_alpha) != (rank, alpha):
+        raise ValueError(
+            f"{folder / LORA_FILE}: the previous round's LoRA has rank {saved_rank} and alpha "
+            f"{saved_alpha:g}, but this training's train.lora_rank is {rank} and its alpha "
+            f"{alpha:g}: an online round continues the previous adapter at the same rank and alpha"
+        )
+    result = set_peft_model_state_dict(unet, state, adapter_name=adapter)
+    missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter}." in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(
+            f"{folder / LORA_FILE}: does not fit this UNet's LoRA layers "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def save_lora(

@@ -172,3 +172,20 @@ def test_adamw8bit_uses_bitsandbytes_and_names_it_when_missing(monkeypatch):
         training.make_optimizer(param, tp(optimizer="adamw8bit", lr=0.1)), torch.optim.SGD
     )
     assert isinstance(training.make_optimizer(param, tp()), torch.optim.AdamW)
+
+
+def test_online_round_reference_is_the_previous_round_without_a_unet_copy(models, tmp_path):
+    """On SD1.5: round 2's reference and starting policy are round 1's model as evaluation
+    loads it, held as a second adapter (no UNet copy); after training, the reference still is."""
+    from tests.test_training_online import check_online_start, evaluated, predict, previous_adapter
+
+    make = lambda: backbone(models, "sd15")  # noqa: E731
+    prev = previous_adapter(make(), tmp_path / "round1")
+    dpo = _objective("dpo", {"loss": "dpo", "beta": 2500})
+    check_online_start(make, prev, dpo, tp())
+    bb = make()
+    res = training.train(bb, toy_data(bb), dpo, tp(), 0, tmp_path / "ck", "h", previous=prev)
+    want = evaluated(make, prev)
+    assert not torch.allclose(predict(bb), want, atol=1e-5)  # the policy moved
+    with res.method.reference.active():
+        torch.testing.assert_close(predict(bb), want, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ data parallelism across processes in :mod:`diffpref.distributed`."""
 
 from diffpref.training.data import TrainData, load_train_data
 from diffpref.training.loop import TrainResult, make_optimizer, train
-from diffpref.training.methods import as_eps, make_method
+from diffpref.training.methods import as_eps, make_method, online_error
 
 __all__ = [
     "TrainData",
@@ -13,5 +13,6 @@ __all__ = [
     "load_train_data",
     "make_method",
     "make_optimizer",
+    "online_error",
     "train",
 ]

@@ -62,9 +62,12 @@ def train(
     seed: int,
     checkpoint: Path,
     params_hash: str,
+    previous: Path | None = None,
 ) -> TrainResult:
     """Train ``objective``'s adapter; every process of a launched group calls this with the
-    same arguments and ends with the same weights (rank 0 writes the checkpoints)."""
+    same arguments and ends with the same weights (rank 0 writes the checkpoints).
+    ``previous``: an online round's previous adapter folder, which the LoRA starts from and,
+    for objectives with a reference, is the frozen reference (None: the offline run)."""
     device = backbone.device
     acc = make_accelerator(tp, device)
     if acc.num_processes != tp.num_processes:
@@ -76,7 +79,7 @@ def train(
     share = slice(acc.process_index * per, (acc.process_index + 1) * per)
     torch.manual_seed(seed)  # the same adapter init on every process
     data = data.to(device)
-    method = make_method(backbone, objective, tp, data)
+    method = make_method(backbone, objective, tp, data, previous)
     backbone.unet.train()
     if tp.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()

@@ -4,7 +4,9 @@ objective.
 - ``GroupMethod`` (LoRA): pairs, lists or single images share one timestep and one noise draw
   per group; the pure ``loss(Errors, params)`` of the objective does the math. Named hooks:
   Rethinking-DPO timestep sampling, reward scale λ(t) and moving reference; SmPO's ReNoise
-  inversion.
+  inversion. An online round (``previous``: the previous round's adapter folder) starts the
+  LoRA from that adapter and, where the objective needs a reference, holds it as the frozen
+  reference (:func:`online_error` says which objectives cannot).
 - ``CaptionMethod`` (soft tokens, backbone frozen): every image of the batch against every
   caption of the batch (SoftREPA, AGSM), one timestep and one noise for the whole batch.
 
@@ -66,18 +68,51 @@ class StepInputs:
     group: int  # G
 
 
-class GroupMethod:
-    """LoRA on groups of images of one prompt (pairs, lists, single images)."""
+def online_error(objective: Objective) -> str | None:
+    """Why ``objective`` cannot train an online round (continue the previous round's LoRA,
+    with it as the frozen reference), or None if it can; pure, for config validation."""
+    if objective.labels == "captions":
+        return (
+            f"objective {objective.name!r} ({objective.loss}) learns soft tokens against a "
+            "frozen backbone: there is no LoRA policy to continue in an online round"
+        )
+    if getattr(objective.params, "rethinking", None) is not None:
+        return (
+            f"objective {objective.name!r} uses rethinking: its moving reference already "
+            "replaces the reference during training and its divergence is measured against "
+            "the base model, so it cannot take the previous round's policy as its reference"
+        )
+    return None
 
-    def __init__(self, backbone: Backbone, objective: Objective, tp: TrainParams, data: TrainData):
+
+class GroupMethod:
+    """LoRA on groups of images of one prompt (pairs, lists, single images). ``reference``:
+    the frozen second adapter (Rethinking-DPO's moving one, or an online round's previous
+    policy); None: the base model (adapters disabled) is the reference. Built through
+    :func:`make_method`, which refuses ``previous`` for objectives that cannot use it."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        objective: Objective,
+        tp: TrainParams,
+        data: TrainData,
+        previous: Path | None = None,
+    ):
         self.backbone, self.data, self.tp = backbone, data, tp
         self.module, self.hp = objective.module, objective.params
         self.unet = backbone.unet
-        self.params = adapters.add_lora(self.unet, tp.lora_rank, tp.lora_alpha)
+        rank, alpha = tp.lora_rank, tp.lora_alpha
+        self.params = adapters.add_lora(self.unet, rank, alpha)
+        if previous is not None:
+            adapters.load_lora_into(self.unet, previous, "default", rank, alpha)
         self.rt: rethinking.Params | None = getattr(self.hp, "rethinking", None)
-        self.moving_ref = self.schedule = None
-        if self.rt is not None and self.module.NEEDS_REFERENCE:
-            self.moving_ref = adapters.MovingReference(self.unet, tp.lora_rank, tp.lora_alpha)
+        self.reference = self.schedule = None
+        if self.module.NEEDS_REFERENCE and (self.rt is not None or previous is not None):
+            self.reference = adapters.ReferenceAdapter(self.unet, rank, alpha)
+        if previous is not None and self.reference is not None:
+            self.reference.copy_policy()  # the previous round's policy, frozen
+        if self.rt is not None and self.reference is not None:
             self.schedule = rethinking.ReferenceSchedule(self.rt.reference_every, self.rt.delta)
         self.grid = None
         if getattr(self.hp, "inversion_steps", 0):
@@ -136,7 +171,7 @@ class GroupMethod:
         return denoising_error(pred.float(), inp.target.float()).view(-1, inp.group)
 
     def reference_errors(self, inp: StepInputs) -> Tensor:
-        ctx = self.moving_ref.active() if self.moving_ref else adapters.adapters_disabled(self.unet)
+        ctx = self.reference.active() if self.reference else adapters.adapters_disabled(self.unet)
         with torch.no_grad(), ctx:
             return self.errors(inp)
 
@@ -171,7 +206,7 @@ class GroupMethod:
         # decides, so that no float difference can split the processes' copy/freeze decisions
         action = self.schedule.step(step, lambda: distributed.from_main(self.divergence(gen)))
         if action == "copy":
-            self.moving_ref.copy_policy()
+            self.reference.copy_policy()
         if action is None:
             return {}
         return {
@@ -186,22 +221,24 @@ class GroupMethod:
         idx = torch.randperm(len(self.data.groups), generator=gen)[:n].to(self.data.groups.device)
         t = torch.randint(0, self.num_train_timesteps, (n,), generator=gen)
         inp = self.inputs(self.data.groups[idx][:, :1], self.data.prompt_rows[idx], t, gen)
-        with self.moving_ref.active():
+        with self.reference.active():
             ref = self.errors(inp)
         with adapters.adapters_disabled(self.unet):
             init = self.errors(inp)
         return float(rethinking.divergence(ref[:, 0], init[:, 0], self.num_train_timesteps))
 
     def state(self) -> dict:
+        """The trained adapter, and a moving reference with its schedule; an online round's
+        fixed reference is not stored: it is reloaded from ``previous`` on resume."""
         s = {"lora": get_peft_model_state_dict(self.unet, adapter_name="default")}
-        if self.moving_ref:
-            s.update(ref=self.moving_ref.state(), schedule=self.schedule)
+        if self.schedule is not None:
+            s.update(ref=self.reference.state(), schedule=self.schedule)
         return s
 
     def load_state(self, s: dict) -> None:
         set_peft_model_state_dict(self.unet, s["lora"], adapter_name="default")
-        if self.moving_ref:
-            self.moving_ref.load(s["ref"])
+        if self.schedule is not None:
+            self.reference.load(s["ref"])
             self.schedule = s["schedule"]
 
     def save(self, out: Path) -> None:
@@ -288,6 +325,12 @@ class CaptionMethod:
         adapters.save_tokens(out, named)
 
 
-def make_method(backbone, objective, tp, data) -> GroupMethod | CaptionMethod:
-    cls = CaptionMethod if objective.labels == "captions" else GroupMethod
-    return cls(backbone, objective, tp, data)
+def make_method(
+    backbone, objective, tp, data, previous: Path | None = None
+) -> GroupMethod | CaptionMethod:
+    """``previous``: an online round's previous adapter folder (LoRA objectives only)."""
+    if previous is not None and (why := online_error(objective)):
+        raise ValueError(why)
+    if objective.labels == "captions":
+        return CaptionMethod(backbone, objective, tp, data)
+    return GroupMethod(backbone, objective, tp, data, previous)
