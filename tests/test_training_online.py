@@ -110,8 +110,8 @@ def test_reference_free_online_round_starts_from_the_previous_policy(prev):
 @pytest.mark.parametrize(
     "entry, why",
     [
-        ({"loss": "softrepa", "n_tokens": 2}, "no LoRA policy to continue"),
-        ({"loss": "agsm", "n_tokens": 2}, "no LoRA policy to continue"),
+        ({"loss": "softrepa", "n_tokens": 2}, "no LoRA policy"),
+        ({"loss": "agsm", "n_tokens": 2}, "no LoRA policy"),
         ({"loss": "dpo", "beta": 2500, "rethinking": {"delta": 1.0}}, "moving reference"),
     ],
     ids=["softrepa", "agsm", "rethinking"],

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from diffpref import adapters, distributed
 from diffpref.backbones.base import Backbone, Cond, cond_index
+from diffpref.config.schema import online_error
 from diffpref.objectives import rethinking
 from diffpref.objectives.base import Errors, denoising_error, matched_mask
 from diffpref.objectives.smpo import renoise_invert
@@ -66,23 +67,6 @@ class StepInputs:
     t: Tensor  # [B] shared within a group
     cond: Cond  # [B*G, ...]
     group: int  # G
-
-
-def online_error(objective: Objective) -> str | None:
-    """Why ``objective`` cannot train an online round (continue the previous round's LoRA,
-    with it as the frozen reference), or None if it can; pure, for config validation."""
-    if objective.labels == "captions":
-        return (
-            f"objective {objective.name!r} ({objective.loss}) learns soft tokens against a "
-            "frozen backbone: there is no LoRA policy to continue in an online round"
-        )
-    if getattr(objective.params, "rethinking", None) is not None:
-        return (
-            f"objective {objective.name!r} uses rethinking: its moving reference already "
-            "replaces the reference during training and its divergence is measured against "
-            "the base model, so it cannot take the previous round's policy as its reference"
-        )
-    return None
 
 
 class GroupMethod:
