@@ -167,3 +167,17 @@ def test_interrupted_online_round_resumes_to_the_same_weights(prev, tmp_path, mo
     assert all(torch.equal(got[k], want[k]) for k in want)
     # reloaded from ``previous``, the reference is the one the uninterrupted run had
     assert all(torch.equal(a, b) for a, b in zip(res.method.reference.state(), fixed))
+
+
+def test_the_compute_matched_control_continues_the_adapter_with_the_base_as_reference(prev):
+    """``previous_reference=False`` (the control: round 1 continued offline): the policy
+    starts at the previous adapter, the reference stays the base model (adapters disabled),
+    so the first DPO step does not see a zero margin."""
+    want = evaluated(TinyBackbone, prev)
+    bb = TinyBackbone()
+    base = predict(bb)
+    method = training.make_method(bb, dpo(), tp(), toy_data_for(bb), prev, False)
+    torch.testing.assert_close(predict(bb), want, atol=1e-5, rtol=1e-5)
+    assert method.reference is None and list(bb.unet.peft_config) == ["default"]
+    with adapters.adapters_disabled(bb.unet):
+        torch.testing.assert_close(predict(bb), base)

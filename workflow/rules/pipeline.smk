@@ -232,6 +232,7 @@ rule train_matched:
         "results/world",
         "results/candidates",
         "results/labels",
+        "results/adapters/{objective}/seed{seed}/round1",
     output:
         directory("results/adapters/{objective}/seed{seed}/matched{round}"),
     params:

@@ -108,10 +108,10 @@ STAGES: dict[str, Stage] = {
         per_model=True,
         per_round=True,
     ),
-    # the compute-matched control of round r: round 1's data, r times the steps
+    # the compute-matched control of round r: round 1's adapter continued on round 1's data
     "train_matched": Stage(
         "train",
-        ("results/world", "results/candidates", "results/labels"),
+        ("results/world", "results/candidates", "results/labels", f"{ADAPTER}/round1"),
         (f"{ADAPTER}/matched{{round}}",),
         per_model=True,
         per_round=True,

@@ -7,7 +7,9 @@ seeds is the training algorithm's own variance.
 
 A later online round (``--round r``) trains on that model's own round-r samples, starting
 from its round r-1 adapter, which is also the frozen reference. The compute-matched control
-(``--matched``) trains round 1's data for r x ``train.steps``, from scratch like round 1.
+(``--matched``) continues the round-1 adapter on round 1's data, the base model still its
+reference, for (r-1) x ``train.steps``: r x ``train.steps`` in all, as many optimizer steps
+as round r has taken, each continuation from a fresh optimizer like each online round.
 
 With ``train.num_processes: N`` this runs in each of N processes (``diffpref train`` launched
 them, :mod:`diffpref.launch`): all train, rank 0 alone writes the adapter and the record.
@@ -28,17 +30,27 @@ def run(ctx) -> None:
     cfg, name = ctx.cfg, ctx.objective
     objective = cfg.objectives[name]
     tp = cfg.train_for(name)
-    if ctx.matched:  # as many optimizer steps as rounds 1..r together
-        tp = tp.model_copy(update={"steps": tp.steps * ctx.rnd})
+    per_round = tp.steps
+    if ctx.matched:  # round 1's steps and these: as many as rounds 1..r together
+        tp = tp.model_copy(update={"steps": tp.steps * (ctx.rnd - 1)})
     ckpt = ctx.model_dir("checkpoints")
     check_replaceable(ckpt)  # a user's folder there: said before any training
     device = process_device(resolve_device(cfg))
     backbone = load_backbone(cfg, device)
     data = training.load_train_data(ctx.data("candidates"), ctx.data("labels"), objective.labels)
     online = ctx.rnd > 1 and not ctx.matched
-    previous = cfg.model_dir("adapters", name, ctx.seed, f"round{ctx.rnd - 1}") if online else None
+    start = ctx.rnd - 1 if online else 1  # a control continues round 1
+    previous = cfg.model_dir("adapters", name, ctx.seed, f"round{start}") if ctx.rnd > 1 else None
     result = training.train(
-        backbone, data, objective, tp, ctx.seed, ckpt, ctx.params_hash, previous=previous
+        backbone,
+        data,
+        objective,
+        tp,
+        ctx.seed,
+        ckpt,
+        ctx.params_hash,
+        previous=previous,
+        previous_reference=online,
     )
     if not launch.is_main():
         return
@@ -55,7 +67,9 @@ def run(ctx) -> None:
                 "train_seed": ctx.seed,
                 "round": ctx.rnd,
                 "matched": ctx.matched,  # the compute-matched offline control of the round
-                "reference": str(previous) if previous else "base",
+                "started_from": str(previous) if previous else None,
+                "reference": str(previous) if online else "base",
+                "total_steps": ctx.rnd * per_round,  # optimizer steps since the base model
                 "sampling": sampling,  # an online round's own samples: images, time
                 "n_examples": int(data.groups.shape[0]),
                 # where an interrupted run picked up (summary: the step and the steps run)

@@ -63,11 +63,14 @@ def train(
     checkpoint: Path,
     params_hash: str,
     previous: Path | None = None,
+    previous_reference: bool = True,
 ) -> TrainResult:
     """Train ``objective``'s adapter; every process of a launched group calls this with the
     same arguments and ends with the same weights (rank 0 writes the checkpoints).
     ``previous``: an online round's previous adapter folder, which the LoRA starts from and,
-    for objectives with a reference, is the frozen reference (None: the offline run)."""
+    for objectives with a reference, is the frozen reference (None: the offline run);
+    ``previous_reference=False`` keeps the base model as the reference (an offline run that
+    continues ``previous``: the compute-matched control)."""
     device = backbone.device
     acc = make_accelerator(tp, device)
     if acc.num_processes != tp.num_processes:
@@ -79,7 +82,7 @@ def train(
     share = slice(acc.process_index * per, (acc.process_index + 1) * per)
     torch.manual_seed(seed)  # the same adapter init on every process
     data = data.to(device)
-    method = make_method(backbone, objective, tp, data, previous)
+    method = make_method(backbone, objective, tp, data, previous, previous_reference)
     backbone.unet.train()
     if tp.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()

@@ -82,6 +82,7 @@ class GroupMethod:
         tp: TrainParams,
         data: TrainData,
         previous: Path | None = None,
+        previous_reference: bool = True,
     ):
         self.backbone, self.data, self.tp = backbone, data, tp
         self.module, self.hp = objective.module, objective.params
@@ -92,9 +93,10 @@ class GroupMethod:
             adapters.load_lora_into(self.unet, previous, "default", rank, alpha)
         self.rt: rethinking.Params | None = getattr(self.hp, "rethinking", None)
         self.reference = self.schedule = None
-        if self.module.NEEDS_REFERENCE and (self.rt is not None or previous is not None):
+        fixed = previous is not None and previous_reference  # False: the base stays reference
+        if self.module.NEEDS_REFERENCE and (self.rt is not None or fixed):
             self.reference = adapters.ReferenceAdapter(self.unet, rank, alpha)
-        if previous is not None and self.reference is not None:
+        if fixed and self.reference is not None:
             self.reference.copy_policy()  # the previous round's policy, frozen
         if self.rt is not None and self.reference is not None:
             self.schedule = rethinking.ReferenceSchedule(self.rt.reference_every, self.rt.delta)
@@ -310,11 +312,11 @@ class CaptionMethod:
 
 
 def make_method(
-    backbone, objective, tp, data, previous: Path | None = None
+    backbone, objective, tp, data, previous: Path | None = None, previous_reference: bool = True
 ) -> GroupMethod | CaptionMethod:
     """``previous``: an online round's previous adapter folder (LoRA objectives only)."""
     if previous is not None and (why := online_error(objective)):
         raise ValueError(why)
     if objective.labels == "captions":
         return CaptionMethod(backbone, objective, tp, data)
-    return GroupMethod(backbone, objective, tp, data, previous)
+    return GroupMethod(backbone, objective, tp, data, previous, previous_reference)
