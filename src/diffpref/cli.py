@@ -363,12 +363,21 @@ def _seed_error(args, cfg: config_mod.Config, objective: str | None, seed: int |
 
 
 def _dvc_matrix_error(params: str, cfg: config_mod.Config) -> str:
-    """Under DVC, why the profile changes a list DVC's matrices expand, or '': DVC reads
-    ``train_seeds``, ``online.objectives`` and ``online.rounds`` from the file's top level (it
-    cannot see profiles), so the run would train models the report ignores, or miss some."""
+    """Under DVC, why the profile changes what DVC's matrices expand, or '': DVC reads the
+    objectives, ``train_seeds``, ``online.objectives`` and ``online.rounds`` from the file's top
+    level (it cannot see profiles), so the run would train models the report ignores, or miss
+    some."""
     if not os.environ.get("DVC_ROOT"):
         return ""
     file = config_mod.read_file(params)
+    if isinstance(file.get("objectives"), dict) and set(file["objectives"]) != set(cfg.objectives):
+        dropped = ", ".join(sorted(set(file["objectives"]) - set(cfg.objectives)))
+        return (
+            f"profile {cfg.profile} leaves out objectives {dropped}, but DVC expands every "
+            "objective of the file's top-level objectives: (it cannot see profiles, and "
+            "`dvc exp run -S` cannot remove an entry); delete them there, or run the profile "
+            "with Snakemake"
+        )
     want = {"train_seeds": cfg.train_seeds, **_online_lists(cfg.online.model_dump())}
     have = {"train_seeds": file.get("train_seeds"), **_online_lists(file.get("online"))}
     if differ := [k for k in want if have[k] is not None and have[k] != want[k]]:

@@ -566,10 +566,14 @@ def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``; a null over a mapping removes it (a profile that runs
+    fewer objectives: ``objectives: {kto: null}``)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
+        elif v is None and isinstance(out.get(k), dict):
+            del out[k]
         else:
             out[k] = copy.deepcopy(v)
     return out
