@@ -1196,3 +1196,19 @@ def test_under_dvc_a_profile_may_not_change_the_online_lists_dvc_expands(
         "-S profile=smoke -S 'online.objectives=[\"dpo\"]' "
         '-S \'online.rounds=[{"round": 2, "after": 1}]\'`\n'
     )
+
+
+def test_a_profile_leaves_objectives_out_but_not_under_dvc(tmp_path, capsys, monkeypatch):
+    """A null over a mapping removes it: the rounds profile trains three objectives. DVC
+    expands the file's own objectives (`-S` cannot remove one), so under DVC it is refused."""
+    p = params(tmp_path, {"profiles": {"few": {"objectives": {"kto": None, "sft": None}}}})
+    cfg, _ = config.load(p, "few")
+    assert "kto" not in cfg.objectives and "sft" not in cfg.objectives and "dpo" in cfg.objectives
+    assert config.load(p)[0].objectives.keys() >= {"kto", "sft"}
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert run("check", p, "--profile", "few") == 2
+    assert capsys.readouterr().err == (
+        f"error: {p}: profile few leaves out objectives kto, sft, but DVC expands every "
+        "objective of the file's top-level objectives: (it cannot see profiles, and `dvc exp "
+        "run -S` cannot remove an entry); delete them there, or run the profile with Snakemake\n"
+    )
