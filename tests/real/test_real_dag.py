@@ -15,6 +15,7 @@ from tests.project import check_reads
 from tests.real.conftest import PROMPTS, jpeg, pickapic, write_params
 
 from diffpref.cli import main
+from diffpref.config import dag
 
 OBJECTIVES = ["dpo", "mapo", "lair"]
 # The losses see only denoising errors, whatever the backbone: SD1.5 runs all three, SDXL (its
@@ -32,7 +33,9 @@ def run(params, *args) -> None:
     assert main([*args, "--params", str(params)]) == 0, args
 
 
-def run_dag(params, results, objectives=OBJECTIVES) -> None:
+def run_dag(params, results, objectives=OBJECTIVES, online=()) -> None:
+    """The DAG's jobs in order; ``online``: objectives that also take online round 2 (its
+    samples, rewards, labels, training, evaluation and compute-matched control)."""
     for stage in ("prompts", "candidates", "rewards", "labels"):
         run(params, stage)
     for o in objectives:
@@ -40,6 +43,11 @@ def run_dag(params, results, objectives=OBJECTIVES) -> None:
     run(params, "evaluate", "--objective", "base")
     for o in objectives:
         run(params, "evaluate", "--objective", o, "--seed", "0")
+    rows = [r for r in dag.STAGES if dag.STAGES[r].per_round]
+    for o in online:
+        for row in rows:
+            extra = ["--matched"] if row.endswith("_matched") else []
+            run(params, dag.stage_of(row), "--objective", o, "--seed", "0", "--round", "2", *extra)
     # the report also shows the embedded world's reward metrics; real backbones have none
     (results / "world").mkdir(exist_ok=True)
     (results / "world" / "metrics.json").write_text("{}")
@@ -47,6 +55,7 @@ def run_dag(params, results, objectives=OBJECTIVES) -> None:
     # the real-model keys (weights, prompt file, reward sources) read as the DAG table says
     jobs = [(s, None, None, 1) for s in ("prompts", "candidates", "rewards", "labels", "report")]
     jobs += [(s, o, 0, 1) for s in ("train", "evaluate") for o in objectives]
+    jobs += [(row, o, 0, 2) for row in rows for o in online]
     check_reads(params, [*jobs, ("evaluate", "base", None, 1)], results.parent)
 
 
@@ -99,9 +108,23 @@ def test_dag_runs_on_tiny_real_architectures_and_lora_loads_in_stock_pipeline(
     )
     raw = yaml.safe_load(params.read_text())
     raw["objectives"] = {o: raw["objectives"][o] for o in TRAINED[kind]}
+    # one online round of dpo, as small as round 1 (k 2, random CLIP scores: no tie threshold)
+    raw["online"] |= {"objectives": ["dpo"], "rounds": [{"round": 2, "after": 1}], "k": 2}
+    raw["online"]["tie_threshold"] = 0.0
     params.write_text(yaml.safe_dump(raw))
     results = tmp_path / "results"
-    run_dag(params, results, TRAINED[kind])
+    run_dag(params, results, TRAINED[kind], online=["dpo"])
+    # online round 2 on the real architecture: sampled from round 1's policy, trained from it
+    # with it as the reference; its control continued round 1 with the base as reference
+    model = results / "adapters" / "dpo" / "seed0"
+    rnd = json.loads((model / "round2" / "train_metrics.json").read_text())
+    ctl = json.loads((model / "matched2" / "train_metrics.json").read_text())
+    assert rnd["reference"] == str(model / "round1") and ctl["reference"] == "base"
+    assert rnd["sampling"]["images"] == 4 * len(
+        pd.read_parquet(results / "prompts" / "train.parquet")
+    )
+    assert rnd["total_steps"] == ctl["total_steps"] == 2 * rnd["summary"]["steps"]
+    assert rnd["summary"]["peak_memory_mb"] > 0
 
     with safe_open(results / "candidates" / "text.safetensors", "pt") as f:
         text = set(f.keys())
