@@ -112,10 +112,47 @@ def replicas(*seeds: int) -> set[str]:
     return {f"{st}@dpo/seed{s}" for st in ("train", "evaluate") for s in seeds}
 
 
-def expected_runs(*seeds: int) -> set[str]:
-    """The stage runs of one whole execution of the project's DAG on training ``seeds``."""
+def mlflow_name(row: str, objective: str | None = None, seed: int | None = None, rnd: int = 1):
+    """The MLflow run name of a DAG row's job (``train_round`` of round 2:
+    ``train@dpo/seed0/round2``)."""
+    from diffpref.config import dag
+    from diffpref.tracking import run_name
+
+    variant = dag.variant(row, rnd) if dag.STAGES[row].per_round else None
+    objective = "base" if row == "evaluate_base" else objective
+    return run_name(dag.stage_of(row), objective, seed, variant)
+
+
+def round_runs(*seeds: int, rnd: int = 2) -> set[str]:
+    """The MLflow run names of dpo's online round ``rnd`` on ``seeds``: its samples, rewards,
+    labels, training and evaluation, and its compute-matched control's two."""
+    from diffpref.config import dag
+
+    rows = [r for r in dag.STAGES if dag.STAGES[r].per_round]
+    return {mlflow_name(row, "dpo", s, rnd) for row in rows for s in seeds}
+
+
+def expected_runs(*seeds: int, online: bool = False) -> set[str]:
+    """The stage runs of one whole execution of the project's DAG on training ``seeds``
+    (``online``: a smoke project's, with one online round of dpo)."""
     shared = {"world", "prompts", "candidates", "rewards", "labels", "evaluate@base", "report"}
-    return shared | replicas(*seeds)
+    return shared | replicas(*seeds) | (round_runs(*seeds) if online else set())
+
+
+def dvc_job_run(name: str) -> str:
+    """The MLflow run name of a DVC stage (``train_round@dpo-0-round0``: round 2)."""
+    m = re.fullmatch(r"(\w+)@(.+)-(\d+)(?:-round(\d+))?", name)
+    if not m:
+        return mlflow_name(name)
+    rnd = 1 if m[4] is None else int(m[4]) + 2
+    return mlflow_name(m[1], m[2], int(m[3]), rnd)
+
+
+def smk_job_run(rule: str, wildcards: str | None) -> str:
+    """The MLflow run name of a Snakemake job (its rule and "objective=dpo, seed=0, ...")."""
+    wild = dict(kv.split("=") for kv in wildcards.split(", ")) if wildcards else {}
+    seed = wild.get("seed")
+    return mlflow_name(rule, wild.get("objective"), seed and int(seed), int(wild.get("round", 1)))
 
 
 def edit_params(root: Path, fn) -> None:

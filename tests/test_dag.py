@@ -26,11 +26,14 @@ from tests.conftest import REPO
 from tests.mlflow_server import api, serve
 from tests.project import (
     copy_project,
+    dvc_job_run,
     edit_params,
     expected_runs,
     replicas,
+    round_runs,
     runs,
     sh,
+    smk_job_run,
     stage_runs,
 )
 
@@ -141,9 +144,10 @@ def train_seeds(root: Path) -> list[int]:
     return yaml.safe_load((root / "params.yaml").read_text())["train_seeds"]
 
 
-EXPECTED = expected_runs(0, 1)  # after the Snakemake test's new seed
-AFTER_BETA = {*replicas(0), "report"}
-NEW_SEED = {*replicas(1), "report"}
+EXPECTED = expected_runs(0, 1, online=True)  # after the Snakemake test's new seed
+# what dpo's beta reruns: its training, and so each later round and its control
+AFTER_BETA = {*replicas(0), *round_runs(0), "report"}
+NEW_SEED = {*replicas(1), *round_runs(1), "report"}
 
 
 def smk_planned(root: Path) -> set[str]:
@@ -154,9 +158,8 @@ def smk_planned(root: Path) -> set[str]:
     for block in re.split(r"\n(?=\[.*\]\nrule )", out):
         m = re.search(r"^rule (\w+):", block, re.M)
         if m and m.group(1) != "all":
-            w = re.search(r"^\s+wildcards: objective=([^,\s]+)(?:, seed=(\d+))?", block, re.M)
-            name = m.group(1) + (f"@{w.group(1)}" if w else "")
-            planned.add(name + (f"/seed{w.group(2)}" if w and w.group(2) else ""))
+            w = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+            planned.add(smk_job_run(m.group(1), w and w.group(1)))
     return planned
 
 
@@ -227,7 +230,7 @@ def test_snakemake_smoke_dag_and_reruns(smoke_reference, tmp_path):
     jobs and the report, a source edit plans its stage and what follows."""
     root = copy_project(smoke_reference, tmp_path / "smk")
     first = runs(root)
-    assert set(first) == expected_runs(0) and all(v == 1 for v in first.values())
+    assert set(first) == expected_runs(0, online=True) and all(v == 1 for v in first.values())
 
     assert smk_planned(root) == set()  # nothing changed: nothing reruns
 
@@ -242,7 +245,7 @@ def test_snakemake_smoke_dag_and_reruns(smoke_reference, tmp_path):
     sh(["snakemake", "--cores", "2", "--config", "profile=smoke"], root)
     assert new_runs(first, runs(root)) == NEW_SEED
     # one parent run per snakemake invocation; the rerun's has only the stages it ran
-    assert executions(root) == [expected_runs(0), NEW_SEED]
+    assert executions(root) == [expected_runs(0, online=True), NEW_SEED]
     check_outputs(root)
     edit_params(root, lambda r: r.update(train_seeds=[0]))
     assert smk_planned(root) == {"report"}
@@ -250,7 +253,7 @@ def test_snakemake_smoke_dag_and_reruns(smoke_reference, tmp_path):
 
     with open(root / "src/diffpref/stages/labels.py", "a") as f:
         f.write("\n# a change to the labels stage's source\n")
-    assert smk_planned(root) == {"labels", *replicas(0, 1), "report"}
+    assert smk_planned(root) == {"labels", *replicas(0, 1), *round_runs(0, 1), "report"}
     check_mlflow_server(root)
     # last, so that a machine without Chromium skips only this part
     check_in_browser(root / "results" / "report", tmp_path)
@@ -259,13 +262,8 @@ def test_snakemake_smoke_dag_and_reruns(smoke_reference, tmp_path):
 
 def dvc_ran(out: str) -> set[str]:
     """Stages DVC ran, named as their MLflow runs (``train@dpo-1`` -> ``train@dpo/seed1``)."""
-    names = set()
-    for m in re.findall(r"Running stage '([^']+)'", out):
-        if m == "resolve":  # DVC's first stage: each job's resolved params, no MLflow run
-            continue
-        m = m.replace("evaluate_base", "evaluate@base")
-        names.add(re.sub(r"^((?:train|evaluate)@.+)-(\d+)$", r"\1/seed\2", m))
-    return names
+    # resolve: DVC's first stage, each job's resolved params, no MLflow run
+    return {dvc_job_run(m) for m in re.findall(r"Running stage '([^']+)'", out) if m != "resolve"}
 
 
 def test_dvc_smoke_experiment_and_reruns(smoke_dvc, tmp_path):

@@ -334,7 +334,7 @@ def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
         statuses[r.info.run_name].append(r.info.status)
     assert len(set(killed)) == len(KILL_WITHIN), killed
     assert statuses == {n: ["KILLED", "FINISHED"] if n in killed else ["FINISHED"]
-                        for n in expected_runs(0)}  # fmt: skip
+                        for n in expected_runs(0, online=True)}  # fmt: skip
 
 
 # --- MLflow unreachable ----------------------------------------------------------------------
