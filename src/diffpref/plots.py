@@ -161,3 +161,42 @@ def _wrap(s: str, width: int = 22) -> str:
         else:
             cur = f"{cur} {w}".strip()
     return "\n".join([*lines, cur])
+
+
+def plot_rounds(table: pd.DataFrame, reward: str, out: Path) -> None:
+    """Win rate vs base and mean ``reward`` by online round with 95% CIs: one line per online
+    objective (:func:`diffpref.rounds.round_table`), its compute-matched control at each round
+    r >= 2 as a hollow marker beside it; the dashed lines are the base model."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    panels = (
+        ("win_vs_base", f"win rate vs base on {reward}", 0.5),
+        (f"{reward}_mean", f"mean {reward}", float(table[f"base_{reward}"].iloc[0])),
+    )
+    for ax, (col, label, base) in zip(axes, panels, strict=True):
+        for i, (name, t) in enumerate(table.groupby("model", sort=False)):
+            for arm, shift, face in (("online", -0.04, f"C{i % 10}"), ("matched", 0.04, "white")):
+                a = t[t.arm == arm].sort_values("round")
+                if a.empty:
+                    continue
+                y, stem = a[col].to_numpy(), col.removesuffix("_mean")
+                err = [y - a[f"{stem}_ci_low"], a[f"{stem}_ci_high"] - y]
+                ax.errorbar(
+                    a["round"] + shift,
+                    y,
+                    yerr=err,
+                    color=f"C{i % 10}",
+                    mfc=face,
+                    marker="o" if arm == "online" else "s",
+                    ls="-" if arm == "online" else "none",
+                    capsize=3,
+                    lw=1.5,
+                    label=name if arm == "online" else f"{name}: compute-matched control",
+                )
+        ax.axhline(base, color="#555", ls="--", lw=1)
+        ax.set_xticks(sorted(set(table["round"])))
+        ax.set_xlabel("round (1: offline)")
+        ax.set_ylabel(f"{label} (95% CI)", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

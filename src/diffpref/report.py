@@ -54,7 +54,10 @@ FIGURE_CAPTIONS = {
     "poi": "P(row > column) over training seeds",
     "training_loss": "Training loss, one line per training seed",
     "image_grid": "The same held-out prompts and sampling seeds for every model",
+    "online_rounds": "Win rate vs base and mean win reward by online round, 95% CI over training "
+    "seeds x prompts; hollow: the compute-matched offline control",
 }
+ROUNDS_FIGURE = "online_rounds"  # drawn only when online rounds are configured
 
 
 def to_markdown_report(title: str, sections: list[Section]) -> str:
