@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tests.browser import inspect, problems
 
 from diffpref import comparison, config, evaluation, rounds, settings
 from diffpref import statistics as st
@@ -252,8 +253,9 @@ def _run_report(cfg: config.Config) -> dict:
 
 def test_the_report_stage_adds_the_rounds_section_only_with_rounds(project, tmp_path):
     """With rounds: the HTML has the section, its plot and the verdicts, the CSVs and the
-    per-round metrics files; the stage read exactly the declared keys (online ones
-    included). Without rounds: none of it, and no online.objectives read."""
+    per-round metrics files, and a real browser shows it without errors, broken figures or
+    Markdown leaks; the stage read exactly the declared keys (online ones included). Without
+    rounds: none of it, and no online.objectives read."""
     reads = {}
     for online in (True, False):
         cfg = _config(project, online)
@@ -275,6 +277,7 @@ def test_the_report_stage_adds_the_rounds_section_only_with_rounds(project, tmp_
             assert "dpo.round3.json" in names and "smpo.matched2.json" in names
             m = json.loads((res / "metrics" / "dpo.round3.json").read_text())
             assert m["vs_matched"] > 0.5 and {"win", "fidelity", "vs_matched_low"} <= set(m)
+            assert problems(inspect(res / "report" / "report.html", tmp_path)) == []
         else:
             assert "Online rounds" not in page and "online_rounds" not in page
             assert not (res / "report" / "rounds.csv").exists()

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+COUNTS = ("_mb", "_params", "n_seeds", "n_prompts", "round", "steps", "_images")
+
 
 def fmt(column: str, v) -> str:
-    """A number as its kind reads best: counts as integers, memory in whole MB, times and
-    throughputs to one decimal, rates and rewards to three."""
+    """A number as its kind reads best: counts (also rounds, steps, images) as integers, memory
+    in whole MB, times and throughputs to one decimal, rates and rewards to three."""
     if isinstance(v, bool) or not isinstance(v, int | float | np.number):
         return str(v)
     if pd.isna(v):
         return ""
     v = float(v)
-    if column.endswith(("_mb", "_params", "n_seeds", "n_prompts")) or (
-        v.is_integer() and abs(v) >= 100
-    ):
+    if column.endswith(COUNTS) or (v.is_integer() and abs(v) >= 100):
         return f"{v:.0f}"
     if column.endswith(("_s", "_per_s")):
         return f"{v:.1f}"
