@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COUNTS = ("_mb", "_params", "n_seeds", "n_prompts", "round", "steps", "_images")
+INTEGER_COLUMNS = ("_mb", "_params", "n_seeds", "n_prompts", "round", "steps", "_images")
 
 
 def fmt(column: str, v) -> str:
@@ -22,7 +22,7 @@ def fmt(column: str, v) -> str:
     if pd.isna(v):
         return ""
     v = float(v)
-    if column.endswith(COUNTS) or (v.is_integer() and abs(v) >= 100):
+    if column.endswith(INTEGER_COLUMNS) or (v.is_integer() and abs(v) >= 100):
         return f"{v:.0f}"
     if column.endswith(("_s", "_per_s")):
         return f"{v:.1f}"

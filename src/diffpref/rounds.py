@@ -206,8 +206,11 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
             f"{ctrl[f'{reward}_mean']:.3f})"
         )
         if e["ci_low"] <= 0.5 <= e["ci_high"]:
-            line += "; " + power_note(
-                e, "head-to-head win-rate difference from 0.5", n_seeds, n_prompts
+            what = "head-to-head win-rate difference from 0.5"
+            line += "; " + power_note(e, what, n_seeds, n_prompts)
+        elif n_seeds == 1:
+            line += (
+                "; with one training seed this holds for that seed: seed-to-seed spread unmeasured"
             )
         out.append(line)
     return out
@@ -247,11 +250,12 @@ def cost_lines(rd: Rounds, costs: pd.DataFrame, n_seeds: int) -> list[str]:
     last round's training time and peak memory next to round 1's and the control's."""
     out = []
     last, control = model_variant(rd.last), model_variant(rd.last, True)
+    span = "round 2" if rd.last == 2 else f"rounds 2–{rd.last}"
     for o in rd.objectives:
         c = costs[costs.model == o].set_index("variant")
         one, end, ctrl = c.loc["round1"], c.loc[last], c.loc[control]
         out.append(
-            f"- {o}: rounds 2–{rd.last} sampled {c.extra_images.sum():.0f} extra images in "
+            f"- {o}: {span} sampled {c.extra_images.sum():.0f} extra images in "
             f"{c.extra_sampling_time_s.sum():.1f} s of sampling (summed over the rounds and "
             f"{_count(n_seeds, 'training seed')}); training round {rd.last} took "
             f"{end.train_time_s:.1f} s at {end.peak_memory_mb:.0f} MB peak vs round 1's "
