@@ -96,7 +96,10 @@ def head_to_head(
     return st.seed_matrix(wins, "win", prompts)
 
 
-def _estimate(cmp: Comparison, m: np.ndarray, null: float, bounds=None) -> dict:
+def _estimate(
+    cmp: Comparison, m: np.ndarray, null: float, bounds: tuple[float, float] | None = None
+) -> dict:
+    """One M[seed, prompt]'s seed-aware mean with the report's interval settings."""
     return st.seed_estimate({"m": m}, "m", null, cmp.n_draws, cmp.seed, bounds)
 
 
