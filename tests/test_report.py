@@ -21,6 +21,9 @@ def test_numbers_are_formatted_by_kind():
     assert report.fmt("groups_per_s", 45.72) == "45.7"
     assert report.fmt("win_vs_base", 0.59876) == "0.599"
     assert report.fmt("n_seeds", 3.0) == "3"
+    assert report.fmt("round", 2.0) == "2" and report.fmt("steps", 30.0) == "30"
+    assert report.fmt("extra_images", 0.0) == "0"
+    assert report.fmt("extra_sampling_time_s", 4.5) == "4.5"
     assert report.fmt("win_vs_base", float("nan")) == ""
     assert report.fmt("win_vs_base_ci", "[0.5, 0.6]") == "[0.5, 0.6]"
 

@@ -55,21 +55,32 @@ class Results:
         return [n for n in self.scores if n != "base"]
 
 
+SCORE_COLUMNS = ["prompt_id", "seed", "reward", "score"]
+
+
+def read_model(
+    cfg: Config, objective: str, variant: str = "round1"
+) -> tuple[pd.DataFrame, list[dict], list[dict]]:
+    """One trained model over every training seed: its per-sample scores (``train_seed``
+    column), per-seed eval metrics and per-seed train metrics (``variant``: its folder)."""
+    frames, evm, trm = [], [], []
+    for s in cfg.train_seeds:
+        d = cfg.model_dir("eval", objective, s, variant)
+        frames.append(read_table(d / "scores.parquet", SCORE_COLUMNS).assign(train_seed=s))
+        evm.append(read_json(d / "metrics.json"))
+        adapter = cfg.model_dir("adapters", objective, s, variant)
+        trm.append(read_json(adapter / "train_metrics.json"))
+    return pd.concat(frames, ignore_index=True), evm, trm
+
+
 def load(cfg: Config) -> Results:
     """Every model's per-sample scores and metrics, for the objectives and seeds of ``cfg``."""
     base = cfg.path("eval", "base")
-    cols = ["prompt_id", "seed", "reward", "score"]
-    scores = {"base": read_table(base / "scores.parquet", cols).assign(train_seed=-1)}
+    scores = {"base": read_table(base / "scores.parquet", SCORE_COLUMNS).assign(train_seed=-1)}
     evm = {"base": [read_json(base / "metrics.json")]}
     trm: dict[str, list[dict]] = {}
     for o in cfg.objectives:
-        frames, evm[o], trm[o] = [], [], []
-        for s in cfg.train_seeds:
-            d = cfg.model_dir("eval", o, s)
-            frames.append(read_table(d / "scores.parquet", cols).assign(train_seed=s))
-            evm[o].append(read_json(d / "metrics.json"))
-            trm[o].append(read_json(cfg.model_dir("adapters", o, s) / "train_metrics.json"))
-        scores[o] = pd.concat(frames, ignore_index=True)
+        scores[o], evm[o], trm[o] = read_model(cfg, o)
     prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
     train = read_table(cfg.path("prompts", "train.parquet"), ["prompt"])
     return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt))

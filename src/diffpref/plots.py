@@ -161,3 +161,45 @@ def _wrap(s: str, width: int = 22) -> str:
         else:
             cur = f"{cur} {w}".strip()
     return "\n".join([*lines, cur])
+
+
+def plot_rounds(table: pd.DataFrame, reward: str, out: Path) -> None:
+    """Win rate vs base and mean ``reward`` by online round with 95% CIs: one line per online
+    objective (:func:`diffpref.rounds.round_table`), its compute-matched control at each round
+    r >= 2 as a hollow square beside it (objectives side by side, so intervals do not hide
+    one another); the dashed lines are the base model."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    panels = (
+        ("win_vs_base", f"win rate vs base on {reward}", 0.5),
+        (f"{reward}_mean", f"mean {reward}", float(table[f"base_{reward}"].iloc[0])),
+    )
+    groups = list(table.groupby("model", sort=False))
+    for ax, (col, label, base) in zip(axes, panels, strict=True):
+        for i, (name, t) in enumerate(groups):
+            at = (i - (len(groups) - 1) / 2) * 0.14  # this objective's place beside the round
+            for arm, shift, face in (("online", -0.03, f"C{i % 10}"), ("matched", 0.03, "white")):
+                a = t[t.arm == arm].sort_values("round")
+                if a.empty:
+                    continue
+                y, stem = a[col].to_numpy(), col.removesuffix("_mean")
+                err = [y - a[f"{stem}_ci_low"], a[f"{stem}_ci_high"] - y]
+                ax.errorbar(
+                    a["round"] + at + shift,
+                    y,
+                    yerr=err,
+                    color=f"C{i % 10}",
+                    mfc=face,
+                    marker="o" if arm == "online" else "s",
+                    ls="-" if arm == "online" else "none",
+                    capsize=3,
+                    lw=1.5,
+                    label=name if arm == "online" else f"{name}: compute-matched control",
+                )
+        ax.axhline(base, color="#555", ls="--", lw=1)
+        ax.set_xticks(sorted(set(table["round"])))
+        ax.set_xlabel("round (1: offline)")
+        ax.set_ylabel(f"{label} (95% CI)", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+INTEGER_COLUMNS = ("_mb", "_params", "n_seeds", "n_prompts", "round", "steps", "_images")
+
 
 def fmt(column: str, v) -> str:
-    """A number as its kind reads best: counts as integers, memory in whole MB, times and
-    throughputs to one decimal, rates and rewards to three."""
+    """A number as its kind reads best: counts (also rounds, steps, images) as integers, memory
+    in whole MB, times and throughputs to one decimal, rates and rewards to three."""
     if isinstance(v, bool) or not isinstance(v, int | float | np.number):
         return str(v)
     if pd.isna(v):
         return ""
     v = float(v)
-    if column.endswith(("_mb", "_params", "n_seeds", "n_prompts")) or (
-        v.is_integer() and abs(v) >= 100
-    ):
+    if column.endswith(INTEGER_COLUMNS) or (v.is_integer() and abs(v) >= 100):
         return f"{v:.0f}"
     if column.endswith(("_s", "_per_s")):
         return f"{v:.1f}"
@@ -54,7 +54,10 @@ FIGURE_CAPTIONS = {
     "poi": "P(row > column) over training seeds",
     "training_loss": "Training loss, one line per training seed",
     "image_grid": "The same held-out prompts and sampling seeds for every model",
+    "online_rounds": "Win rate vs base and mean win reward by online round, 95% CI over training "
+    "seeds x prompts; hollow: the compute-matched offline control",
 }
+ROUNDS_FIGURE = "online_rounds"  # drawn only when online rounds are configured
 
 
 def to_markdown_report(title: str, sections: list[Section]) -> str:

@@ -4,10 +4,12 @@ the small files `dvc metrics` (``results/metrics/<model>.json``) and `dvc plots`
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from diffpref import comparison, plots, report
+from diffpref import comparison, plots, report, rounds
 from diffpref.io import atomic_dir, read_json, write_json
 from diffpref.report import Section
 
@@ -26,13 +28,15 @@ def run(ctx) -> None:
     splits = comparison.split_table(cmp)
     poi = cmp.poi_matrix()
     world = read_json(res / "world" / "metrics.json")
+    online = _online(cfg, cmp) if cfg.online.rounds else None  # no rounds: as before
     grid_models = {"base": res / "eval" / "base"}
     grid_models |= {o: cfg.model_dir("eval", o, seeds[0]) for o in cfg.objectives}
     with atomic_dir(cfg.path("report")) as tmp:
         table.to_csv(tmp / "comparison.csv", index=False)
         splits.to_csv(tmp / "splits.csv", index=False)
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
-        fig = {n: tmp / f"{n}.png" for n in report.FIGURE_CAPTIONS}
+        figures = [n for n in report.FIGURE_CAPTIONS if online or n != report.ROUNDS_FIGURE]
+        fig = {n: tmp / f"{n}.png" for n in figures}
         plots.plot_forest(table, ev.win_reward, fig["win_vs_base"])
         plots.plot_rewards(table, rewards, fig["rewards"])
         plots.plot_categories(table, fig["category_accuracy"])
@@ -40,6 +44,13 @@ def run(ctx) -> None:
         plots.plot_training(data.train_metrics, fig["training_loss"])
         plots.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
+        if online:
+            online.table.to_csv(tmp / "rounds.csv", index=False)
+            online.splits.to_csv(tmp / "rounds_splits.csv", index=False)
+            online.costs.to_csv(tmp / "rounds_cost.csv", index=False)
+            plots.plot_rounds(online.table, ev.win_reward, fig[report.ROUNDS_FIGURE])
+            at = next(i for i, s in enumerate(sections) if s.title == "Seed claims")
+            sections[at:at] = online.sections(cmp, fig[report.ROUNDS_FIGURE])
         if ctx.run.enabled:
             sections.append(_run_links(cfg))
         title = "diffpref report"
@@ -52,12 +63,16 @@ def run(ctx) -> None:
         (tmp / "report.md").write_text(report.to_markdown_report(title, sections))
         (tmp / "report.html").write_text(report.to_html(title, subtitle, sections))
     final = cfg.path("report")
-    for f in ["report.html", "comparison.csv", *(f"{n}.png" for n in report.FIGURE_CAPTIONS)]:
+    logged = ["report.html", "comparison.csv", *(f"{n}.png" for n in figures)]
+    for f in logged + (["rounds.csv"] if online else []):
         ctx.run.log_artifact(final / f)
     # small uncached copies for `dvc metrics show/diff` and `dvc plots`
     with atomic_dir(res / "metrics") as tmp:
-        for model, numbers in _dvc_metrics(table).items():
-            write_json(tmp / f"{model}.json", numbers)
+        numbers = _dvc_metrics(table)
+        if online:  # <objective>.<variant>: later rounds and controls (names hold no dot)
+            numbers |= rounds.dvc_metrics(online.table, ev.win_reward)
+        for model, values in numbers.items():
+            write_json(tmp / f"{model}.json", values)
     # images, so `dvc plots show` needs no Vega from a network; the folder as a whole, as
     # every output (DVC and Snakemake declare its files: they empty it before the stage runs)
     with atomic_dir(res / "plots") as tmp:
@@ -71,9 +86,98 @@ def run(ctx) -> None:
             if isinstance(v, int | float)
         }
     )
+    if online:
+        ctx.run.log_metrics(
+            {
+                f"{r['model']}.{r['variant']}.{k}": v
+                for r in online.table.to_dict("records")
+                for k, v in r.items()
+                if isinstance(v, int | float) and k != "round"
+            }
+        )
 
 
 DVC_PLOTS = ("win_vs_base.png", "training_loss.png")
+
+
+@dataclass
+class Online:
+    """The online-rounds part of the report (:mod:`diffpref.rounds`): its tables and text."""
+
+    rd: rounds.Rounds
+    table: pd.DataFrame
+    splits: pd.DataFrame
+    costs: pd.DataFrame
+
+    def sections(self, cmp: comparison.Comparison, figure: Path) -> list[Section]:
+        rd, reward = self.rd, cmp.reward
+        n_seeds = len(cmp.res.seeds)
+        cols = [
+            "model",
+            "variant",
+            "win_vs_base",
+            "win_vs_base_ci",
+            f"{reward}_mean",
+            f"{reward}_ci",
+            "vs_matched",
+            "vs_matched_ci",
+        ]
+        cols = [c for c in cols if c in self.table.columns]
+        intro = (
+            f"Online rounds of {', '.join(rd.objectives)}: round 1 is the offline model; round "
+            "r >= 2 trained on samples of its own round r-1 policy, starting from that adapter "
+            "with it as the frozen reference; `matched<r>` is the compute-matched offline control "
+            "(round 1's data, r x the training steps, from scratch). Intervals as in the summary "
+            f"(training seeds x prompts); vs_matched: round r's win rate against `matched<r>` on "
+            "the same (prompt, sampling seed) samples, each training seed against the same "
+            "seed's control. "
+            f'Family "{rounds.ONLINE_BEATS}" '
+            f"({_n(len(rd.objectives), 'comparison')}, one per online objective: its last round "
+            "against its control), each at 95% on its own (raw) and Holm-adjusted."
+        )
+        text = (
+            intro
+            + "\n\n"
+            + report.to_markdown(self.table[cols])
+            + "\n\n"
+            + "\n".join(rounds.verdicts(cmp, rd, self.table))
+        )
+        out = [Section("Online rounds", text, [figure])]
+        if not self.splits.empty:
+            online = self.splits[self.splits.arm == "online"]
+            split_cols = ["model", "split", "n_prompts", "variant", *cols[2:]]
+            split_cols = [c for c in split_cols if c in online.columns]
+            legend = "\n".join(f"- {k}: {v}" for k, v in comparison.SPLITS.items())
+            out.append(
+                Section(
+                    "Online rounds: seen vs unseen wording",
+                    "Each round's numbers on each prompt subset (the subset's own prompts, the "
+                    "same seeds and intervals):\n\n"
+                    + legend
+                    + "\n\n"
+                    + report.to_markdown(online[split_cols]),
+                )
+            )
+        cost = (
+            "Training steps, time and peak memory are means over training seeds; extra_images "
+            "and extra_sampling_time_s are the images an online round sampled from its own "
+            "policy for its training data and the wall time that took, summed over training "
+            "seeds (round 1 and the controls train on round 1's shared candidates).\n\n"
+            + report.to_markdown(self.costs)
+            + "\n\n"
+            + "\n".join(rounds.cost_lines(rd, self.costs, n_seeds))
+        )
+        out.append(Section("Online rounds: cost", cost))
+        return out
+
+
+def _online(cfg, cmp: comparison.Comparison) -> Online:
+    rd = rounds.load(cfg, cmp.res)
+    return Online(
+        rd, rounds.round_table(cmp, rd), rounds.split_rounds(cmp, rd), rounds.cost_table(rd)
+    )
+
+
 SUMMARY = [
     "model",
     "win_vs_base",
