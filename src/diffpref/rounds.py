@@ -1,6 +1,6 @@
 """The report's online-rounds part: per round, each online objective's win rate vs base and
 mean win reward; head-to-head, each round r >= 2 against its compute-matched offline control
-(``matched<r>``: the same objective trained from scratch on round 1's data for r x the steps);
+(``matched<r>``: the same objective's round 1 continued offline on round 1's data to r x the steps);
 the verdict "online rounds beat compute-matched offline training" for the last round; and what
 the rounds cost beyond round 1.
 
@@ -202,7 +202,8 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
             f'{_count(len(holm), "objective")} of "{ONLINE_BEATS}": **{fam}**, adjusted '
             f"{_p(holm[o])}) — round {rd.last} wins {e['mean']:.3f} {_ci(e)} of the matched "
             f"(prompt, sampling seed) samples against {control} (the same objective trained "
-            f"offline for {rd.last} x the steps on round 1's data), each training seed against "
+            f"offline for {rd.last} x the steps on round 1's data: round 1 continued), each "
+            "training seed against "
             f"the same seed's control, over {_count(n_seeds, 'training seed')} × "
             f"{n_prompts} prompts (per seed {per_seed}); win rate vs base by round {by_round} "
             f"(control {ctrl.win_vs_base:.3f}); mean {reward} by round {fid} (control "
@@ -236,7 +237,10 @@ def cost_table(rd: Rounds) -> pd.DataFrame:
                     "variant": variant,
                     "round": rnd,
                     "reference": "previous round" if rnd > 1 and not matched else "base",
-                    "steps": float(np.mean([s["steps"] for s in summ])),
+                    # optimizer steps since the base model (a control's job runs (r-1)/r of them)
+                    "steps": float(
+                        np.mean([t.get("total_steps", t["summary"]["steps"]) for t in runs])
+                    ),
                     "train_time_s": float(np.mean([s["train_time_s"] for s in summ])),
                     "peak_memory_mb": float(np.mean([s["peak_memory_mb"] for s in summ])),
                     "extra_images": float(sum(s.get("images", 0) for s in sampled)),
@@ -263,7 +267,8 @@ def cost_lines(rd: Rounds, costs: pd.DataFrame, n_seeds: int) -> list[str]:
             f"{_count(n_seeds, 'training seed')}); training round {rd.last} took "
             f"{end.train_time_s:.1f} s at {end.peak_memory_mb:.0f} MB peak vs round 1's "
             f"{one.train_time_s:.1f} s at {one.peak_memory_mb:.0f} MB; its compute-matched "
-            f"control ({ctrl.steps:.0f} steps, no extra sampling) {ctrl.train_time_s:.1f} s at "
+            f"control ({ctrl.steps:.0f} steps in all, no extra sampling) "
+            f"{ctrl.train_time_s:.1f} s at "
             f"{ctrl.peak_memory_mb:.0f} MB"
         )
     return out
