@@ -420,7 +420,7 @@ def output_dirs(
     """The folders a job writes, each as a whole (a declared file's folder for the report's
     plots), under the active ``results`` root; the first holds its keys read. ``row``: a DAG
     row, or a stage for its round-1 job."""
-    row = row_of(row, objective) if row not in STAGES else row
+    row = row_of(row, objective) if row not in STAGES or objective == "base" else row
     with paused():
         root = cfg.results
     out = []

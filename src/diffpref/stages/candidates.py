@@ -113,7 +113,8 @@ INPUTS = ("prompts",)  # recorded in MLflow as datasets with their digests
 
 def run(ctx) -> None:
     cfg = ctx.cfg
-    if cfg.candidates.source == "pickapic":  # a bad shard fails before a model is loaded
+    pickapic = ctx.rnd == 1 and cfg.candidates.source == "pickapic"  # a later round samples
+    if pickapic:  # a bad shard fails before a model is loaded
         datasources.check_pickapic(cfg.candidates.preference_file)
         datasources.warn_if_untracked("candidates", cfg.candidates.preference_file)
     backbone = load_backbone(cfg, resolve_device(cfg))
@@ -121,7 +122,7 @@ def run(ctx) -> None:
     if ctx.rnd > 1:  # the round before's policy: that model's adapter on the base
         policy = cfg.model_dir("adapters", ctx.objective, ctx.seed, f"round{ctx.rnd - 1}")
         cands = sampled(cfg, backbone, ctx.rnd, Adapted(backbone, policy))
-    elif cfg.candidates.source == "pickapic":
+    elif pickapic:
         cands = imported(cfg, backbone)
     else:
         cands = sampled(cfg, backbone)
