@@ -319,7 +319,7 @@ def _job_error(args, cfg: config_mod.Config) -> str:
         return f"--job: {e}"
     if dag.stage_of(row) != args.stage:
         return f"--job: {args.job!r} is not a {args.stage} job"
-    if args.matched:
+    if getattr(args, "matched", False):
         return "--job names the control itself (train_matched@...): leave out --matched"
     args.matched = row.endswith("_matched")
     return ""
