@@ -179,7 +179,7 @@ def test_local_profile_hands_each_rule_its_params_resources(tmp_path):
         m = re.search(r"^rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
-        stage = m.group(1).replace("evaluate_base", "evaluate")
+        stage = dag.stage_of(m.group(1))  # a round's jobs: its stage's resources
         want = dag.job_resources(cfg, stage)
         got = dict(re.findall(r"(\w+)=(\d+)", re.search(r"resources: (.*)", block).group(1)))
         assert (got["mem_mb"], got["runtime"], got["gpu"]) == tuple(
@@ -188,4 +188,4 @@ def test_local_profile_hands_each_rule_its_params_resources(tmp_path):
         threads = re.search(r"threads: (\d+)", block)
         assert int(threads.group(1) if threads else 1) == min(want.cpus, os.cpu_count()), block
         seen.add(stage)
-    assert seen == set(dag.PARAMS)
+    assert seen == {dag.stage_of(r) for r in dag.STAGES}
