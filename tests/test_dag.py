@@ -68,7 +68,10 @@ def check_outputs(root: Path, links: bool = True) -> None:
     # seed-aware: both training seeds, their spread, the P(A > B) matrix, the wording split
     table = pd.read_csv(report / "comparison.csv").set_index("model")
     metrics = {p.stem: json.loads(p.read_text()) for p in (root / "results/metrics").glob("*.json")}
-    assert set(metrics) == {"base", "dpo"} and set(metrics["base"]) == {"fidelity", "quality"}
+    # round 1 of dpo, its online round 2 and that round's compute-matched control
+    assert set(metrics) == {"base", "dpo", "dpo.round2", "dpo.matched2"}
+    assert set(metrics["base"]) == {"fidelity", "quality"}
+    assert {"win", "fidelity", "vs_matched"} <= set(metrics["dpo.round2"])
     assert metrics["dpo"]["win"] == pytest.approx(table.loc["dpo", "win_vs_base"], abs=1e-4)
     seeds = train_seeds(root)
     assert table.loc["dpo", "n_seeds"] == len(seeds)
@@ -96,8 +99,10 @@ def check_outputs(root: Path, links: bool = True) -> None:
         assert "mlflow.parentRunId" in r.data.tags  # nested under its pipeline execution
         parent = client.get_run(r.data.tags["mlflow.parentRunId"]).data.tags
         assert {"git_commit", "params_hash", "diffpref.pipeline"} <= set(parent)
+        model = r.data.tags.get("model")  # a later round's or a control's: round<r>, matched<r>
         if r.data.tags["stage"] in ("train", "evaluate") and r.data.tags["objective"] != "base":
-            assert r.info.run_name.endswith(f"/seed{r.data.tags['train_seed']}")
+            seed = f"/seed{r.data.tags['train_seed']}"
+            assert r.info.run_name.endswith(f"{seed}/{model}" if model else seed)
         files = {a.path for a in client.list_artifacts(r.info.run_id)}
         want = {
             "train": {"adapter", "loss_curve.png"},
@@ -109,8 +114,13 @@ def check_outputs(root: Path, links: bool = True) -> None:
         used = {d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs}
         assert set(used) == set(INPUTS.get(r.data.tags["stage"], ())), r.info.run_name
         for name, digest in used.items():
-            if name != "eval":  # the evaluations change with each rerun; the data does not
-                assert digest == tracking.digest(root / "results" / name), (r.info.run_name, name)
+            if name == "eval":  # the evaluations change with each rerun; the data does not
+                continue
+            # a later round's own data: results/online/<objective>/seed<N>/round<r>/<name>
+            own = model and model.startswith("round") and name != "prompts"
+            seed = r.data.tags["train_seed"]
+            data = root / "results" / (f"online/dpo/seed{seed}/{model}/{name}" if own else name)
+            assert digest == tracking.digest(data), (r.info.run_name, name)
         assert r.info.status == "FINISHED"
         assert r.data.params, r.data.tags["stage"]
         assert "wall_time_s" in r.data.metrics
@@ -301,11 +311,14 @@ def test_dvc_smoke_experiment_and_reruns(smoke_dvc, tmp_path):
         f.write("\n# a change to the labels stage's source\n")
     status = sh(["dvc", "status"], root)
     changed = set(re.findall(r"^(\S+):\s*$", status, re.M))
-    assert changed == {"labels", "resolve"}  # resolve reads the whole package (~3 s, same files)
-    # DVC is content-addressed: labels reruns, writes byte-identical labels, so nothing
+    # resolve reads the whole package (~3 s, same files); each online round's labels job too
+    rounds = {f"labels_round@dpo-{seed}-round0" for seed in (0, 1)}
+    assert changed == {"labels", "resolve", *rounds}
+    # DVC is content-addressed: the labels jobs rerun, write byte-identical labels, so nothing
     # downstream needs to run (which params edits rerun which jobs: tests/test_reruns.py; a
     # params edit's reruns executed: the Snakemake test)
-    assert dvc_ran(sh(["dvc", "repro"], root)) == {"labels"}
+    relabelled = {"labels", *map(dvc_job_run, rounds)}
+    assert dvc_ran(sh(["dvc", "repro"], root)) == relabelled
     # one parent run per dvc execution, holding the stages it ran (a new training seed's own
     # jobs: the Snakemake test, and DVC's matrix expansion of it: tests/test_workflow_sync.py)
-    assert executions(root) == [AFTER_BETA | NEW_SEED, {"labels"}]
+    assert executions(root) == [AFTER_BETA | NEW_SEED, relabelled]
