@@ -177,8 +177,8 @@ def snakemake_plan(out: str) -> dict[str, dict[str, str]]:
     """A Snakemake dry run's jobs by DVC's stage names (``train@dpo-0``), each job's fields
     (``input``, ``output``, ``reason``, ...) as printed."""
     jobs = {}
-    for block in re.split(r"\n(?=\[.*\]\nrule )", out):
-        m = re.search(r"^rule (\w+):", block, re.M)
+    for block in re.split(r"\n(?=\[.*\]\n(?:local)?rule )", out):  # a run says "localrule"
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
         fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.M))

@@ -47,6 +47,7 @@ pytestmark = pytest.mark.slow
 # training's measured cost and where a resumed training picked up (`resumed_from` beside them).
 NOT_COMPARED = {"report.md", "report.html"}
 MEASURED = ["train_time_s", "groups_per_s", "images_per_s", "peak_memory_mb"]
+SAMPLING = ["sampling_time_s", "extra_sampling_time_s"]  # an online round's sampling wall time
 RESUME_RECORD = ["resumed_from_step", "steps_run"]
 
 
@@ -75,9 +76,14 @@ def content(f: Path) -> bytes:
         d = json.loads(f.read_text())
         d["summary"] = {k: v for k, v in d["summary"].items() if k not in MEASURED + RESUME_RECORD}
         d.pop("resumed_from")
+        if d.get("sampling"):
+            d["sampling"].pop("sampling_time_s")
         return json.dumps(d, sort_keys=True).encode()
-    if f.name == "comparison.csv":
-        return pd.read_csv(f).drop(columns=MEASURED, errors="ignore").to_csv(index=False).encode()
+    if f.name == "sampling.json":
+        return json.dumps({**json.loads(f.read_text()), "sampling_time_s": None}).encode()
+    if f.name in ("comparison.csv", "rounds_cost.csv"):
+        table = pd.read_csv(f).drop(columns=MEASURED + SAMPLING, errors="ignore")
+        return table.to_csv(index=False).encode()
     return f.read_bytes()
 
 

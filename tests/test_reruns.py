@@ -114,12 +114,15 @@ def test_each_stage_imports_only_modules_of_its_computed_code(smoke_reference):
 def levels() -> list[list[str]]:
     """The DAG's rows by depth: no row depends on another of its level."""
 
+    def fill(path: str) -> str:  # a round's paths as round 2's (after: round 1)
+        return path.format(objective="{objective}", seed="{seed}", round=2, after=1)
+
     def upstream(row: str) -> set[str]:
-        deps = dag.STAGES[row].deps
+        deps = [fill(d) for d in dag.STAGES[row].deps]
         return {
             r
             for r, s in dag.STAGES.items()
-            if any(o == d or o.startswith(d + "/") for o in s.outs for d in deps)
+            if any(fill(o) == d or fill(o).startswith(d + "/") for o in s.outs for d in deps)
         }
 
     depth: dict[str, int] = {}

@@ -138,11 +138,12 @@ def run(ctx) -> None:
         save_file(text, tmp / "text.safetensors")
         if cands.preferences is not None:
             cands.preferences.to_parquet(tmp / "preferences.parquet")
-        # what the samples cost: an online round's extra price, next to its gain (report)
-        write_json(
-            tmp / "sampling.json",
-            {"round": ctx.rnd, "images": len(cands.table), "sampling_time_s": sampling_s},
-        )
+        if ctx.rnd > 1:  # what an online round's samples cost, next to its gain (report);
+            # round 1's candidates hold no wall time: their bytes stay the same run to run
+            write_json(
+                tmp / "sampling.json",
+                {"round": ctx.rnd, "images": len(cands.table), "sampling_time_s": sampling_s},
+            )
     metrics = {
         "n_candidates": len(cands.table),
         "n_prompts": len(cands.prompts),
