@@ -264,15 +264,20 @@ def test_latest_runs_match_stage_objective_seed_and_params(tmp_path, monkeypatch
             pass
     with pytest.raises(RuntimeError), tracking.stage_run("train", "dpo", {}, "new", 1):
         raise RuntimeError("a failed rerun is not the one that made the adapter")
+    # a later online round of the same model, with the same params hash: not round 1's run
+    with tracking.stage_run("train", "dpo", {}, "new", 1, rnd=2, variant="round2"):
+        pass
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    finished = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
     by_hash = {
-        r.data.tags["params_hash"]: r.info.run_id
-        for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+        r.data.tags["params_hash"]: r.info.run_id for r in finished if "model" not in r.data.tags
     }
-    key = ("train", "dpo", 1, "new")
-    found = tracking.latest_runs([key, ("train", "dpo", 2, "new")])
-    assert list(found) == [key] and found[key]["run_id"] == by_hash["new"]
+    (round2,) = [r.info.run_id for r in finished if r.data.tags.get("model") == "round2"]
+    key, later = ("train", "dpo", 1, "new", ""), ("train", "dpo", 1, "new", "round2")
+    found = tracking.latest_runs([key, ("train", "dpo", 2, "new", ""), later])
+    assert set(found) == {key, later}
+    assert found[key]["run_id"] == by_hash["new"] and found[later]["run_id"] == round2
     assert found[key]["url"] == (
         f"{tracking.UI_DEFAULT}/#/experiments/{exp.experiment_id}/runs/{by_hash['new']}"
     )

@@ -306,9 +306,10 @@ def _run_links(cfg) -> Section:
     rows = [("base", None)] + [(o, s) for o in cfg.objectives for s in cfg.train_seeds]
     keys = {}
     for obj, seed in rows:
-        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, params_hash("evaluate", cfg, obj))
+        # round 1's runs ("": no model tag; a later round's evaluation has the same hash)
+        keys[obj, seed, "evaluate"] = ("evaluate", obj, seed, params_hash("evaluate", cfg, obj), "")
         if seed is not None:
-            keys[obj, seed, "train"] = ("train", obj, seed, params_hash("train", cfg, obj))
+            keys[obj, seed, "train"] = ("train", obj, seed, params_hash("train", cfg, obj), "")
     uri = tracking.tracking_uri()
     try:
         found = tracking.latest_runs(list(keys.values()))

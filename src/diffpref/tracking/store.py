@@ -122,10 +122,14 @@ def _lock_path(uri: str) -> Path:
     return Path(os.environ.get("TMPDIR", "/tmp")) / "diffpref-mlflow.lock"
 
 
-def latest_runs(keys: list[tuple[str, str, int | None, str]]) -> dict[tuple, dict[str, str]]:
-    """For each (stage, objective, train seed, params hash), the newest FINISHED run that
-    produced it: its id, its page in the MLflow UI and its artifacts folder. Runs whose params
-    differ from the current ones (another ``dvc exp``, an older setting) never match."""
+def latest_runs(
+    keys: list[tuple[str, str, int | None, str, str]],
+) -> dict[tuple, dict[str, str]]:
+    """For each (stage, objective, train seed, params hash, model), the newest FINISHED run
+    that produced it: its id, its page in the MLflow UI and its artifacts folder. ``model``:
+    a later online round's or a control's (``round2``, ``matched2``; "" for round 1, whose
+    params hash a later round's evaluation shares). Runs whose params differ from the current
+    ones (another ``dvc exp``, an older setting) never match."""
     import mlflow
 
     bounded_retries()
@@ -150,6 +154,7 @@ def latest_runs(keys: list[tuple[str, str, int | None, str]]) -> dict[tuple, dic
             t.get("objective"),
             int(t["train_seed"]) if t.get("train_seed") else None,
             t.get("params_hash"),
+            t.get("model", ""),
         )
         if key in wanted and key not in out:
             out[key] = {
