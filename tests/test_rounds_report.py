@@ -276,7 +276,7 @@ def test_the_report_stage_adds_the_rounds_section_only_with_rounds(project, tmp_
             assert len(table) == len(OBJECTIVES) * len(VARIANTS)
             assert "dpo.round3.json" in names and "smpo.matched2.json" in names
             m = json.loads((res / "metrics" / "dpo.round3.json").read_text())
-            assert m["vs_matched"] > 0.5 and {"win", "fidelity", "vs_matched_low"} <= set(m)
+            assert m["vs_matched"] > 0.5 and {"win", "win_low", "fidelity", "vs_matched"} <= set(m)
             assert problems(inspect(res / "report" / "report.html", tmp_path)) == []
         else:
             assert "Online rounds" not in page and "online_rounds" not in page

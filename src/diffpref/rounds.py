@@ -282,12 +282,8 @@ def dvc_metrics(table: pd.DataFrame, reward: str) -> dict[str, dict[str, float]]
         "win_vs_base_ci_low": "win_low",
         "win_vs_base_ci_high": "win_high",
         f"{reward}_mean": reward,
-        f"{reward}_ci_low": f"{reward}_low",
-        f"{reward}_ci_high": f"{reward}_high",
         "vs_matched": "vs_matched",
-        "vs_matched_ci_low": "vs_matched_low",
-        "vs_matched_ci_high": "vs_matched_high",
-    }
+    }  # one column more than round 1's files in `dvc metrics show` (intervals: the report)
     out = {}
     for r in table[table["round"] > 1].to_dict("records"):
         out[f"{r['model']}.{r['variant']}"] = {
