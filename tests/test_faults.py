@@ -28,7 +28,6 @@ import pytest
 from tests.conftest import ONE_THREAD
 from tests.daemon import free_port
 from tests.project import (
-    dvc_job_run,
     edit_params,
     expected_runs,
     runs,
@@ -161,24 +160,17 @@ KILL_WITHIN = {
     "labels": 0.05,
     "train": 0.02,  # from its first checkpoint: killed mid-training, so it must resume
     "evaluate": 2.0,
-    "train_round": 0.02,  # online round 2's training, from its first checkpoint, as train
     "report": 1.0,  # from its temp folder (~2.4 s of plots and pages in it)
 }
-STAGE_OF = {"train_round": "train"}  # the process a job of KILL_WITHIN runs (default: itself)
-DVC_ROUND = "train_round@dpo-0-round0"
 KILL_TARGET = {  # how each tool names a stage's job (default: the stage's own name)
     "snakemake": {
         s: f"results/{s}" for s in ("world", "prompts", "candidates", "rewards", "labels", "report")
     }
-    | {"train": "results/adapters/dpo/seed0/round1", "evaluate": "results/eval/dpo/seed0/round1"}
-    | {"train_round": "results/adapters/dpo/seed0/round2"},
-    "dvc": {"train": "train@dpo-0", "evaluate": "evaluate@dpo-0", "train_round": DVC_ROUND},
+    | {"train": "results/adapters/dpo/seed0/round1", "evaluate": "results/eval/dpo/seed0/round1"},
+    "dvc": {"train": "train@dpo-0", "evaluate": "evaluate@dpo-0"},
 }
-CHECKPOINTS = {  # where each training job checkpoints, and its record
-    job: (Path(f"results/checkpoints/dpo/seed0/{v}/state"),
-          Path(f"results/adapters/dpo/seed0/{v}/train_metrics.json"))
-    for job, v in (("train", "round1"), ("train_round", "round2"))
-}  # fmt: skip
+CHECKPOINT = Path("results/checkpoints/dpo/seed0/round1/state")
+TRAIN_METRICS = Path("results/adapters/dpo/seed0/round1/train_metrics.json")
 # Stages whose whole work runs inside `atomic_dir`: each is killed at a random point after its
 # temp folder (`results/.<stage>.tmp-<pid>-<random>`) appears, not its writer, so the kill
 # lands on a half-written output, which must be there after the kill and gone after the rerun.
@@ -238,23 +230,22 @@ def wait_for(what: Callable, proc: subprocess.Popen, log, poll: float = 0.05):
 
 
 def run_name(argv: list[str]) -> str:
-    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N --round R]`
-    process (DVC's: `--job train@X-N`)."""
+    """The MLflow run name of a `python diffpref <stage> [--objective X --seed N]` process
+    (DVC's: `--job train@X-N`)."""
     opts = dict(itertools.pairwise(argv[3:]))  # each option to the word after it
     if job := opts.get("--job"):
-        return dvc_job_run(job)
-    seed, rnd = opts.get("--seed"), int(opts.get("--round", 1))
-    variant = f"round{rnd}" if rnd > 1 else None
-    return tracking.run_name(argv[2], opts.get("--objective"), seed and int(seed), variant)
+        objective, seed = job.split("@", 1)[1].rsplit("-", 1)
+        return tracking.run_name(argv[2], objective, int(seed))
+    seed = opts.get("--seed")
+    return tracking.run_name(argv[2], opts.get("--objective"), seed and int(seed))
 
 
 def kill_during(
-    cmd: list[str], root: Path, job: str, delay: float, env: dict, group: bool = False
+    cmd: list[str], root: Path, stage: str, delay: float, env: dict, group: bool = False
 ) -> tuple[str, int, str]:
-    """Run ``cmd`` until ``job`` (a key of KILL_WITHIN) works, then SIGKILL its process
-    ``delay`` s later (``group``: the tool's whole process group, the tool itself included).
-    The killed run's name, its pid and the tool's output; the tool must fail."""
-    stage = STAGE_OF.get(job, job)
+    """Run ``cmd`` until ``stage`` works, then SIGKILL its process ``delay`` s later (``group``:
+    the tool's whole process group, the tool itself included). The killed run's name, its
+    pid and the tool's output; the tool must fail."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=user_env(env), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -264,9 +255,9 @@ def kill_during(
             # HALF_WRITTEN stage: from its temp folder), watched closely, as the work of some
             # stages takes a few hundredths of a second
             working = {
-                **{j: (root / ckpt).is_dir for j, (ckpt, _) in CHECKPOINTS.items()},
+                "train": (root / CHECKPOINT).is_dir,
                 **dict.fromkeys(HALF_WRITTEN, lambda: temp_folder(root, stage, pid)),
-            }.get(job, lambda: has_writer(pid))
+            }.get(stage, lambda: has_writer(pid))
             wait_for(working, proc, log, poll=0.002)
             time.sleep(delay)
             os.killpg(proc.pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
@@ -325,14 +316,12 @@ def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
     final = sh(cmd, root, env=env)
     # training resumed after its kill, in the next run that trained: the evaluate run's, unless
     # the base's evaluation (which needs no training) ran first there and was the one killed
-    for job, (checkpoint, metrics) in CHECKPOINTS.items():  # round 1's, online round 2's
-        record = json.loads((root / metrics).read_text())
-        assert record["resumed_from"], f"{job} started over: {record['summary']}"
-        assert (root / record["resumed_from"]).resolve() == (root / checkpoint).resolve()
-        assert [record["summary"][k] for k in ("resumed_from_step", "steps_run")] == [5, 5]
-        resumed = f"resumed from {record['resumed_from']} at step 5 of 10"
-        assert resumed in "".join(outputs.values()) + final, job
-        assert not (root / checkpoint).parent.exists()
+    record = json.loads((root / TRAIN_METRICS).read_text())
+    assert record["resumed_from"], f"training started over: {record['summary']}"
+    assert (root / record["resumed_from"]).resolve() == (root / CHECKPOINT).resolve()
+    assert [record["summary"][k] for k in ("resumed_from_step", "steps_run")] == [5, 5]
+    resumed = f"resumed from {record['resumed_from']} at step 5 of 10"
+    assert resumed in outputs["evaluate"] + outputs["report"] + final
     assert len(half_written) == len(HALF_WRITTEN) and not any(p.exists() for p in half_written)
     if tool == "dvc":  # `dvc` killed with the stage: its stale read/write lock is dropped
         assert "had been killed. Auto removed it from the lock file." in outputs["train"]
@@ -341,7 +330,7 @@ def kill_each_stage(tool: str, folder: Path, smoke_reference: Path) -> None:
         assert "Nothing to be done" in sh([*cmd, "-n"], root)
     assert "diffpref report" in final
     assert_same_results(root, smoke_reference)
-    assert not leftovers(root)
+    assert not leftovers(root) and not (root / CHECKPOINT).parent.exists()
     assert not (root / ".mlflow-pending").exists()
     deadline = time.monotonic() + 60  # a killed stage's writer records it on its own
     while writers(root) and time.monotonic() < deadline:
