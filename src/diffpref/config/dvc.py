@@ -68,7 +68,7 @@ def resolved(row: str, cfg: Config, objective: str | None = None) -> dict[str, A
     objective's evaluation reads the same, so the first objective stands for them all."""
     if dag.stage_of(row) == "evaluate" and row != "evaluate_base":
         objective = next(iter(cfg.objectives), None)
-    out: dict[str, Any] = {"params": dag.params(dag.stage_of(row), cfg, objective)}
+    out: dict[str, Any] = {"params": dag.params(row, cfg, objective)}
     if code := dag.dynamic_code(row, cfg, objective):
         out["code"] = {path: digest(path) for path in code}
     return out
