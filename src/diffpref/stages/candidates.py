@@ -25,6 +25,7 @@ from tqdm import tqdm
 from diffpref import datasources
 from diffpref.adapters import Adapted
 from diffpref.backbones import load_backbone, resolve_device
+from diffpref.config.schema import model_variant
 from diffpref.generation import candidate_seed, generate
 from diffpref.io import atomic_dir, read_table, write_json
 
@@ -120,7 +121,7 @@ def run(ctx) -> None:
     backbone = load_backbone(cfg, resolve_device(cfg))
     start = time.perf_counter()
     if ctx.rnd > 1:  # the round before's policy: that model's adapter on the base
-        policy = cfg.model_dir("adapters", ctx.objective, ctx.seed, f"round{ctx.rnd - 1}")
+        policy = cfg.model_dir("adapters", ctx.objective, ctx.seed, model_variant(ctx.rnd - 1))
         cands = sampled(cfg, backbone, ctx.rnd, Adapted(backbone, policy))
     elif pickapic:
         cands = imported(cfg, backbone)

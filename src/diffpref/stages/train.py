@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from diffpref import launch, training
 from diffpref.backbones import load_backbone, resolve_device
+from diffpref.config.schema import model_variant
 from diffpref.distributed import process_device
 from diffpref.io import atomic_dir, check_replaceable, read_json, write_json
 from diffpref.training.checkpoint import discard
@@ -40,7 +41,9 @@ def run(ctx) -> None:
     data = training.load_train_data(ctx.data("candidates"), ctx.data("labels"), objective.labels)
     online = ctx.rnd > 1 and not ctx.matched
     start = ctx.rnd - 1 if online else 1  # a control continues round 1
-    previous = cfg.model_dir("adapters", name, ctx.seed, f"round{start}") if ctx.rnd > 1 else None
+    previous = (
+        cfg.model_dir("adapters", name, ctx.seed, model_variant(start)) if ctx.rnd > 1 else None
+    )
     result = training.train(
         backbone,
         data,
