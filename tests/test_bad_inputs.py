@@ -1194,7 +1194,8 @@ def test_under_dvc_a_profile_may_not_change_the_online_lists_dvc_expands(
         f'error: {p}: profile smoke sets online.objectives ["dpo"], online.rounds '
         '[{"round": 2, "after": 1}] but DVC expands the top-level [], []; run `dvc exp run '
         "-S profile=smoke -S 'online.objectives=[\"dpo\"]' "
-        '-S \'online.rounds=[{"round": 2, "after": 1}]\'`\n'
+        '-S \'online.rounds=[{"round": 2, "after": 1}]\'`, or `diffpref dvc-params smoke` to '
+        "write the profile's values at the top level\n"
     )
 
 
@@ -1210,5 +1211,26 @@ def test_a_profile_leaves_objectives_out_but_not_under_dvc(tmp_path, capsys, mon
     assert capsys.readouterr().err == (
         f"error: {p}: profile few leaves out objectives kto, sft, but DVC expands every "
         "objective of the file's top-level objectives: (it cannot see profiles, and `dvc exp "
-        "run -S` cannot remove an entry); delete them there, or run the profile with Snakemake\n"
+        "run -S` cannot remove an entry): run `diffpref dvc-params few` to write the profile's "
+        "values there, or run it with Snakemake\n"
     )
+
+
+def test_dvc_params_writes_a_profile_at_the_top_level_and_dvc_then_runs_it(
+    tmp_path, capsys, monkeypatch
+):
+    """What the refusals above point to: the file then expands, under DVC, what the profile
+    runs; its comments and profiles stay."""
+    p = params(tmp_path, {"profiles": {"few": {"objectives": {"kto": None}, "train_seeds": [5]}}})
+    p.write_text("# a comment kept\n" + p.read_text())
+    want = config.load(p, "few")[0]
+    assert run("dvc-params", p, "few") == 0
+    cfg, _ = config.load(p)
+    assert cfg.profile == "default" and "kto" not in cfg.objectives and cfg.train_seeds == [5]
+    assert cfg.model_dump(exclude={"profile"}) == want.model_dump(exclude={"profile"})
+    assert p.read_text().startswith("# a comment kept\n")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    capsys.readouterr()
+    assert run("check", p) == 0, capsys.readouterr().err
+    assert run("dvc-params", p, "nosuch") == 2
+    assert "profile" in capsys.readouterr().err and not list(tmp_path.glob(".*.tmp"))

@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--check", action="store_true", help="only say whether dvc.yaml is current (exit 1 if not)"
     )
+    f = sub.add_parser(
+        "dvc-params",
+        help="write a profile's values into the top level of the params file (profile: "
+        "default), so that `dvc repro` runs what the profile runs: DVC cannot see profiles",
+    )
+    f.add_argument("profile")
+    f.add_argument("--params", default="params.yaml")
     sub.add_parser(
         "tracking-init",
         help="create (or check) the MLflow store and experiment before parallel jobs start, "
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return tracking_init(replay_only=args.stage == "tracking-replay")
     if args.stage == "dvc-yaml":
         return dvc_yaml(args.check)
+    if args.stage == "dvc-params":
+        return dvc_params(args.params, args.profile)
     try:
         cfg, raw = config_mod.load(args.params, args.profile)
     except config_mod.ConfigError as e:
@@ -250,6 +259,27 @@ def dvc_yaml(check: bool) -> int:
         return 1
     path.write_text(want)
     print("dvc.yaml: written")
+    return 0
+
+
+def dvc_params(params: str, profile: str) -> int:
+    """The profile on top (:func:`diffpref.config.dvc.with_profile_on_top`), written only when
+    the result is valid params."""
+    from diffpref.config.dvc import with_profile_on_top
+    from diffpref.config.loader import read_text
+
+    path = Path(params)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        config_mod.load(params, profile)  # the file and the profile, checked as a stage would
+        tmp.write_text(with_profile_on_top(read_text(path), profile))
+        config_mod.load(tmp, None)
+    except config_mod.ConfigError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tmp.replace(path)
+    print(f"{params}: profile {profile}'s values written at the top level (profile: default)")
     return 0
 
 
@@ -375,8 +405,8 @@ def _dvc_matrix_error(params: str, cfg: config_mod.Config) -> str:
         return (
             f"profile {cfg.profile} leaves out objectives {dropped}, but DVC expands every "
             "objective of the file's top-level objectives: (it cannot see profiles, and "
-            "`dvc exp run -S` cannot remove an entry); delete them there, or run the profile "
-            "with Snakemake"
+            "`dvc exp run -S` cannot remove an entry): run `diffpref dvc-params "
+            f"{cfg.profile}` to write the profile's values there, or run it with Snakemake"
         )
     want = {"train_seeds": cfg.train_seeds, **_online_lists(cfg.online.model_dump())}
     have = {"train_seeds": file.get("train_seeds"), **_online_lists(file.get("online"))}
@@ -386,7 +416,8 @@ def _dvc_matrix_error(params: str, cfg: config_mod.Config) -> str:
         flags = " ".join(f"-S '{k}={json.dumps(want[k])}'" for k in differ)
         return (
             f"profile {cfg.profile} sets {sets} but DVC expands the top-level {tops}; run "
-            f"`dvc exp run -S profile={cfg.profile} {flags}`"
+            f"`dvc exp run -S profile={cfg.profile} {flags}`, or `diffpref dvc-params "
+            f"{cfg.profile}` to write the profile's values at the top level"
         )
     return ""
 

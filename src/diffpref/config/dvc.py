@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from diffpref.config import dag
-from diffpref.config.schema import Config
+from diffpref.config.schema import Config, merge_into
 
 RESOLVED = "results/resolved"
 MATRIX = {"objective": "${objectives}", "seed": "${train_seeds}"}
@@ -134,3 +134,25 @@ def dvc_yaml() -> str:
     stages |= {row: _stage(row) for row in dag.STAGES}
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
     return HEADER + body
+
+
+def with_profile_on_top(text: str, profile: str) -> str:
+    """``text`` (a params file) with ``profile``'s overrides written into its top-level values
+    and ``profile: default``: DVC expands its matrices from the top level and cannot see
+    profiles (nor can ``dvc exp run -S`` remove an objective), so this is how a profile runs
+    under DVC. Comments and the ``profiles:`` section are kept (ruamel's round trip)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    rt = YAML()  # round trip: comments, order and flow style as written
+    rt.width = 4096  # flow mappings stay on the lines they were written on
+    rt.representer.add_representer(  # null stays null, not an empty value
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    doc = rt.load(text)
+    merge_into(doc, doc["profiles"][profile])
+    doc["profile"] = "default"
+    out = io.StringIO()
+    rt.dump(doc, out)
+    return out.getvalue()

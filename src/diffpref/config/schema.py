@@ -566,17 +566,23 @@ def _errors(path: Path, prefix: str, e: ValidationError) -> list[str]:
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged into ``base``; a null over a mapping removes it (a profile that runs
-    fewer objectives: ``objectives: {kto: null}``)."""
-    out = copy.deepcopy(base)
+    """``over`` merged into a copy of ``base`` (:func:`merge_into`)."""
+    return merge_into(copy.deepcopy(base), over)
+
+
+def merge_into(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` in place (a profile's overrides; also ruamel's nodes, which
+    keep comments: ``diffpref dvc-params``); a null over a mapping removes it (a profile that
+    runs fewer objectives: ``objectives: {kto: null}``), and a null over nothing adds nothing
+    (the same profile over a file that already left kto out)."""
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        elif v is None and isinstance(out.get(k), dict):
-            del out[k]
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge_into(base[k], v)
+        elif v is None and (k not in base or isinstance(base[k], dict)):
+            base.pop(k, None)
         else:
-            out[k] = copy.deepcopy(v)
-    return out
+            base[k] = copy.deepcopy(v)
+    return base
 
 
 def read_raw(path: str | Path, profile: str | None = None) -> dict[str, Any]:
