@@ -274,11 +274,12 @@ def dvc_params(params: str, profile: str) -> int:
         config_mod.load(params, profile)  # the file and the profile, checked as a stage would
         tmp.write_text(with_profile_on_top(read_text(path), profile))
         config_mod.load(tmp, None)
+        tmp.replace(path)
     except config_mod.ConfigError as e:
-        tmp.unlink(missing_ok=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no temp file either
     print(f"{params}: profile {profile}'s values written at the top level (profile: default)")
     return 0
 
