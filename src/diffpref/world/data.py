@@ -106,7 +106,11 @@ class ItemBank:
 
     def subset(self, n: int) -> ItemBank:
         """The first ``n`` items (fast checks on a slice of the test set)."""
-        items, labels = self.items[:n], self.labels[:n]
+        return self.select(0, n)
+
+    def select(self, start: int, stop: int | None = None) -> ItemBank:
+        """Items ``[start, stop)``: the judge's training items, or those held out from it."""
+        items, labels = self.items[start:stop], self.labels[start:stop]
         by_class = [torch.nonzero(labels == c).flatten() for c in range(NUM_CLASSES)]
         return ItemBank(items=items, labels=labels, by_class=by_class)
 
