@@ -187,6 +187,20 @@ PARAMS_CASES = {
         "prompts.eval_fraction: Input should be less than 1",
     ),
     "prompts_unknown_key": (_set("prompts", path="p.txt"), f"prompts.path: {EXTRA}"),
+    "prompts_no_training_left": (
+        _set("prompts", eval_fraction=0.5, val_fraction=0.5),
+        "prompts.val_fraction: eval_fraction 0.5 + val_fraction 0.5 leaves no training prompts; "
+        "keep the sum below 1",
+    ),
+    "validation_without_prompts": (
+        lambda r: (r["prompts"].update(n_val=0), r["evaluate"].update(split="validation")),
+        "evaluate.split: validation evaluates on validation prompts, and prompts.n_val is 0: set "
+        "it above 0",
+    ),
+    "evaluate_split_unknown": (
+        _set("evaluate", split="val"),
+        "evaluate.split: Input should be 'test' or 'validation'",
+    ),
     "candidates_wrong_type": (_set("candidates", k="four"), f"candidates.k: {NOT_INT}"),
     "candidates_range": (
         _set("candidates", k=1),
@@ -790,7 +804,14 @@ PROMPT_CASES = {
         "p.csv",
         b"prompt,split\na cat,train\na dog,eval\na cat,test\n",
         {},
-        "{path}: rows [0, 2]: prompt 'a cat' is in both splits",
+        "{path}: rows [0, 2]: prompt 'a cat' is in two splits (eval and train)",
+    ),
+    "in_validation_and_test": (
+        "p.csv",
+        b"prompt,split\na cat,train\na dog,eval\na bird,val\na dog,validation\n",
+        {},
+        "{path}: rows [1, 3]: prompt 'a dog' is in two splits (eval and val); an eval prompt "
+        "must be neither trained on nor tuned on",
     ),
     "not_utf8": (
         "p.txt",

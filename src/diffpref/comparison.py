@@ -81,7 +81,7 @@ def load(cfg: Config) -> Results:
     trm: dict[str, list[dict]] = {}
     for o in cfg.objectives:
         scores[o], evm[o], trm[o] = read_model(cfg, o)
-    prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
+    prompts = read_table(cfg.eval_prompts(), ["prompt_id", "prompt"])
     train = read_table(cfg.path("prompts", "train.parquet"), ["prompt"])
     return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt))
 

@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROMPT_FORMATS = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
-EVAL_ALIASES = {
+SPLIT_ALIASES = {  # a prompt file's split column -> ours (eval: the test prompts)
     "train": "train",
     "eval": "eval",
     "test": "eval",
-    "val": "eval",
-    "validation": "eval",
+    "val": "val",
+    "validation": "val",
+    "dev": "val",
 }
 PICKAPIC_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0"]
 # Longer prompt-file entries are refused, not truncated: text encoders read at most 77 tokens
@@ -53,11 +54,13 @@ def prompt_id(text: str) -> str:
     return "p" + text_hash(text)[:12]
 
 
-def hash_split(prompts: pd.Series, eval_fraction: float) -> pd.Series:
-    """``eval`` for a deterministic ``eval_fraction`` of prompts, decided by the text alone
-    (so a prompt repeated in a file, or moved, always lands in the same split)."""
+def hash_split(prompts: pd.Series, eval_fraction: float, val_fraction: float = 0.0) -> pd.Series:
+    """``eval`` for a deterministic ``eval_fraction`` of prompts and ``val`` for the next
+    ``val_fraction``, decided by the text alone (so a prompt repeated in a file, or moved,
+    always lands in the same split, and adding validation takes prompts from training only)."""
     u = prompts.map(lambda p: int(text_hash(p)[:8], 16) / 2**32)
-    return pd.Series(np.where(u < eval_fraction, "eval", "train"), index=prompts.index)
+    split = np.where(u < eval_fraction + val_fraction, "val", "train")
+    return pd.Series(np.where(u < eval_fraction, "eval", split), index=prompts.index)
 
 
 def _text(path: Path) -> str:
@@ -123,6 +126,9 @@ def read_prompt_file(
     eval_fraction: float = 0.2,
     n_train: int | None = None,
     n_eval: int | None = None,
+    *,
+    val_fraction: float = 0.0,
+    n_val: int | None = None,
 ) -> pd.DataFrame:
     """``prompt_id, prompt, split, metadata[, category]`` from a prompt file.
 
@@ -130,7 +136,8 @@ def read_prompt_file(
     category is ``category_column``, else ``category``, else GenEval's ``tag``. ``metadata``
     keeps each source row as JSON (GenEval's evaluator needs its include/exclude specs).
     Repeated prompts are dropped with a warning (caption files repeat them); one listed in
-    both splits is refused. At most ``n_train`` / ``n_eval`` are kept, in file order. Any
+    two splits is refused. At most ``n_train`` / ``n_eval`` / ``n_val`` are kept, in file
+    order (``n_val`` 0: none). Any
     other problem is an :class:`InputError` naming the file and the lines or rows at fault.
     """
     path = Path(path)
@@ -177,18 +184,20 @@ def read_prompt_file(
         df["category"] = raw[cat].astype(str)
     if "split" in raw:
         split = raw["split"].astype(str).str.lower()
-        unknown = ~split.isin(list(EVAL_ALIASES))
+        unknown = ~split.isin(list(SPLIT_ALIASES))
         if unknown.any():
             raise InputError(
                 f"{path}: {_at(unit, raw.index[unknown])}: column 'split' has values "
-                f"{sorted(set(split[unknown]))} (allowed: {sorted(EVAL_ALIASES)})"
+                f"{sorted(set(split[unknown]))} (allowed: {sorted(SPLIT_ALIASES)})"
             )
-        df["split"] = split.map(EVAL_ALIASES)
+        df["split"] = split.map(SPLIT_ALIASES)
     else:
-        df["split"] = hash_split(df.prompt, eval_fraction)
+        df["split"] = hash_split(df.prompt, eval_fraction, val_fraction)
     df = _drop_repeats(df, path, unit)
-    caps = {"train": n_train, "eval": n_eval}
-    df = pd.concat([g.head(caps[s]) if caps[s] else g for s, g in df.groupby("split", sort=True)])
+    caps = {"train": n_train, "eval": n_eval, "val": n_val}
+    df = pd.concat(
+        [g.head(caps[s]) if caps[s] is not None else g for s, g in df.groupby("split", sort=True)]
+    )
     for s in ("train", "eval"):
         if not (df.split == s).any():
             raise InputError(
@@ -201,14 +210,17 @@ def read_prompt_file(
 
 
 def _drop_repeats(df: pd.DataFrame, path: Path, unit: str) -> pd.DataFrame:
-    """The first of each repeated prompt; a prompt in both splits would leak into evaluation."""
+    """The first of each repeated prompt; a prompt in two splits would leak into evaluation
+    (trained on, or tuned on: validation and test prompts must not overlap either)."""
     both = df.groupby("prompt").split.transform("nunique") > 1
     if both.any():
         text = df.prompt[both].iloc[0]
         where = df.index[both & (df.prompt == text)]
+        splits = " and ".join(sorted(set(df.split[where])))
         raise InputError(
-            f"{path}: {_at(unit, where)}: prompt {text[:80]!r} is in both splits; an eval "
-            "prompt must not be trained on"
+            f"{path}: {_at(unit, where)}: prompt {text[:80]!r} is in two splits ({splits}); an "
+            "eval prompt must be neither trained on nor tuned on, a validation prompt not "
+            "trained on"
         )
     repeated = df.prompt.duplicated()
     if repeated.any():
@@ -223,7 +235,14 @@ def _drop_repeats(df: pd.DataFrame, path: Path, unit: str) -> pd.DataFrame:
 def read_prompts(p: PromptParams) -> pd.DataFrame:
     """The prompt file of ``prompts.source: file``, read as the params describe it."""
     return read_prompt_file(
-        p.file, p.column, p.category_column, p.eval_fraction, p.n_train, p.n_eval
+        p.file,
+        p.column,
+        p.category_column,
+        p.eval_fraction,
+        p.n_train,
+        p.n_eval,
+        val_fraction=p.val_fraction,
+        n_val=p.n_val,
     )
 
 

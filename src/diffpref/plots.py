@@ -118,12 +118,12 @@ def plot_poi(poi: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def image_grid(results: Path, models: dict[str, Path], n_prompts: int, out: Path) -> None:
+def image_grid(prompt_table: Path, models: dict[str, Path], n_prompts: int, out: Path) -> None:
     """Rows: models (``models``: name -> its eval folder); columns: the same (prompt, seed)
-    samples, so differences are the method's."""
+    samples of the evaluated prompts (``prompt_table``), so differences are the method's."""
     names = list(models)
     keys = pd.read_parquet(models[names[0]] / "samples.parquet")
-    prompts = pd.read_parquet(results / "prompts" / "eval.parquet")
+    prompts = pd.read_parquet(prompt_table)
     if "category" in prompts:  # round-robin over categories so every kind of prompt shows
         prompts = prompts.assign(_r=prompts.groupby("category").cumcount()).sort_values(
             ["_r", "category"], kind="stable"

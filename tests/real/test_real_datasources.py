@@ -52,7 +52,7 @@ def test_split_column_caps_duplicates_and_binary_columns(tmp_path):
     out = ds.read_prompt_file(
         write(tmp_path / "p.parquet", "parquet", df), column="caption", n_train=1
     )
-    assert list(zip(out.prompt, out.split)) == [("a", "train"), ("c", "eval"), ("d", "eval")]
+    assert list(zip(out.prompt, out.split)) == [("a", "train"), ("c", "eval"), ("d", "val")]
     assert "jpg_0" not in json.loads(out.metadata[0])
 
 
@@ -83,7 +83,7 @@ def test_geneval_metadata_tag_becomes_the_category_and_metadata_is_kept(tmp_path
     [
         (pd.DataFrame({"text": ["a"]}), {}, "no column 'prompt'"),
         (pd.DataFrame({"prompt": ["a", " ", "b"]}), {}, "line 2: empty prompt"),
-        (pd.DataFrame({"prompt": ["a", "b"], "split": ["train", "dev"]}), {}, "'dev'"),
+        (pd.DataFrame({"prompt": ["a", "b"], "split": ["train", "holdout"]}), {}, "'holdout'"),
         (pd.DataFrame({"prompt": ["a", "b"]}), {"eval_fraction": 0.0}, "no eval prompts"),
     ],
 )

@@ -223,12 +223,12 @@ def _world(c: Config, o: str | None) -> list[str]:
 
 
 def _prompts(c: Config, o: str | None) -> list[str]:
-    own = (
-        ["file", "column", "category_column", "eval_fraction"] if c.prompts.source == "file" else []
-    )
-    return ["results", *(f"prompts.{k}" for k in ["source", "n_train", "n_eval", *own])] + (
-        ["seed"] if c.prompts.source == "world" else []
-    )
+    file = ["file", "column", "category_column", "eval_fraction", "val_fraction"]
+    own = file if c.prompts.source == "file" else []
+    return [
+        "results",
+        *(f"prompts.{k}" for k in ["source", "n_train", "n_eval", "n_val", *own]),
+    ] + (["seed"] if c.prompts.source == "world" else [])
 
 
 def _candidates(c: Config, o: str | None) -> list[str]:
@@ -277,7 +277,7 @@ def _train(c: Config, o: str | None) -> list[str]:
 
 
 def _evaluate(c: Config, o: str | None) -> list[str]:
-    own = ["seeds", "batch_size", "bootstrap", "export_geneval"]
+    own = ["seeds", "batch_size", "bootstrap", "export_geneval", "split"]
     own += [] if o is None else ["tie_threshold"]  # win rates against the base
     sampling = ["sampling.scheduler", "sampling.steps", "sampling.guidance"]
     return [
@@ -290,7 +290,7 @@ def _evaluate(c: Config, o: str | None) -> list[str]:
 
 
 def _report(c: Config, o: str | None) -> list[str]:
-    ev = [f"evaluate.{k}" for k in ["seeds", "tie_threshold", "win_reward"]]
+    ev = [f"evaluate.{k}" for k in ["seeds", "tie_threshold", "win_reward", "split"]]
     own = ["report.grid_prompts", "report.draws"]
     # whether there are rounds is always read; which objectives take them, only when there are
     online = ["online.rounds", *(["online.objectives"] if c.online.rounds else [])]

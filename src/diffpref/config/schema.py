@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -86,7 +87,13 @@ class PromptParams(Settings):
     n_train: Int = Field(
         ge=1, le=1_000_000, description="at most this many train prompts (file order)"
     )
-    n_eval: Int = Field(ge=1, le=1_000_000)
+    n_eval: Int = Field(ge=1, le=1_000_000, description="test prompts: every verdict's")
+    n_val: Int = Field(
+        ge=0,
+        le=1_000_000,
+        description="validation prompts: drawn like the test prompts, disjoint from every other "
+        "split, for tuning choices (evaluate.split: validation); 0: none",
+    )
     file: PathText | None = Field(
         None,
         description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "
@@ -99,12 +106,26 @@ class PromptParams(Settings):
     eval_fraction: Float = Field(
         0.2, ge=0, lt=1, description="files without a 'split' column: hash split of the text"
     )
+    val_fraction: Float = Field(
+        0.1, ge=0, lt=1, description="files without a 'split' column: the validation share"
+    )
 
     @model_validator(mode="after")
     def _file_given(self) -> PromptParams:
         if self.source == "file" and not self.file:
             raise ValueError("prompts.source: file needs prompts.file")
         return self
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _training_left(cls, v: float, info: ValidationInfo) -> float:
+        eval_fraction = info.data.get("eval_fraction", 0.0)
+        if eval_fraction + v >= 1:
+            raise ValueError(
+                f"eval_fraction {eval_fraction} + val_fraction {v} leaves no training prompts; "
+                "keep the sum below 1"
+            )
+        return v
 
 
 class CandidateParams(Settings):
@@ -237,6 +258,11 @@ class EvaluateParams(Settings):
     batch_size: BatchSize
     bootstrap: Int = Field(ge=10, le=100_000, description="resamples of each interval")
     win_reward: Name = Field(description="reward whose per-sample wins define win rate")
+    split: Literal["test", "validation"] = Field(
+        "test",
+        description="the prompts every model is evaluated on: test (results/prompts/eval.parquet, "
+        "the report's verdicts) or validation (val.parquet: tuning choices, never verdicts)",
+    )
     tie_threshold: Float = Field(
         ge=0, description="reward differences up to this count as ties in win rates"
     )
@@ -447,6 +473,15 @@ class Config(Settings):
         return self
 
     @model_validator(mode="after")
+    def _validation_prompts_exist(self) -> Config:
+        if self.evaluate.split == "validation" and self.prompts.n_val == 0:
+            raise ValueError(
+                "evaluate.split: validation evaluates on validation prompts, and prompts.n_val "
+                "is 0: set it above 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _online_alone_offline_if_not_generated(self) -> Config:
         if self.online.rounds and self.candidates.source != "generate":
             raise ValueError(
@@ -480,6 +515,12 @@ class Config(Settings):
         The base model has neither seed nor variant."""
         path = self.path(kind, objective)
         return path if seed is None else path / f"seed{seed}" / variant
+
+    def eval_prompts(self) -> Path:
+        """The prompt table every model is evaluated on (``evaluate.split``): the test prompts
+        of the report's verdicts, or the validation prompts that tuning uses instead."""
+        split = "val" if self.evaluate.split == "validation" else "eval"
+        return self.path("prompts", f"{split}.parquet")
 
     def data_path(
         self, kind: str, objective: str | None = None, seed: int | None = None, rnd: int = 1

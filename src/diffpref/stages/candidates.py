@@ -74,17 +74,22 @@ def round_seed(seed: int, rnd: int) -> int:
     return 7_919 * (seed + 1) + 104_729 * rnd
 
 
+def held_out(cfg) -> set[str]:
+    """The eval (test) and validation prompts: never trained on."""
+    tables = (cfg.path("prompts", f"{s}.parquet") for s in ("eval", "val"))
+    return set().union(*(read_table(t, ["prompt"]).prompt for t in tables))
+
+
 def train_prompts(cfg, rnd: int) -> pd.DataFrame:
     """Round 1's training prompts, or with ``online.prompts: fresh`` a later round's own: as
-    many new ones of the world's distribution, none of them a held-out prompt."""
+    many new ones of the world's distribution, none of them an eval or validation prompt."""
     prompts = read_table(cfg.path("prompts", "train.parquet"), ["prompt_id", "prompt"])
     if rnd == 1 or cfg.online.prompts == "same":
         return prompts
     from diffpref.world.prompts import generate_prompts
 
-    held_out = set(read_table(cfg.path("prompts", "eval.parquet"), ["prompt"]).prompt)
     fresh = generate_prompts(cfg.prompts.n_train, 1, seed=round_seed(cfg.seed, rnd))
-    fresh = fresh[(fresh.split == "train") & ~fresh.prompt.isin(held_out)]
+    fresh = fresh[(fresh.split == "train") & ~fresh.prompt.isin(held_out(cfg))]
     fresh = fresh.reset_index(drop=True)
     fresh["prompt_id"] = [f"round{rnd}-{i}" for i in fresh.prompt_id]
     return fresh[["prompt_id", "prompt"]]
@@ -93,9 +98,8 @@ def train_prompts(cfg, rnd: int) -> pd.DataFrame:
 def imported(cfg, backbone) -> Candidates:
     """Pick-a-Pic pairs resized to the backbone's image size, encoded once by its VAE."""
     c = cfg.candidates
-    held_out = set(read_table(cfg.path("prompts", "eval.parquet"), ["prompt"]).prompt)
     channels, size, _ = backbone.image_shape
-    prefs = datasources.read_pickapic(c.preference_file, size, channels, held_out, c.max_pairs)
+    prefs = datasources.read_pickapic(c.preference_file, size, channels, held_out(cfg), c.max_pairs)
     images = torch.from_numpy(prefs.images)
     latents = torch.cat(
         [

@@ -27,7 +27,7 @@ def run(ctx) -> None:
     cfg, name = ctx.cfg, ctx.objective
     ev = cfg.evaluate
     device = resolve_device(cfg)
-    prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
+    prompts = read_table(cfg.eval_prompts(), ["prompt_id", "prompt"])
     base_scores = None
     if name != "base":
         base_scores = read_table(
@@ -74,7 +74,7 @@ def run(ctx) -> None:
     ctx.run.log_figure(
         "samples.png",
         "diffpref.plots:image_grid",
-        lambda: (cfg.path(), {name: out}, cfg.report.grid_prompts),
+        lambda: (cfg.eval_prompts(), {name: out}, cfg.report.grid_prompts),
     )
     ctx.run.log_metrics(flat_numbers(metrics))
 

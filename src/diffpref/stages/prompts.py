@@ -1,7 +1,9 @@
-"""prompts: the train/eval prompt tables every later stage reads.
+"""prompts: the train, eval (test) and val (validation) prompt tables every later stage reads.
 
-Sources: the embedded world's generator (default), or a prompt file (``prompts.source:
-file``; see :func:`diffpref.datasources.read_prompt_file`).
+Validation prompts are for tuning choices (``evaluate.split: validation``); the report's
+verdicts use the eval prompts only, and no prompt is in two splits. Sources: the embedded
+world's generator (default), or a prompt file (``prompts.source: file``; see
+:func:`diffpref.datasources.read_prompt_file`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import pandas as pd
 
 from diffpref.io import atomic_dir
 
+SPLITS = ("train", "eval", "val")  # eval: the test prompts of every verdict
+
 
 def run(ctx) -> None:
     cfg = ctx.cfg
@@ -17,7 +21,7 @@ def run(ctx) -> None:
     if p.source == "world":
         from diffpref.world.prompts import generate_prompts
 
-        df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed)
+        df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed, n_val=p.n_val)
     else:
         from diffpref.datasources import read_prompts, warn_if_untracked
 
@@ -25,9 +29,9 @@ def run(ctx) -> None:
         warn_if_untracked("prompts", p.file)
     check_prompts(df)
     with atomic_dir(cfg.path("prompts")) as tmp:
-        for split in ("train", "eval"):
+        for split in SPLITS:  # every file, an empty one too: the layout does not depend on it
             df[df.split == split].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet")
-    ctx.run.log_metrics({f"n_{s}": int((df.split == s).sum()) for s in ("train", "eval")})
+    ctx.run.log_metrics({f"n_{s}": int((df.split == s).sum()) for s in SPLITS})
     if "category" in df:
         for cat, n in df[df.split == "eval"].category.value_counts().items():
             # free text in a file ("Food & Beverage"): the writer makes it a valid MLflow key
@@ -42,5 +46,11 @@ def check_prompts(df: pd.DataFrame) -> None:
         raise ValueError("duplicate prompt_id values in the prompt table")
     if (df.prompt.str.strip() == "").any():
         raise ValueError("empty prompts in the prompt table")
-    if not set(df.split) <= {"train", "eval"}:
-        raise ValueError(f"unknown split values {set(df.split) - {'train', 'eval'}}")
+    if not set(df.split) <= set(SPLITS):
+        raise ValueError(f"unknown split values {set(df.split) - set(SPLITS)}")
+    shared = df.groupby("prompt").split.nunique() > 1
+    if shared.any():
+        raise ValueError(
+            f"prompt {shared.index[shared][0][:80]!r} is in two splits: a validation or eval "
+            "prompt must be neither trained on nor tuned on"
+        )

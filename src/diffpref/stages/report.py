@@ -42,7 +42,9 @@ def run(ctx) -> None:
         plots.plot_categories(table, fig["category_accuracy"])
         plots.plot_poi(poi, fig["poi"])
         plots.plot_training(data.train_metrics, fig["training_loss"])
-        plots.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
+        plots.image_grid(
+            cfg.eval_prompts(), grid_models, cfg.report.grid_prompts, fig["image_grid"]
+        )
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
         if online:
             online.table.to_csv(tmp / "rounds.csv", index=False)
@@ -54,12 +56,16 @@ def run(ctx) -> None:
         if ctx.run.enabled:
             sections.append(_run_links(cfg))
         title = "diffpref report"
+        # a tuning run's numbers are for choosing settings, never verdicts
+        prompts = "validation prompt" if ev.split == "validation" else "held-out test prompt"
         subtitle = (
             f"profile {cfg.profile} · {_n(len(cfg.objectives), 'objective')} × "
-            f"{_n(len(seeds), 'training seed')} · {_n(len(cmp.prompt_ids), 'held-out prompt')} × "
+            f"{_n(len(seeds), 'training seed')} · {_n(len(cmp.prompt_ids), prompts)} × "
             f"{_n(len(ev.seeds), 'sampling seed')} · "
             f"win rates on {ev.win_reward}"
         )
+        if ev.split == "validation":
+            subtitle += " · for tuning only: verdicts need evaluate.split: test"
         (tmp / "report.md").write_text(report.to_markdown_report(title, sections))
         (tmp / "report.html").write_text(report.to_html(title, subtitle, sections))
     final = cfg.path("report")

@@ -118,20 +118,25 @@ def generate_prompts(
     category_mix: dict[str, float] | None = None,
     heldout_combo_frac: float = 0.5,
     heldout_template_frac: float = 0.5,
+    n_val: int = 0,
 ) -> pd.DataFrame:
-    """Train and eval prompts with their structured specs, deterministic for ``seed``.
+    """Train, eval (test) and validation prompts with their structured specs, deterministic
+    for ``seed``.
 
-    Train prompts use only train combos and the training wording. Each eval prompt uses a
-    held-out combo with probability ``heldout_combo_frac`` (categories that have some) and the
-    held-out wording with probability ``heldout_template_frac``; no prompt appears twice in or
-    across splits. When a category runs out of distinct prompts, its shortfall moves to the others.
-    Columns: ``prompt_id, prompt, split, category, spec, heldout_combo, heldout_template``.
+    Train prompts use only train combos and the training wording. Each eval or validation
+    prompt uses a held-out combo with probability ``heldout_combo_frac`` (categories that have
+    some) and the held-out wording with probability ``heldout_template_frac``: validation is
+    drawn like the test split, so that a choice tuned on it transfers, and after it, so that
+    adding validation prompts leaves the train and eval prompts of a seed as they were. No
+    prompt appears twice in or across splits. When a category runs out of distinct prompts, its
+    shortfall moves to the others. Columns: ``prompt_id, prompt, split, category, spec,
+    heldout_combo, heldout_template``.
     """
     mix = _normalise_mix(category_mix)
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
     rows: list[dict] = []
-    for split, n in (("train", n_train), ("eval", n_eval)):
+    for split, n in (("train", n_train), ("eval", n_eval), ("val", n_val)):
         want = _allocate(n, mix)
         exhausted: set[str] = set()
         while True:
