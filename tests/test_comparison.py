@@ -118,7 +118,10 @@ def test_verdicts_say_what_the_run_could_detect_and_whether_gains_carry_over():
     assert 'Holm over the 2 objectives of "beats the base": **yes**' in dpo
     assert "IQM over seeds × categories 0.750" in dpo
     assert "**not shown to carry over** to held-out wording (0.500 [0.500, 0.500])" in dpo
-    assert "**not shown**" in smpo and "could detect a win-rate difference" in smpo
+    assert "**not shown**" in smpo and "shows a win-rate difference from 0.5 beyond ±" in smpo
+    assert "(95% CI half-width) and detects one of ±" in smpo and "with 80% power" in smpo
+    # identical seeds: the method-of-moments seed sd is 0, printed as its upper bound
+    assert "between-seed sd < 0.000 (95% upper bound; the estimate is 0)" in dpo
     assert "under-trained" in smpo  # its training accuracy 0.55 is near chance
 
 
@@ -147,15 +150,17 @@ def test_seed_claims_are_decided_on_seed_aware_intervals():
 
 def test_power_note_gives_what_would_decide_and_caps_useless_advice():
     e = {
-        "detectable": 0.06,
+        "half_width": 0.06,
+        "detectable_80": 0.081,
         "seeds_needed": None,
         "prompts_needed": 300,
         "scale_both": None,
         "effect": 0.05,
     }
     assert comparison.power_note(e, "difference", 3, 128) == (
-        "this run could detect a difference of about ±0.060 (CI half-width); detecting the "
-        "observed difference (80% power) would take ~300 prompts at 3 seeds"
+        "this run shows a difference beyond ±0.060 (95% CI half-width) and detects one of "
+        "±0.081 with 80% power; detecting the observed difference (80% power) would take "
+        "~300 prompts at 3 seeds"
     )
     e |= {"prompts_needed": None, "scale_both": 4.0}
     assert "~12 seeds and ~512 prompts together" in comparison.power_note(e, "d", 3, 128)

@@ -55,8 +55,9 @@ def test_crossed_bootstrap_shares_the_prompt_draw_between_models():
     b = a - 0.25  # b is a uniformly 0.25 worse on every (seed, prompt)
     boot = st.crossed_bootstrap({"a": a, "b": b}, 500, seed=1, seeds=False)
     np.testing.assert_allclose(boot["a"] - boot["b"], 0.25)  # paired: no prompt noise left
-    d = st.seed_difference({"a": a, "b": b}, "a", "b", 500)
+    d = st.seed_difference({"a": a, "b": b}, "a", "b", 500, paired=False)
     assert d["diff"] == pytest.approx(0.25) and d["ci_low"] < 0.25 < d["ci_high"]
+    assert d["analysis"] == st.UNPAIRED
 
 
 def test_crossed_bootstrap_is_seeded():
@@ -155,7 +156,7 @@ def test_seed_dominated_interval_is_the_t_interval_on_the_per_seed_means():
     assert e["ci_high"] == pytest.approx(0.7 + half, abs=0.004)
     assert e["per_seed"] == pytest.approx([0.6, 0.7, 0.8])
     assert e["n_seeds"] == 3 and e["n_prompts"] == 10
-    assert e["detectable"] == pytest.approx((e["ci_high"] - e["ci_low"]) / 2)
+    assert e["half_width"] == pytest.approx((e["ci_high"] - e["ci_low"]) / 2)
     assert e["seed_share"] == pytest.approx(1.0)
     # the two-sided p of 0.5: P(t2 > 0.2 / 0.0577) x 2
     assert e["p_value"] == pytest.approx(2 * stats.t.sf(0.2 / (0.1 / np.sqrt(3)), 2), abs=0.003)
@@ -173,9 +174,11 @@ def test_one_seed_gives_the_prompt_level_t_interval():
 def test_intervals_are_seeded():
     rng = np.random.default_rng(3)
     mats = {"a": rng.normal(size=(3, 20)), "b": rng.normal(size=(3, 20))}
-    one = st.seed_difference(mats, "a", "b", 1000, seed=4)
-    assert one == st.seed_difference(mats, "a", "b", 1000, seed=4)
-    assert one["ci_low"] != st.seed_difference(mats, "a", "b", 1000, seed=5)["ci_low"]
+    for paired in (False, True):
+        one = st.seed_difference(mats, "a", "b", 1000, seed=4, paired=paired)
+        assert one == st.seed_difference(mats, "a", "b", 1000, seed=4, paired=paired)
+        two = st.seed_difference(mats, "a", "b", 1000, seed=5, paired=paired)
+        assert one["ci_low"] != two["ci_low"]
 
 
 def test_candidate_intervals_df():
@@ -269,7 +272,10 @@ def test_detectable_at_projects_the_reported_interval_to_other_seed_counts():
     assert st.components(st.squares([m], [1.0]))["seed"][0] > 0
     sq = st.squares([m], [1.0])
     lo, hi, _ = st.fiducial_interval(sq, 20000)
-    at = {r: st.detectable_at(sq, r) for r in (3, 5, 10)}
+    at = {r: st.detectable_at(sq, r, 20000) for r in (3, 5, 10)}
     assert at[3] == pytest.approx((hi - lo) / 2)
     assert at[3] > at[5] > at[10]
-    assert np.isnan(st.detectable_at(st.squares([m[:1]], [1.0]), 5))
+    assert np.isnan(st.detectable_at(st.squares([m[:1]], [1.0]), 5, 20000))
+    # the report's draws setting reaches the projection (its draws differ from 20 000's)
+    e = st.seed_estimate({"a": m}, "a", 0.0, 1000)
+    assert e["half_width_at"][3] == st.detectable_at(sq, 3, 1000) != at[3]

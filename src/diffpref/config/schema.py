@@ -220,6 +220,14 @@ class TrainParams(Settings):
         description="data-parallel processes (one GPU each, or CPU processes); batch_size is "
         "the global batch, split evenly over them",
     )
+    seed_streams: Literal["shared", "independent"] = Field(
+        "shared",
+        description="shared: every objective at training seed r draws the same adapter init, "
+        "batch order, timesteps and noise (common random numbers), so the report compares two "
+        "objectives as one paired difference over (seed, prompt); independent: each "
+        "objective's streams are offset by a stable hash of its name and comparisons are "
+        "unpaired. Fixed before the data are seen; not per objective",
+    )
 
 
 class TrainOverrides(Settings):
