@@ -33,7 +33,6 @@ from diffpref.comparison import (
     _verdict,
     power_note,
     read_model,
-    with_note,
 )
 from diffpref.config.schema import model_variant
 
@@ -218,7 +217,7 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
             line += (
                 "; with one training seed this holds for that seed: seed-to-seed spread unmeasured"
             )
-        out.append(with_note(line, n_seeds))
+        out.append(line)
     return out
 
 

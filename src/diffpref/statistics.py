@@ -437,7 +437,7 @@ def seed_estimate(
     out["per_seed"] = [float(v) for v in m.mean(1)]
     one = m.shape[0] < 2
     out["seed_sd"] = float("nan") if one else float(np.sqrt(components(sq)["seed"][0]))
-    out["seed_sd_upper"] = float("nan") if one else seed_sd_upper(sq, n_draws, seed)
+    out["seed_sd_upper"] = float("nan") if one else float(seed_sd_upper(sq, n_draws, seed))
     return out
 
 
@@ -465,17 +465,18 @@ def seed_difference(
     return out
 
 
-def seed_sd_upper(sq: Squares, n_draws: int, seed: int = 0, conf: float = CONFIDENCE) -> float:
+def seed_sd_upper(sq: Squares, n_draws: int, seed: int = 0, conf: float = CONFIDENCE) -> np.ndarray:
     """One-sided ``conf`` upper bound on one model's between-seed sd (evaluation noise
-    removed): the ``conf`` quantile of its fiducial draws sqrt(max(0, seed_ms* - resid_ms* /
-    P)), the seed and residual mean squares replaced by their pivots. Printed where the
-    method-of-moments estimate truncates to 0, which says "small", not "none"."""
+    removed; batched): the ``conf`` quantile of its fiducial draws sqrt(max(0, seed_ms* -
+    resid_ms* / P)), the seed and residual mean squares replaced by their pivots. Printed where
+    the method-of-moments estimate truncates to 0, which says "small", not "none"."""
     (m,) = sq.models
     rng = np.random.default_rng(seed)
-    seed_star = _pivot(rng, np.asarray(m.seed_ms), m.seed_df, (n_draws,))
-    resid_star = _pivot(rng, np.asarray(m.resid_ms), sq.resid_df(m), (n_draws,))
+    shape = (*np.shape(m.seed_ms), n_draws)
+    seed_star = _pivot(rng, np.asarray(m.seed_ms), m.seed_df, shape)
+    resid_star = _pivot(rng, np.asarray(m.resid_ms), sq.resid_df(m), shape)
     var = np.maximum(0.0, seed_star - resid_star / sq.n_prompts)
-    return float(np.sqrt(np.quantile(var, conf)))
+    return np.sqrt(np.quantile(var, conf, axis=-1))
 
 
 # -- planning ----------------------------------------------------------------------------------
