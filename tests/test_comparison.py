@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
+from scipy import stats
 
 from diffpref import comparison
 
@@ -210,3 +212,49 @@ def test_wording_summary_names_a_winner_that_does_not_carry_over():
     line = comparison.wording_summary(table, splits)
     assert line.startswith("Best on all held-out prompts: a (0.620)")
     assert "b leads there with 0.570 [0.52, 0.62]" in line and "does not carry over" in line
+
+
+def test_shared_seeds_pair_objective_comparisons_and_the_report_says_so():
+    # dpo and smpo share a large per-seed effect on the score (common random numbers), so
+    # smpo's mean is below dpo's by the same 0.12 on every seed: paired by training seed,
+    # every seed of smpo is below the same seed of dpo (no spread: certain); unpaired, the
+    # seed effect swamps it; the base is never paired. The seed claim names its analysis.
+    res = synthetic()
+    shift = {0: -0.3, 1: 0.0, 2: 0.3}
+    for n, gap in (("dpo", 0.0), ("smpo", -0.02)):
+        df = res.scores[n]
+        res.scores[n] = df.assign(score=df.score + df.train_seed.map(shift) + gap)
+    out = {}
+    for shared in (True, False):
+        res.shared_seeds = shared
+        cmp = comparison.Comparison(res, "fidelity", 2000, 0.01)
+        poi = cmp.poi_matrix().set_index(["model", "versus"])
+        assert poi.analysis[("dpo", "base")] == "unpaired"
+        assert poi.analysis[("smpo", "dpo")] == (
+            "paired by training seed" if shared else "unpaired"
+        )
+        table = comparison.comparison_table(cmp, ["fidelity"])
+        out[shared] = (
+            poi,
+            next(
+                ln
+                for ln in comparison.seed_claims(cmp, table, poi.reset_index())
+                if ln.startswith("- SmPO")
+            ),
+        )
+    poi, line = out[True]
+    assert "(paired by training seed, per seed" in line
+    assert "a seed of each against the same seed" in line
+    assert poi.p[("smpo", "dpo")] == poi.ci_high[("smpo", "dpo")] == 0.0
+    assert poi.seed_pairs[("smpo", "dpo")] == 0.0  # no seed of smpo beats dpo's same seed
+    poi, line = out[False]
+    assert "(unpaired)" in line and "a random training seed of each" in line
+    x = {
+        n: res.scores[n].query("reward == 'fidelity'").groupby("train_seed").score.mean()
+        for n in ("smpo", "dpo")
+    }
+    want = stats.norm.cdf(
+        (x["smpo"].mean() - x["dpo"].mean()) / np.sqrt(x["smpo"].var() + x["dpo"].var())
+    )
+    assert poi.p[("smpo", "dpo")] == pytest.approx(want)  # a random pair of seeds: 0.39
+    assert poi.ci_low[("smpo", "dpo")] < 0.1 and poi.ci_high[("smpo", "dpo")] > 0.8
