@@ -221,7 +221,6 @@ class TrainParams(Settings):
         "the global batch, split evenly over them",
     )
     seed_streams: Literal["shared", "independent"] = Field(
-        "shared",
         description="shared: every objective at training seed r draws the same adapter init, "
         "batch order, timesteps and noise (common random numbers), so the report compares two "
         "objectives as one paired difference over (seed, prompt); independent: each "
