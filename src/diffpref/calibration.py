@@ -1,8 +1,9 @@
 """Simulations of the crossed training-seed x prompt model with known truth: how often each
 interval of :mod:`diffpref.statistics` covers the truth, and how wide it is.
 
-Used by ``tests/test_interval_calibration.py`` (the intervals the report prints, on the grid
-R in {3, 5}, P in {32, 128}, seed share in {0, 0.5, 0.9}) and by
+Used by ``tests/test_seed_statistics.py`` (the intervals the report prints, on the grid
+R in {3, 5}, P in {32, 128}, seed share in {0, 0.5, 0.9}, and beyond it: shared seeds, a
+variance ratio of 10, heavy-tailed and two-moded seed effects, R = 2) and by
 ``workflow/scripts/interval_calibration.py`` (every candidate: the table of
 ``docs/statistics.md``). Not imported by any stage.
 
@@ -10,7 +11,8 @@ The model, per objective, training seed r, prompt p and sampling seed k (latent 
 ``z = mu + seed_r + prompt_p + (seed x prompt)_rp + noise_rpk``. A win against the base is
 ``z - base_pk`` above the tie threshold (1), within it (0.5) or below (0); a reward score is
 ``z`` itself. Two objectives share part of their prompt effect (paired on prompts) and the base
-samples, never their training seeds. The *seed share* is the seed part of the variance of a
+samples, and their seed effects correlate ``Design.seed_corr`` (0: independent seeds; shared
+training seeds make it large). The *seed share* is the seed part of the variance of a
 grand mean: sigma_seed^2 / R over sigma_seed^2 / R + sigma_prompt^2 / P + sigma_rest^2 / (R P).
 """
 

@@ -410,7 +410,7 @@ def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
 TWO_MODES = (
     "Outside what was calibrated: seeds that land in one of two basins (two-moded seed "
     "effects), which 2-5 seeds cannot tell from normal ones; when such seeds carry 90% of "
-    "the variance the intervals cover only 0.75-0.87 at 2-3 seeds and 0.92-0.94 at 5 "
+    "the variance the intervals cover only 0.75-0.88 at 2-3 seeds and 0.93 at 5 "
     "(docs/statistics.md)."
 )
 

@@ -5,6 +5,16 @@ sampling seeds, so an objective's results form a matrix M[seed, prompt] (the per
 averaged over sampling seeds): training seeds and prompts are *crossed* random factors, and
 M = mu + seed + prompt + seed x prompt (the interaction and the sampling noise, confounded).
 
+**Which analysis: the design decides.** Objectives at training seed r share their random
+streams (``train.seed_streams: shared``, the default: same adapter init, batches, timesteps and
+noise), so their seed effects correlate (+0.94 for lair and dpo in a real run, -0.58 for
+dpo_rethink, whose reference updates change the path). A difference of two such models is
+therefore ONE matrix a - b over (seed, prompt), analysed as a single model
+(:func:`design_squares`, :func:`seed_difference` with ``paired``); with independent streams it
+is the unpaired contrast below. The choice follows the design, fixed before the data are
+seen, never the narrower of the two: paired is 1.5-1.7x narrower at seed correlation 0.9-0.95
+and 1.1-1.25x wider at 0 (``docs/statistics.md``).
+
 **Which interval, and why.** Candidates, each for a model's grand mean and for a contrast of
 models (paired on prompts, independent across training seeds), were compared on simulations of
 this crossed model with known truth (:mod:`diffpref.calibration`; the table and the command in
@@ -24,11 +34,13 @@ this crossed model with known truth (:mod:`diffpref.calibration`; the table and 
 - the same variance components with **generalized (fiducial) pivots** (:func:`fiducial_draws`,
   Weerahandi 1993, Hannig 2009): each part of the variance (prompts; seeds, one pivot with
   Welch's df for several models; residual) is replaced by its fiducial draw
-  ``part * df / chi2(df)`` and the contrast by ``estimate - Z * sqrt(V*)``. No df estimate is
-  plugged in, so it does not under-cover on the grid (>= 0.944); it is cautious at R = 3 when
-  seeds add little (up to 0.985: 3 seeds cannot show that seeds do not matter) and within
-  0.01-0.02 of nominal from R = 5. **This is the one the report prints**: a verdict should not
-  claim more than its seeds support.
+  ``part * df / chi2(df)`` and the contrast by ``estimate - Z * sqrt(V*)``. For one model
+  (and a paired difference) no df estimate is plugged in; an unpaired difference and P(A > B)
+  pool the two models' seed parts into one pivot with an estimated (Welch) df. It does not
+  under-cover on the grid (>= 0.944); it is cautious at R = 3 when seeds add little (up to
+  0.985: 3 seeds cannot show that seeds do not matter) and covers 0.944-0.973 at R = 5.
+  **This is the one the report prints**: a verdict should not claim more than its seeds
+  support. Its p-value is Rao-Blackwellized (:func:`fiducial_p`).
 
 No interval is exact here (a Behrens-Fisher-type problem has no exact similar solution), so the
 choice is the least conservative candidate that keeps 95% everywhere on the grid.
@@ -38,12 +50,16 @@ evaluated prompts: the chance that a random training seed of A scores a higher m
 random seed of B. rliable's estimate over 3 x 3 seed pairs takes 10 values and its stratified
 bootstrap covers 0.15-0.85, so the report estimates it in the same normal seed model,
 Phi(d / sqrt(s_A^2 + s_B^2)), with a fiducial interval whose spread pivot has Welch's df
-(:func:`improvement`; 0.95-0.97 on the grid); P(B > A) is exactly its mirror image. The prompt
+(:func:`improvement`; 0.95-0.97 on the grid); P(B > A) is exactly its mirror image. When the
+two share their training seeds the estimand is the chance that a seed of A beats the same seed
+of B, Phi(mean(D) / sd(D)) of the per-seed differences (``paired``). The prompt
 categories are not separate tasks: every category is scored by the same seeds, so they are not
 independent.
 
-**Power** (:func:`plan`) projects the same variance components to more seeds or prompts, with
-t quantiles at the planned design's Satterthwaite df. **Multiplicity**: :func:`holm`.
+**Power** (:func:`plan`, :func:`detectable_80`) projects the same variance components to more
+seeds or prompts, with t quantiles at the planned design's Satterthwaite df; the report names
+the 95% half-width (an effect that large is shown only about half the time) and the effect
+detected with 80% power apart. **Multiplicity**: :func:`holm`.
 
 Kept apart from :mod:`diffpref.evaluation` (the per-model numbers of the ``evaluate`` stage) so
 that changing how the report compares models reruns only the report, not every evaluation.

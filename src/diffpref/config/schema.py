@@ -257,7 +257,7 @@ class ReportParams(Settings):
     draws: Int = Field(
         ge=1000,
         le=1_000_000,
-        description="fiducial draws per interval (seeded with `seed`; p-values to 1/draws)",
+        description="fiducial draws per interval and per power projection (seeded with `seed`)",
     )
 
 
