@@ -178,6 +178,12 @@ def test_what_seeds_decide_says_what_three_seeds_cannot():
     assert "t = 4.30" in text and "2 degrees of freedom" in text
     assert "at 5 seeds" in text and "at 10 seeds" in text
     assert '"beats the base" (2 comparisons, one per objective)' in text
+    assert "shown with 80% power from about ±" in text
+    assert "between-seed sd < 0.000 (95% upper bound; the estimate is 0)" in text
+    assert "compared paired by training seed" in text and comparison.TWO_MODES in text
+    res.shared_seeds = False
+    text = comparison.what_seeds_decide(comparison.Comparison(res, "fidelity", 2000, 0.01))
+    assert "compared unpaired (train.seed_streams independent)" in text
 
 
 def test_wording_overlap_counts_shared_word_ngrams():

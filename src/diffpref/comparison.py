@@ -231,6 +231,7 @@ def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
                 beats_base_holm=WORD[_adjusted(w["mean"], holm[n], 0.5)],
                 win_iqm=cmp.win_iqm(n),
                 win_seed_sd=w["seed_sd"],
+                win_seed_sd_upper=w["seed_sd_upper"],
                 win_seed_share=w["seed_share"],
                 win_per_seed=" ".join(f"{v:.3f}" for v in w["per_seed"]),
             )
@@ -444,6 +445,7 @@ def what_seeds_decide(cmp: Comparison) -> str:
     now = float(np.median([e["half_width"] for e in win.values()]))
     power = float(np.median([e["detectable_80"] for e in win.values()]))
     sd = float(np.nanmedian([e["seed_sd"] for e in win.values()]))
+    upper = float(np.nanmedian([e["seed_sd_upper"] for e in win.values()]))
     share = float(np.nanmedian([e["seed_share"] for e in win.values()]))
     others = ", ".join(f"±{at[r]:.3f} at {r} seeds" for r in st.PLANNED_SEEDS if r != n_seeds)
     t = float(stats.t.ppf(0.975, n_seeds - 1))  # what a seed-dominated interval uses
@@ -454,8 +456,9 @@ def what_seeds_decide(cmp: Comparison) -> str:
         f"same {n_prompts} prompts), and a true gain is shown with 80% power from about "
         f"±{power:.3f}. Smaller gains, and rankings of objectives closer than "
         f"that, are beyond this run: **not shown** means undecided, not no effect. Training "
-        f"seeds carry a median {share:.0%} of the variance (between-seed sd {sd:.3f}, "
-        f"evaluation noise removed), and with {n_seeds} seeds their part of each interval "
+        f"seeds carry a median {share:.0%} of the variance (between-seed sd "
+        f"{seed_sd(sd, upper)}, evaluation noise removed), and with {n_seeds} seeds their part "
+        "of each interval "
         f"rests on {n_seeds - 1} degree{'s' if n_seeds > 2 else ''} of freedom (t = {t:.2f}, "
         "against 1.96 for a known spread). Family: every verdict below belongs to the family "
         f'"{BEATS_BASE}" ({_count(len(win), "comparison")}, one per objective); each is given '
@@ -517,7 +520,7 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
         facts.append(f"diversity x{r['diversity'] / base['diversity']:.2f}")
         spread = (
             f"per seed {r['win_per_seed']}, IQM over seeds × categories {r['win_iqm']:.3f}, "
-            f"between-seed sd {seed_sd(e)}"
+            f"between-seed sd {seed_sd(e['seed_sd'], e['seed_sd_upper'])}"
             if n_seeds > 1
             else "one training seed"
         )
@@ -534,11 +537,12 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
     return out
 
 
-def seed_sd(e: dict) -> str:
-    """The between-seed sd, or its 95% upper bound where the estimate truncates to 0."""
-    if e["seed_sd"] > 0:
-        return f"{e['seed_sd']:.3f}"
-    return f"< {e['seed_sd_upper']:.3f} (95% upper bound; the estimate is 0)"
+def seed_sd(sd: float, upper: float) -> str:
+    """The between-seed sd, or its 95% upper bound where the estimate truncates to 0 (or
+    prints as 0.000): "small", not "none"."""
+    if sd >= 0.0005:
+        return f"{sd:.3f}"
+    return f"< {upper:.3f} (95% upper bound; the estimate is 0)"
 
 
 def _why(r: dict, lo: float) -> str:
