@@ -264,3 +264,22 @@ def test_shared_seeds_pair_objective_comparisons_and_the_report_says_so():
     )
     assert poi.p[("smpo", "dpo")] == pytest.approx(want)  # a random pair of seeds: 0.39
     assert poi.ci_low[("smpo", "dpo")] < 0.1 and poi.ci_high[("smpo", "dpo")] > 0.8
+
+
+def test_widely_spread_seeds_are_marked_outside_the_calibration():
+    res = synthetic()
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity"])
+    assert "outside what was calibrated" not in " ".join(
+        comparison.beats_base(cmp, table, comparison.split_table(cmp))
+    )
+    # dpo's seed 0 loses every prompt and seed 2 wins every one: per-seed win rates 0, 0.75, 1
+    df = res.scores["dpo"]
+    res.scores["dpo"] = df.assign(score=df.score + df.train_seed.map({0: -1.0, 1: 0.0, 2: 1.0}))
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity"])
+    dpo, smpo = comparison.beats_base(cmp, table, comparison.split_table(cmp))
+    assert "**outside what was calibrated**: per-seed win rates spread with sd 0.5" in dpo
+    assert "outside what was calibrated" not in smpo
+    claim = next(ln for ln in comparison.seed_claims(cmp, table, cmp.poi_matrix()) if "SmPO" in ln)
+    assert "outside what was calibrated" in claim

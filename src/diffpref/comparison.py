@@ -408,6 +408,22 @@ def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
     return "; ".join(parts)
 
 
+WIDE_SEED_SD = 0.2  # per-seed win rates spread wider than this: outside the calibration
+
+
+def spread_note(seed_sds: list[float]) -> str:
+    """Empty, or that a verdict is outside what was calibrated because per-seed win rates
+    spread with an sd above :data:`WIDE_SEED_SD`: there the win rate's nonlinearity costs
+    coverage (a difference 0.90-0.93 in the simulation, docs/statistics.md)."""
+    wide = max((v for v in seed_sds if v == v), default=0.0)
+    if wide <= WIDE_SEED_SD:
+        return ""
+    return (
+        f"; **outside what was calibrated**: per-seed win rates spread with sd {wide:.2f} "
+        f"(above {WIDE_SEED_SD} the win rate's nonlinearity costs coverage)"
+    )
+
+
 TWO_MODES = (
     "Outside what was calibrated: seeds that land in one of two basins (two-moded seed "
     "effects), which 2-5 seeds cannot tell from normal ones; when such seeds carry 90% of "
@@ -531,6 +547,7 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
         )
         if lo <= 0.5 <= hi:
             line += "; " + power_note(e, "win-rate difference from 0.5", n_seeds, n_prompts)
+        line += spread_note([e["seed_sd"]])
         line += _why(r, lo)
         line += _carries_over(splits, n, lo)
         out.append(line)
@@ -635,6 +652,8 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
             f"{_difference(d)}; P({a} > {b}) = {p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] "
             f"for {who} ({p.seed_pairs:.2f} of the seed pairs)"
         )
+        win = cmp.win_vs_base()
+        detail += spread_note([win[a]["seed_sd"], win[b]["seed_sd"]])
         lines.append(len(decided))
         decided.append((claim, d, detail, n_prompts))
     counting = _counting_claim(cmp)

@@ -33,6 +33,7 @@ from diffpref.comparison import (
     _verdict,
     power_note,
     read_model,
+    spread_note,
 )
 from diffpref.config.schema import model_variant
 
@@ -217,7 +218,7 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
             line += (
                 "; with one training seed this holds for that seed: seed-to-seed spread unmeasured"
             )
-        out.append(line)
+        out.append(line + spread_note([e["seed_sd"]]))
     return out
 
 
