@@ -250,7 +250,7 @@ def test_shared_seeds_pair_objective_comparisons_and_the_report_says_so():
         )
     poi, line = out[True]
     assert "(paired by training seed, per seed" in line
-    assert "a seed of each against the same seed" in line
+    assert "a seed of each against the same seed (0.00 of the same-seed pairs)" in line
     assert poi.p[("smpo", "dpo")] == poi.ci_high[("smpo", "dpo")] == 0.0
     assert poi.seed_pairs[("smpo", "dpo")] == 0.0  # no seed of smpo beats dpo's same seed
     poi, line = out[False]

@@ -650,7 +650,7 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
         detail = (
             f"win rate vs base {row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, "
             f"{_difference(d)}; P({a} > {b}) = {p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] "
-            f"for {who} ({p.seed_pairs:.2f} of the seed pairs)"
+            f"for {who} ({p.seed_pairs:.2f} of the {'same-' if paired else ''}seed pairs)"
         )
         win = cmp.win_vs_base()
         detail += spread_note([win[a]["seed_sd"], win[b]["seed_sd"]])
