@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
+from scipy import stats
 
 from diffpref import comparison
 
@@ -118,7 +120,10 @@ def test_verdicts_say_what_the_run_could_detect_and_whether_gains_carry_over():
     assert 'Holm over the 2 objectives of "beats the base": **yes**' in dpo
     assert "IQM over seeds × categories 0.750" in dpo
     assert "**not shown to carry over** to held-out wording (0.500 [0.500, 0.500])" in dpo
-    assert "**not shown**" in smpo and "could detect a win-rate difference" in smpo
+    assert "**not shown**" in smpo and "shows a win-rate difference from 0.5 beyond ±" in smpo
+    assert "(95% CI half-width) and detects one of ±" in smpo and "with 80% power" in smpo
+    # identical seeds: the method-of-moments seed sd is 0, printed as its upper bound
+    assert "between-seed sd < 0.000 (95% upper bound; the estimate is 0)" in dpo
     assert "under-trained" in smpo  # its training accuracy 0.55 is near chance
 
 
@@ -147,15 +152,17 @@ def test_seed_claims_are_decided_on_seed_aware_intervals():
 
 def test_power_note_gives_what_would_decide_and_caps_useless_advice():
     e = {
-        "detectable": 0.06,
+        "half_width": 0.06,
+        "detectable_80": 0.081,
         "seeds_needed": None,
         "prompts_needed": 300,
         "scale_both": None,
         "effect": 0.05,
     }
     assert comparison.power_note(e, "difference", 3, 128) == (
-        "this run could detect a difference of about ±0.060 (CI half-width); detecting the "
-        "observed difference (80% power) would take ~300 prompts at 3 seeds"
+        "this run shows a difference beyond ±0.060 (95% CI half-width) and detects one of "
+        "±0.081 with 80% power; detecting the observed difference (80% power) would take "
+        "~300 prompts at 3 seeds"
     )
     e |= {"prompts_needed": None, "scale_both": 4.0}
     assert "~12 seeds and ~512 prompts together" in comparison.power_note(e, "d", 3, 128)
@@ -171,6 +178,12 @@ def test_what_seeds_decide_says_what_three_seeds_cannot():
     assert "t = 4.30" in text and "2 degrees of freedom" in text
     assert "at 5 seeds" in text and "at 10 seeds" in text
     assert '"beats the base" (2 comparisons, one per objective)' in text
+    assert "shown with 80% power from about ±" in text
+    assert "between-seed sd < 0.000 (95% upper bound; the estimate is 0)" in text
+    assert "compared paired by training seed" in text and comparison.TWO_MODES in text
+    res.shared_seeds = False
+    text = comparison.what_seeds_decide(comparison.Comparison(res, "fidelity", 2000, 0.01))
+    assert "compared unpaired (train.seed_streams independent)" in text
 
 
 def test_wording_overlap_counts_shared_word_ngrams():
@@ -205,3 +218,68 @@ def test_wording_summary_names_a_winner_that_does_not_carry_over():
     line = comparison.wording_summary(table, splits)
     assert line.startswith("Best on all held-out prompts: a (0.620)")
     assert "b leads there with 0.570 [0.52, 0.62]" in line and "does not carry over" in line
+
+
+def test_shared_seeds_pair_objective_comparisons_and_the_report_says_so():
+    # dpo and smpo share a large per-seed effect on the score (common random numbers), so
+    # smpo's mean is below dpo's by the same 0.12 on every seed: paired by training seed,
+    # every seed of smpo is below the same seed of dpo (no spread: certain); unpaired, the
+    # seed effect swamps it; the base is never paired. The seed claim names its analysis.
+    res = synthetic()
+    shift = {0: -0.3, 1: 0.0, 2: 0.3}
+    for n, gap in (("dpo", 0.0), ("smpo", -0.02)):
+        df = res.scores[n]
+        res.scores[n] = df.assign(score=df.score + df.train_seed.map(shift) + gap)
+    out = {}
+    for shared in (True, False):
+        res.shared_seeds = shared
+        cmp = comparison.Comparison(res, "fidelity", 2000, 0.01)
+        poi = cmp.poi_matrix().set_index(["model", "versus"])
+        assert poi.analysis[("dpo", "base")] == "unpaired"
+        assert poi.analysis[("smpo", "dpo")] == (
+            "paired by training seed" if shared else "unpaired"
+        )
+        table = comparison.comparison_table(cmp, ["fidelity"])
+        out[shared] = (
+            poi,
+            next(
+                ln
+                for ln in comparison.seed_claims(cmp, table, poi.reset_index())
+                if ln.startswith("- SmPO")
+            ),
+        )
+    poi, line = out[True]
+    assert "(paired by training seed, per seed" in line
+    assert "a seed of each against the same seed (0.00 of the same-seed pairs)" in line
+    assert poi.p[("smpo", "dpo")] == poi.ci_high[("smpo", "dpo")] == 0.0
+    assert poi.seed_pairs[("smpo", "dpo")] == 0.0  # no seed of smpo beats dpo's same seed
+    poi, line = out[False]
+    assert "(unpaired)" in line and "a random training seed of each" in line
+    x = {
+        n: res.scores[n].query("reward == 'fidelity'").groupby("train_seed").score.mean()
+        for n in ("smpo", "dpo")
+    }
+    want = stats.norm.cdf(
+        (x["smpo"].mean() - x["dpo"].mean()) / np.sqrt(x["smpo"].var() + x["dpo"].var())
+    )
+    assert poi.p[("smpo", "dpo")] == pytest.approx(want)  # a random pair of seeds: 0.39
+    assert poi.ci_low[("smpo", "dpo")] < 0.1 and poi.ci_high[("smpo", "dpo")] > 0.8
+
+
+def test_widely_spread_seeds_are_marked_outside_the_calibration():
+    res = synthetic()
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity"])
+    assert "outside what was calibrated" not in " ".join(
+        comparison.beats_base(cmp, table, comparison.split_table(cmp))
+    )
+    # dpo's seed 0 loses every prompt and seed 2 wins every one: per-seed win rates 0, 0.75, 1
+    df = res.scores["dpo"]
+    res.scores["dpo"] = df.assign(score=df.score + df.train_seed.map({0: -1.0, 1: 0.0, 2: 1.0}))
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity"])
+    dpo, smpo = comparison.beats_base(cmp, table, comparison.split_table(cmp))
+    assert "**outside what was calibrated**: per-seed win rates spread with sd 0.5" in dpo
+    assert "outside what was calibrated" not in smpo
+    claim = next(ln for ln in comparison.seed_claims(cmp, table, cmp.poi_matrix()) if "SmPO" in ln)
+    assert "outside what was calibrated" in claim

@@ -223,7 +223,8 @@ def test_an_undecided_round_says_what_would_decide_it(computed):
         score=lambda d: d.score + noise
     )
     [line] = rounds.verdicts(cmp, same, rounds.round_table(cmp, same))
-    assert ": **inconclusive**" in line and "this run could detect" in line
+    assert ": **inconclusive**" in line and "with 80% power" in line
+    assert "paired by training seed (each training seed against" in line
 
 
 def test_splits_and_costs_cover_every_round(computed):

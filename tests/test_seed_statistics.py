@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from diffpref import calibration, evaluation
+from diffpref import calibration, comparison, evaluation
 from diffpref import statistics as st
 
 
@@ -55,8 +55,9 @@ def test_crossed_bootstrap_shares_the_prompt_draw_between_models():
     b = a - 0.25  # b is a uniformly 0.25 worse on every (seed, prompt)
     boot = st.crossed_bootstrap({"a": a, "b": b}, 500, seed=1, seeds=False)
     np.testing.assert_allclose(boot["a"] - boot["b"], 0.25)  # paired: no prompt noise left
-    d = st.seed_difference({"a": a, "b": b}, "a", "b", 500)
+    d = st.seed_difference({"a": a, "b": b}, "a", "b", 500, paired=False)
     assert d["diff"] == pytest.approx(0.25) and d["ci_low"] < 0.25 < d["ci_high"]
+    assert d["analysis"] == st.UNPAIRED
 
 
 def test_crossed_bootstrap_is_seeded():
@@ -155,7 +156,7 @@ def test_seed_dominated_interval_is_the_t_interval_on_the_per_seed_means():
     assert e["ci_high"] == pytest.approx(0.7 + half, abs=0.004)
     assert e["per_seed"] == pytest.approx([0.6, 0.7, 0.8])
     assert e["n_seeds"] == 3 and e["n_prompts"] == 10
-    assert e["detectable"] == pytest.approx((e["ci_high"] - e["ci_low"]) / 2)
+    assert e["half_width"] == pytest.approx((e["ci_high"] - e["ci_low"]) / 2)
     assert e["seed_share"] == pytest.approx(1.0)
     # the two-sided p of 0.5: P(t2 > 0.2 / 0.0577) x 2
     assert e["p_value"] == pytest.approx(2 * stats.t.sf(0.2 / (0.1 / np.sqrt(3)), 2), abs=0.003)
@@ -173,9 +174,11 @@ def test_one_seed_gives_the_prompt_level_t_interval():
 def test_intervals_are_seeded():
     rng = np.random.default_rng(3)
     mats = {"a": rng.normal(size=(3, 20)), "b": rng.normal(size=(3, 20))}
-    one = st.seed_difference(mats, "a", "b", 1000, seed=4)
-    assert one == st.seed_difference(mats, "a", "b", 1000, seed=4)
-    assert one["ci_low"] != st.seed_difference(mats, "a", "b", 1000, seed=5)["ci_low"]
+    for paired in (False, True):
+        one = st.seed_difference(mats, "a", "b", 1000, seed=4, paired=paired)
+        assert one == st.seed_difference(mats, "a", "b", 1000, seed=4, paired=paired)
+        two = st.seed_difference(mats, "a", "b", 1000, seed=5, paired=paired)
+        assert one["ci_low"] != two["ci_low"]
 
 
 def test_candidate_intervals_df():
@@ -269,7 +272,160 @@ def test_detectable_at_projects_the_reported_interval_to_other_seed_counts():
     assert st.components(st.squares([m], [1.0]))["seed"][0] > 0
     sq = st.squares([m], [1.0])
     lo, hi, _ = st.fiducial_interval(sq, 20000)
-    at = {r: st.detectable_at(sq, r) for r in (3, 5, 10)}
+    at = {r: st.detectable_at(sq, r, 20000) for r in (3, 5, 10)}
     assert at[3] == pytest.approx((hi - lo) / 2)
     assert at[3] > at[5] > at[10]
-    assert np.isnan(st.detectable_at(st.squares([m[:1]], [1.0]), 5))
+    assert np.isnan(st.detectable_at(st.squares([m[:1]], [1.0]), 5, 20000))
+    # the report's draws setting reaches the projection (its draws differ from 20 000's)
+    e = st.seed_estimate({"a": m}, "a", 0.0, 1000)
+    assert e["half_width_at"][3] == st.detectable_at(sq, 3, 1000) != at[3]
+
+
+# -- the analysis the design fixes: paired by training seed ------------------------------------
+def test_paired_difference_is_one_matrix_of_differences():
+    # a and b share a large seed effect (common random numbers): paired, it cancels and the
+    # difference is the one-model interval of a - b; unpaired, each model's seed part stays
+    rng = np.random.default_rng(8)
+    shared = rng.normal(0, 1.0, (3, 1))
+    b = shared + rng.normal(0, 0.3, (1, 40)) + rng.normal(0, 0.1, (3, 40))
+    a = b + 0.1 + rng.normal(0, 0.1, (3, 40))
+    mats = {"a": a, "b": b}
+    paired = st.seed_difference(mats, "a", "b", 4000, seed=1, paired=True)
+    one = st.seed_estimate({"d": a - b}, "d", 0.0, 4000, seed=1)
+    assert paired["analysis"] == st.PAIRED and paired["diff"] == pytest.approx(one["mean"])
+    assert (paired["ci_low"], paired["ci_high"], paired["p_value"]) == (
+        one["ci_low"],
+        one["ci_high"],
+        one["p_value"],
+    )
+    assert paired["per_seed"] == pytest.approx(list((a - b).mean(1)))
+    unpaired = st.seed_difference(mats, "a", "b", 4000, seed=1, paired=False)
+    assert unpaired["ci_low"] < 0 < paired["ci_low"]  # unpaired, the seed effect swamps it
+    with pytest.raises(ValueError, match="paired matrices differ"):
+        st.design_squares(a, b[:2], paired=True)
+
+
+def test_paired_improvement_is_the_same_seed_chance():
+    # per-seed differences d: P(a seed of x beats the same seed of y) = Phi(mean d / sd d)
+    x = np.array([1.0, 2.0, 3.5, 4.0])
+    y = x - np.array([0.2, -0.1, 0.4, 0.3])
+    d = x - y
+    p, lo, hi = st.improvement(x, y, 20000, seed=2, paired=True)
+    assert p == pytest.approx(stats.norm.cdf(d.mean() / d.std(ddof=1)))
+    assert lo < p < hi
+    q, qlo, qhi = st.improvement(y, x, 20000, seed=2, paired=True)
+    assert q == pytest.approx(1 - p) and (qlo, qhi) == pytest.approx((1 - hi, 1 - lo))
+    # unpaired, the large spread of x and y themselves makes the same data a coin flip
+    assert abs(st.improvement(x, y, 20000, seed=2)[0] - 0.5) < 0.1
+
+
+def test_rao_blackwell_p_matches_the_draw_count_with_less_noise():
+    rng = np.random.default_rng(9)
+    m = rng.normal(0, 0.05, (3, 1)) + rng.normal(0.06, 0.3, (1, 32)) + rng.normal(0, 0.2, (3, 32))
+    sq = st.squares([m], [1.0])
+    d = st.fiducial_draws(sq, 2_000_000, seed=0)  # the counted p, with little noise left
+    count = 2 * min((d <= 0).mean(), (d >= 0).mean())
+    rb, counted = [], []
+    for seed in range(40):
+        rb.append(float(st.fiducial_interval(sq, 2000, seed)[2]))
+        d = st.fiducial_draws(sq, 2000, seed)
+        counted.append(2 * min((d <= 0).mean(), (d >= 0).mean()))
+    assert np.mean(rb) == pytest.approx(count, abs=0.005)
+    assert np.mean(counted) == pytest.approx(count, abs=0.01)
+    assert np.std(rb) < np.std(counted) / 3
+
+
+def test_detectable_80_is_the_80_percent_power_effect_beside_the_half_width():
+    # seeds only, sd 0.1 between per-seed means: (t(.975, 2) + t(.8, 2)) x 0.1 / sqrt(3)
+    m = np.array([[0.6] * 10, [0.7] * 10, [0.8] * 10])
+    e = st.seed_estimate({"a": m}, "a", null=0.5, n_draws=200_000)
+    want = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * 0.1 / np.sqrt(3)
+    assert e["detectable_80"] == pytest.approx(want, rel=0.01)
+    assert e["detectable_80"] / e["half_width"] == pytest.approx(1.25, abs=0.02)
+
+
+def test_seed_sd_upper_bound_covers_the_true_seed_sd():
+    # 2000 runs of 3 seeds (sd 0.05) x 64 prompts with noise: the one-sided 95% bound is
+    # above the truth ~95% of the time, and the point estimate is 0 in many runs
+    rng = np.random.default_rng(10)
+    n, r, p = 2000, 3, 64
+    m = (
+        rng.normal(0, 0.05, (n, r, 1))
+        + rng.normal(0, 0.3, (n, 1, p))
+        + rng.normal(0, 0.3, (n, r, p))
+    )
+    sq = st.squares([m], [1.0])
+    upper = st.seed_sd_upper(sq, 1000, seed=0)
+    assert (st.components(sq)["seed"][0] == 0).mean() > 0.1
+    assert (upper >= 0.05).mean() == pytest.approx(0.95, abs=0.015)
+
+
+# -- calibration beyond the grid: shared seeds, ratio 10, heavy tails, two basins, R = 2 -------
+# (R, P, seed share, seed correlation, variance ratio, seed law): the designs the report can
+# meet with shared training seeds, analysed as it does (paired by training seed)
+SHARED = [
+    (3, 32, 0.5, 0.0, 3.0, "normal"),
+    (3, 32, 0.5, 0.9, 3.0, "normal"),
+    (3, 128, 0.9, 0.9, 3.0, "normal"),
+    (5, 128, 0.9, 0.95, 3.0, "normal"),
+    (3, 32, 0.5, 0.9, 10.0, "normal"),
+    (3, 32, 0.9, 0.5, 3.0, "t3"),
+    (5, 32, 0.9, 0.5, 3.0, "t3"),
+    (2, 32, 0.5, 0.5, 3.0, "normal"),
+    (2, 128, 0.9, 0.9, 3.0, "normal"),
+]
+
+
+@pytest.mark.parametrize("cell", SHARED)
+def test_paired_intervals_keep_95_percent_with_shared_seeds(cell):
+    """Each reported interval covers at least 0.935 (P(A > B) is the normal seed model's
+    estimand: checked for normal seed effects only)."""
+    rng = np.random.default_rng(100 + SHARED.index(cell))
+    wins, scores, truth = calibration.simulate(rng, RUNS, calibration.Design(*cell))
+    ints = calibration.reported_intervals(wins, scores, DRAWS, 1, paired=True)
+    if cell[-1] != "normal":
+        del ints["P(A > B)"]
+    cov = calibration.coverage(ints, truth, paired=True)
+    bad = {k: c for k, (c, _) in cov.items() if c < 0.935}
+    assert not bad, f"coverage below 0.935: {bad}"
+
+
+def test_two_moded_seeds_are_outside_the_calibration_and_the_report_says_so():
+    d = calibration.Design(3, 32, 0.9, 0.5, 3.0, "two_modes")
+    wins, scores, truth = calibration.simulate(np.random.default_rng(11), RUNS, d)
+    cov = calibration.coverage(
+        calibration.reported_intervals(wins, scores, DRAWS, 1, paired=True), truth, paired=True
+    )
+    assert cov["win rate"][0] < 0.85 and cov["mean score"][0] < 0.85
+    assert "two-moded" in comparison.TWO_MODES and "Outside what was calibrated" in (
+        comparison.TWO_MODES
+    )
+
+
+def test_paired_width_follows_the_seed_correlation():
+    """At seed correlation 0.9 the paired difference is much narrower than the unpaired
+    contrast; at 0 it is wider (R - 1 df for the seed part instead of Welch's)."""
+    ratio = {}
+    for corr in (0.0, 0.9):
+        d = calibration.Design(3, 128, 0.9, corr)
+        wins, _, _ = calibration.simulate(np.random.default_rng(12), 1000, d)
+        width = {}
+        for paired in (True, False):
+            sq = st.design_squares(wins["a"], wins["b"], paired=paired)
+            lo, hi = st.interval(sq, DRAWS, 1, bounds=comparison.DIFFERENCE)[:2]
+            width[paired] = (hi - lo).mean()
+        ratio[corr] = width[False] / width[True]
+    assert ratio[0.9] > 1.4 and ratio[0.0] < 0.95
+
+
+def test_calibration_takes_the_reports_path():
+    # one simulated run: its interval is exactly the one seed_difference gives the report
+    d = calibration.Design(3, 32, 0.5)
+    wins, scores, _ = calibration.simulate(np.random.default_rng(13), 1, d)
+    ints = calibration.reported_intervals(wins, scores, DRAWS, 1, paired=True)
+    mats = {k: v[0] for k, v in wins.items()}
+    d = st.seed_difference(mats, "a", "b", DRAWS, 1, comparison.DIFFERENCE, paired=True)
+    assert (float(ints["win-rate difference"][0][0]), float(ints["win-rate difference"][1][0])) == (
+        d["ci_low"],
+        d["ci_high"],
+    )

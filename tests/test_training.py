@@ -191,3 +191,35 @@ def test_saved_lora_loads_into_a_fresh_unet(tiny_backbone, tmp_path):
     after = fresh.unet(x, t, c).sample
     assert torch.allclose(after, tiny_backbone.unet(x, t, c).sample, atol=1e-5)
     assert not torch.allclose(after, before, atol=1e-4)
+
+
+def test_shared_seed_streams_give_two_objectives_the_same_draws(tmp_path):
+    """train.seed_streams shared: two objectives at the same training seed (here the same loss
+    under two names) start from the same init and see the same batches, timesteps and noise,
+    so they end with the same weights (common random numbers, what the report's pairing by
+    seed rests on); independent: each name offsets its streams, and the weights differ."""
+    from tests.conftest import TinyBackbone
+
+    twin = _objective("dpo_twin", {"loss": "dpo", "beta": 2500.0})
+    for streams, same in (("shared", True), ("independent", False)):
+        weights = []
+        for obj in (dpo(), twin):
+            b = TinyBackbone()
+            training.train(
+                b,
+                toy_data(b),
+                obj,
+                tp(steps=3, seed_streams=streams),
+                0,
+                tmp_path / streams / obj.name,
+                "h",
+            )
+            weights.append(lora_state(b.unet))
+        equal = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+        assert equal is same, streams
+    assert training.loop.stream_seed(7, "dpo", "shared") == 7
+    assert (
+        training.loop.stream_seed(7, "dpo", "independent")
+        == training.loop.stream_seed(7, "dpo", "independent")
+        != training.loop.stream_seed(7, "lair", "independent")
+    )

@@ -41,7 +41,9 @@ SPLITS = {
 class Results:
     """Everything the report reads, loaded once: per-sample scores of every model (with a
     ``train_seed`` column; the base model's is -1), the eval prompts, per-seed metrics and the
-    training prompts (their wording is what held-out wording is measured against)."""
+    training prompts (their wording is what held-out wording is measured against).
+    ``shared_seeds``: the objectives share their training seeds (one seed list, and
+    ``train.seed_streams`` shared), so two of them are compared paired by training seed."""
 
     scores: dict[str, pd.DataFrame]
     prompts: pd.DataFrame
@@ -49,6 +51,7 @@ class Results:
     train_metrics: dict[str, list[dict]]
     seeds: list[int]
     train_prompts: list[str] = field(default_factory=list)
+    shared_seeds: bool = True
 
     @property
     def objectives(self) -> list[str]:
@@ -83,7 +86,8 @@ def load(cfg: Config) -> Results:
         scores[o], evm[o], trm[o] = read_model(cfg, o)
     prompts = read_table(cfg.eval_prompts(), ["prompt_id", "prompt"])
     train = read_table(cfg.path("prompts", "train.parquet"), ["prompt"])
-    return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt))
+    shared = cfg.train.seed_streams == "shared"
+    return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt), shared)
 
 
 class Comparison:
@@ -162,36 +166,43 @@ class Comparison:
         masks = {"seen": ~t & ~c, "heldout_wording": t, "heldout_combo": c}
         return {k: sorted(p.prompt_id[m]) for k, m in masks.items() if m.any()}
 
+    def paired(self, a: str, b: str) -> bool:
+        """Whether ``a`` vs ``b`` is analysed paired by training seed: two trained models
+        whose seeds the design shares (never the base, one fixed model)."""
+        return self.res.shared_seeds and "base" not in (a, b)
+
     def poi_matrix(self) -> pd.DataFrame:
-        """P(row > column) with its CI for every pair of models: the chance that a random
-        training seed of one scores a higher mean reward over the held-out prompts than a
-        random seed of the other (:func:`statistics.improvement`), each pair computed once
-        and mirrored, plus rliable's observed share of seed pairs (``seed_pairs``)."""
+        """P(row > column) with its CI for every pair of models (:func:`statistics.improvement`):
+        for two objectives sharing their training seeds, the chance that a seed of one scores
+        a higher mean reward over the held-out prompts than the same seed of the other, else
+        that a random seed of one beats a random seed of the other (the base: one fixed run);
+        each pair computed once and mirrored, with ``analysis`` and the observed share of seed
+        pairs (``seed_pairs``: same-seed pairs when paired, every pair as rliable otherwise)."""
         names = list(self.res.scores)
         per_seed = {n: self.matrices("score", names=[n])[n].mean(1) for n in names}
         rows = []
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
+                paired = self.paired(a, b)
+                x, y = per_seed[a], per_seed[b]
                 p, lo, hi = (
-                    float(v)
-                    for v in st.improvement(per_seed[a], per_seed[b], self.n_draws, self.seed)
+                    float(v) for v in st.improvement(x, y, self.n_draws, self.seed, paired=paired)
                 )
-                u = st.probability_of_improvement(per_seed[a][:, None], per_seed[b][:, None])
+                if paired:  # the share of seeds r whose run of a beats the run of b at r
+                    x, y = x - y, np.zeros(1)
+                u = st.probability_of_improvement(x[:, None], y[:, None])
+                how = st.PAIRED if paired else st.UNPAIRED
                 rows.append(
-                    {"model": a, "versus": b, "p": p, "ci_low": lo, "ci_high": hi, "seed_pairs": u}
+                    {"model": a, "versus": b, "p": p, "ci_low": lo, "ci_high": hi}
+                    | {"seed_pairs": u, "analysis": how}
                 )
                 rows.append(
-                    {
-                        "model": b,
-                        "versus": a,
-                        "p": 1 - p,
-                        "ci_low": 1 - hi,
-                        "ci_high": 1 - lo,
-                        "seed_pairs": 1 - u,
-                    }
+                    {"model": b, "versus": a, "p": 1 - p, "ci_low": 1 - hi, "ci_high": 1 - lo}
+                    | {"seed_pairs": 1 - u, "analysis": how}
                 )
         order = {n: k for k, n in enumerate(names)}
-        df = pd.DataFrame(rows, columns=["model", "versus", "p", "ci_low", "ci_high", "seed_pairs"])
+        cols = ["model", "versus", "p", "ci_low", "ci_high", "seed_pairs", "analysis"]
+        df = pd.DataFrame(rows, columns=cols)
         return df.sort_values(["model", "versus"], key=lambda c: c.map(order)).reset_index(
             drop=True
         )
@@ -220,6 +231,7 @@ def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
                 beats_base_holm=WORD[_adjusted(w["mean"], holm[n], 0.5)],
                 win_iqm=cmp.win_iqm(n),
                 win_seed_sd=w["seed_sd"],
+                win_seed_sd_upper=w["seed_sd_upper"],
                 win_seed_share=w["seed_share"],
                 win_per_seed=" ".join(f"{v:.3f}" for v in w["per_seed"]),
             )
@@ -356,8 +368,13 @@ MAX_SCALE = 20  # beyond this many times the data, "how much more" stops being u
 
 
 def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
-    """What an inconclusive result could have detected and what would decide it."""
-    parts = [f"this run could detect a {what} of about ±{e['detectable']:.3f} (CI half-width)"]
+    """What an inconclusive result could have detected and what would decide it: the 95%
+    half-width (an estimate that large is just shown; a true effect that large only about
+    half the time) and the effect detected with 80% power, each named."""
+    parts = [
+        f"this run shows a {what} beyond ±{e['half_width']:.3f} (95% CI half-width) and "
+        f"detects one of ±{e['detectable_80']:.3f} with 80% power"
+    ]
     seeds, prompts, k = e.get("seeds_needed"), e.get("prompts_needed"), e.get("scale_both")
     if seeds and seeds <= n_seeds:
         parts.append(
@@ -391,6 +408,29 @@ def power_note(e: dict, what: str, n_seeds: int, n_prompts: int) -> str:
     return "; ".join(parts)
 
 
+WIDE_SEED_SD = 0.2  # per-seed win rates spread wider than this: outside the calibration
+
+
+def spread_note(seed_sds: list[float]) -> str:
+    """Empty, or that a verdict is outside what was calibrated because per-seed win rates
+    spread with an sd above :data:`WIDE_SEED_SD`: there the win rate's nonlinearity costs
+    coverage (a difference 0.90-0.93 in the simulation, docs/statistics.md)."""
+    wide = max((v for v in seed_sds if v == v), default=0.0)
+    if wide <= WIDE_SEED_SD:
+        return ""
+    return (
+        f"; **outside what was calibrated**: per-seed win rates spread with sd {wide:.2f} "
+        f"(above {WIDE_SEED_SD} the win rate's nonlinearity costs coverage)"
+    )
+
+
+TWO_MODES = (
+    "Outside what was calibrated: seeds that land in one of two basins (two-moded seed "
+    "effects), which 2-5 seeds cannot tell from normal ones; when such seeds carry 90% of "
+    "the variance the intervals cover only 0.75-0.88 at 2-3 seeds and 0.93 at 5 "
+    "(docs/statistics.md)."
+)
+
 BEATS_BASE = "beats the base"
 SEED_CLAIMS = "seed claims"
 
@@ -415,11 +455,13 @@ def what_seeds_decide(cmp: Comparison) -> str:
             "another seed would agree."
         )
     at = {
-        r: float(np.nanmedian([e["detectable_at"][r] for e in win.values()]))
+        r: float(np.nanmedian([e["half_width_at"][r] for e in win.values()]))
         for r in st.PLANNED_SEEDS
     }
-    now = float(np.median([e["detectable"] for e in win.values()]))
+    now = float(np.median([e["half_width"] for e in win.values()]))
+    power = float(np.median([e["detectable_80"] for e in win.values()]))
     sd = float(np.nanmedian([e["seed_sd"] for e in win.values()]))
+    upper = float(np.nanmedian([e["seed_sd_upper"] for e in win.values()]))
     share = float(np.nanmedian([e["seed_share"] for e in win.values()]))
     others = ", ".join(f"±{at[r]:.3f} at {r} seeds" for r in st.PLANNED_SEEDS if r != n_seeds)
     t = float(stats.t.ppf(0.975, n_seeds - 1))  # what a seed-dominated interval uses
@@ -427,15 +469,24 @@ def what_seeds_decide(cmp: Comparison) -> str:
         f"What {n_seeds} training seeds can decide here: a win rate is shown to differ from "
         f"0.5 only when the difference exceeds about ±{now:.3f} (the median 95% half-width "
         f"over objectives; projected from this run's variance components: {others}, at the "
-        f"same {n_prompts} prompts). Smaller gains, and rankings of objectives closer than "
+        f"same {n_prompts} prompts), and a true gain is shown with 80% power from about "
+        f"±{power:.3f}. Smaller gains, and rankings of objectives closer than "
         f"that, are beyond this run: **not shown** means undecided, not no effect. Training "
-        f"seeds carry a median {share:.0%} of the variance (between-seed sd {sd:.3f}, "
-        f"evaluation noise removed), and with {n_seeds} seeds their part of each interval "
+        f"seeds carry a median {share:.0%} of the variance (between-seed sd "
+        f"{seed_sd(sd, upper)}, evaluation noise removed), and with {n_seeds} seeds their part "
+        "of each interval "
         f"rests on {n_seeds - 1} degree{'s' if n_seeds > 2 else ''} of freedom (t = {t:.2f}, "
         "against 1.96 for a known spread). Family: every verdict below belongs to the family "
         f'"{BEATS_BASE}" ({_count(len(win), "comparison")}, one per objective); each is given '
         "at 95% on its own (raw) and Holm-adjusted so that the chance of any false yes/no in the "
-        "family stays under 5%."
+        "family stays under 5%. Two objectives are compared "
+        + (
+            f"{st.PAIRED} (they share seeds, init, batches and noise: one difference per "
+            "seed and prompt)"
+            if cmp.res.shared_seeds
+            else f"{st.UNPAIRED} (train.seed_streams independent)"
+        )
+        + f", as the design fixes it. {TWO_MODES}"
     )
 
 
@@ -485,7 +536,7 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
         facts.append(f"diversity x{r['diversity'] / base['diversity']:.2f}")
         spread = (
             f"per seed {r['win_per_seed']}, IQM over seeds × categories {r['win_iqm']:.3f}, "
-            f"between-seed sd {r['win_seed_sd']:.3f}"
+            f"between-seed sd {seed_sd(e['seed_sd'], e['seed_sd_upper'])}"
             if n_seeds > 1
             else "one training seed"
         )
@@ -496,10 +547,19 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
         )
         if lo <= 0.5 <= hi:
             line += "; " + power_note(e, "win-rate difference from 0.5", n_seeds, n_prompts)
+        line += spread_note([e["seed_sd"]])
         line += _why(r, lo)
         line += _carries_over(splits, n, lo)
         out.append(line)
     return out
+
+
+def seed_sd(sd: float, upper: float) -> str:
+    """The between-seed sd, or its 95% upper bound where the estimate truncates to 0 (or
+    prints as 0.000): "small", not "none"."""
+    if sd >= 0.0005:
+        return f"{sd:.3f}"
+    return f"< {upper:.3f} (95% upper bound; the estimate is 0)"
 
 
 def _why(r: dict, lo: float) -> str:
@@ -582,13 +642,18 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
         if not {a, b} <= names:
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
             continue
-        d = st.seed_difference(cmp.win_matrices(), a, b, cmp.n_draws, cmp.seed, DIFFERENCE)
+        paired = cmp.paired(a, b)
+        mats = cmp.win_matrices()
+        d = st.seed_difference(mats, a, b, cmp.n_draws, cmp.seed, DIFFERENCE, paired=paired)
         p = poi[(poi.model == a) & (poi.versus == b)].iloc[0]
+        who = "a seed of each against the same seed" if paired else "a random training seed of each"
         detail = (
             f"win rate vs base {row[a]['win_vs_base']:.3f} vs {row[b]['win_vs_base']:.3f}, "
             f"{_difference(d)}; P({a} > {b}) = {p.p:.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}] "
-            f"for a random training seed of each ({p.seed_pairs:.2f} of the seed pairs)"
+            f"for {who} ({p.seed_pairs:.2f} of the {'same-' if paired else ''}seed pairs)"
         )
+        win = cmp.win_vs_base()
+        detail += spread_note([win[a]["seed_sd"], win[b]["seed_sd"]])
         lines.append(len(decided))
         decided.append((claim, d, detail, n_prompts))
     counting = _counting_claim(cmp)
@@ -644,7 +709,10 @@ def _counting_claim(cmp: Comparison) -> str | tuple[str, dict, str, int]:
     if len(ids) < 2:
         return f"- {claim}: not testable (fewer than two counting prompts)"
     mats = cmp.matrices("correct", ids, names=["agsm", "softrepa", "base"])
-    d = st.seed_difference(mats, "agsm", "softrepa", cmp.n_draws, cmp.seed, DIFFERENCE)
+    paired = cmp.paired("agsm", "softrepa")
+    d = st.seed_difference(
+        mats, "agsm", "softrepa", cmp.n_draws, cmp.seed, DIFFERENCE, paired=paired
+    )
     detail = (
         f"counting accuracy AGSM {mats['agsm'].mean():.3f}, SoftREPA "
         f"{mats['softrepa'].mean():.3f}, base {mats['base'].mean():.3f}; {_difference(d)} over "
@@ -654,7 +722,13 @@ def _counting_claim(cmp: Comparison) -> str | tuple[str, dict, str, int]:
 
 
 def _difference(d: dict) -> str:
-    return f"difference {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+    per_seed = (
+        f", per seed {' '.join(f'{v:+.3f}' for v in d['per_seed'])}" if "per_seed" in d else ""
+    )
+    return (
+        f"difference {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] "
+        f"({d['analysis']}{per_seed})"
+    )
 
 
 def _decided(claim: str, d: dict, detail: str, n_prompts: int, p_adj: float, m: int) -> str:

@@ -5,10 +5,11 @@ the verdict "online rounds beat compute-matched offline training" for the last r
 the rounds cost beyond round 1.
 
 The intervals are :mod:`diffpref.comparison`'s (variance components over training seeds x
-prompts, fiducial pivots). A head-to-head is paired per sample: round r of training seed s
-against the control of the same seed s, on the same prompt from the same sampling seed, so its
-M[seed, prompt] is a win rate like a win vs base and gets the same interval (the training seeds'
-pairs are independent of one another).
+prompts, fiducial pivots). A head-to-head is paired by training seed, always: round r of
+training seed s against the control of the same seed s (both continue seed s's round 1, whatever
+``train.seed_streams``: the streams are the objective's own), on the same prompt from the same
+sampling seed, so its M[seed, prompt] is a win rate like a win vs base and gets the same
+interval (the training seeds' pairs are independent of one another).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from diffpref.comparison import (
     _verdict,
     power_note,
     read_model,
+    spread_note,
 )
 from diffpref.config.schema import model_variant
 
@@ -202,9 +204,9 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
             f'{_count(len(holm), "objective")} of "{ONLINE_BEATS}": **{fam}**, adjusted '
             f"{_p(holm[o])}) — round {rd.last} wins {e['mean']:.3f} {_ci(e)} of the matched "
             f"(prompt, sampling seed) samples against {control} (the same objective trained "
-            f"offline for {rd.last} x the steps on round 1's data: round 1 continued), each "
-            "training seed against "
-            f"the same seed's control, over {_count(n_seeds, 'training seed')} × "
+            f"offline for {rd.last} x the steps on round 1's data: round 1 continued), "
+            f"{st.PAIRED} (each training seed against "
+            f"the same seed's control), over {_count(n_seeds, 'training seed')} × "
             f"{n_prompts} prompts (per seed {per_seed}); win rate vs base by round {by_round} "
             f"(control {ctrl.win_vs_base:.3f}); mean {reward} by round {fid} (control "
             f"{ctrl[f'{reward}_mean']:.3f})"
@@ -216,7 +218,7 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
             line += (
                 "; with one training seed this holds for that seed: seed-to-seed spread unmeasured"
             )
-        out.append(line)
+        out.append(line + spread_note([e["seed_sd"]]))
     return out
 
 

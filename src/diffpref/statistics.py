@@ -5,6 +5,16 @@ sampling seeds, so an objective's results form a matrix M[seed, prompt] (the per
 averaged over sampling seeds): training seeds and prompts are *crossed* random factors, and
 M = mu + seed + prompt + seed x prompt (the interaction and the sampling noise, confounded).
 
+**Which analysis: the design decides.** Objectives at training seed r share their random
+streams (``train.seed_streams: shared``, the default: same adapter init, batches, timesteps and
+noise), so their seed effects correlate (+0.94 for lair and dpo in a real run, -0.58 for
+dpo_rethink, whose reference updates change the path). A difference of two such models is
+therefore ONE matrix a - b over (seed, prompt), analysed as a single model
+(:func:`design_squares`, :func:`seed_difference` with ``paired``); with independent streams it
+is the unpaired contrast below. The choice follows the design, fixed before the data are
+seen, never the narrower of the two: paired is 1.5-1.7x narrower at seed correlation 0.9-0.95
+and 1.1-1.25x wider at 0 (``docs/statistics.md``).
+
 **Which interval, and why.** Candidates, each for a model's grand mean and for a contrast of
 models (paired on prompts, independent across training seeds), were compared on simulations of
 this crossed model with known truth (:mod:`diffpref.calibration`; the table and the command in
@@ -24,11 +34,13 @@ this crossed model with known truth (:mod:`diffpref.calibration`; the table and 
 - the same variance components with **generalized (fiducial) pivots** (:func:`fiducial_draws`,
   Weerahandi 1993, Hannig 2009): each part of the variance (prompts; seeds, one pivot with
   Welch's df for several models; residual) is replaced by its fiducial draw
-  ``part * df / chi2(df)`` and the contrast by ``estimate - Z * sqrt(V*)``. No df estimate is
-  plugged in, so it does not under-cover on the grid (>= 0.944); it is cautious at R = 3 when
-  seeds add little (up to 0.985: 3 seeds cannot show that seeds do not matter) and within
-  0.01-0.02 of nominal from R = 5. **This is the one the report prints**: a verdict should not
-  claim more than its seeds support.
+  ``part * df / chi2(df)`` and the contrast by ``estimate - Z * sqrt(V*)``. For one model
+  (and a paired difference) no df estimate is plugged in; an unpaired difference and P(A > B)
+  pool the two models' seed parts into one pivot with an estimated (Welch) df. It does not
+  under-cover on the grid (>= 0.944); it is cautious at R = 3 when seeds add little (up to
+  0.985: 3 seeds cannot show that seeds do not matter) and covers 0.944-0.973 at R = 5.
+  **This is the one the report prints**: a verdict should not claim more than its seeds
+  support. Its p-value is Rao-Blackwellized (:func:`fiducial_p`).
 
 No interval is exact here (a Behrens-Fisher-type problem has no exact similar solution), so the
 choice is the least conservative candidate that keeps 95% everywhere on the grid.
@@ -38,12 +50,16 @@ evaluated prompts: the chance that a random training seed of A scores a higher m
 random seed of B. rliable's estimate over 3 x 3 seed pairs takes 10 values and its stratified
 bootstrap covers 0.15-0.85, so the report estimates it in the same normal seed model,
 Phi(d / sqrt(s_A^2 + s_B^2)), with a fiducial interval whose spread pivot has Welch's df
-(:func:`improvement`; 0.95-0.97 on the grid); P(B > A) is exactly its mirror image. The prompt
+(:func:`improvement`; 0.95-0.97 on the grid); P(B > A) is exactly its mirror image. When the
+two share their training seeds the estimand is the chance that a seed of A beats the same seed
+of B, Phi(mean(D) / sd(D)) of the per-seed differences (``paired``). The prompt
 categories are not separate tasks: every category is scored by the same seeds, so they are not
 independent.
 
-**Power** (:func:`plan`) projects the same variance components to more seeds or prompts, with
-t quantiles at the planned design's Satterthwaite df. **Multiplicity**: :func:`holm`.
+**Power** (:func:`plan`, :func:`detectable_80`) projects the same variance components to more
+seeds or prompts, with t quantiles at the planned design's Satterthwaite df; the report names
+the 95% half-width (an effect that large is shown only about half the time) and the effect
+detected with 80% power apart. **Multiplicity**: :func:`holm`.
 
 Kept apart from :mod:`diffpref.evaluation` (the per-model numbers of the ``evaluate`` stage) so
 that changing how the report compares models reruns only the report, not every evaluation.
@@ -183,12 +199,9 @@ def _last(df):
     return df[..., None] if np.ndim(df) else df
 
 
-def fiducial_draws(sq: Squares, n_draws: int, seed: int = 0) -> np.ndarray:
-    """[..., n_draws] fiducial draws of the contrast: estimate - Z sqrt(V*), V* the variance
-    with its prompt, seed and residual parts replaced by fiducial draws ``part * df /
-    chi2(df)`` (independent: in a balanced crossed design the seed, prompt and residual mean
-    squares are). The seed parts of several models share one pivot with Welch's df: separate
-    pivots (a Behrens-Fisher fiducial) cover 0.98-0.99 for a difference at 3 seeds."""
+def _fiducial(sq: Squares, n_draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """[..., n_draws] fiducial draws of the contrast, estimate - Z sqrt(V*), and the V* each
+    was drawn with."""
     rng = np.random.default_rng(seed)
     shape = (*np.shape(sq.estimate), n_draws)
     p = sq.n_prompts
@@ -202,22 +215,38 @@ def fiducial_draws(sq: Squares, n_draws: int, seed: int = 0) -> np.ndarray:
         seed_star = _pivot(rng, np.asarray(seed_part), _last(seed_df), shape)
         resid_star = _pivot(rng, np.asarray(resid_part), _last(resid_df), shape)
         v = np.maximum(v + seed_star - resid_star, resid_star)
-    return sq.estimate[..., None] - rng.standard_normal(shape) * np.sqrt(v)
+    return sq.estimate[..., None] - rng.standard_normal(shape) * np.sqrt(v), v
 
 
-def _two_sided(draws: np.ndarray, null: float) -> np.ndarray:
-    below, above = (draws <= null).mean(-1), (draws >= null).mean(-1)
-    return np.minimum(1.0, 2 * np.minimum(below, above))
+def fiducial_draws(sq: Squares, n_draws: int, seed: int = 0) -> np.ndarray:
+    """[..., n_draws] fiducial draws of the contrast: estimate - Z sqrt(V*), V* the variance
+    with its prompt, seed and residual parts replaced by fiducial draws ``part * df /
+    chi2(df)`` (independent: in a balanced crossed design the seed, prompt and residual mean
+    squares are). The seed parts of several models share one pivot with Welch's df: separate
+    pivots (a Behrens-Fisher fiducial) cover 0.98-0.99 for a difference at 3 seeds."""
+    return _fiducial(sq, n_draws, seed)[0]
+
+
+def fiducial_p(estimate: np.ndarray, v: np.ndarray, null: float) -> np.ndarray:
+    """Two-sided fiducial p-value against ``null``, Rao-Blackwellized: given V* a draw lies
+    below ``null`` with probability Phi((null - estimate) / sqrt(V*)) exactly, so averaging
+    that over the V* draws replaces counting draws (the same expectation, far less Monte
+    Carlo noise, so Holm's decisions near a threshold do not hinge on the draws)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (np.asarray(estimate)[..., None] - null) / np.sqrt(v)
+    z = np.where(np.isnan(z), 0.0, z)  # no spread and the estimate on the null: p = 1
+    above, below = special.ndtr(z).mean(-1), special.ndtr(-z).mean(-1)
+    return np.minimum(1.0, 2 * np.minimum(above, below))
 
 
 def fiducial_interval(
     sq: Squares, n_draws: int, seed: int = 0, null: float = 0.0, conf: float = CONFIDENCE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(low, high, two-sided p against ``null``) of the fiducial variance-components interval
-    (the report's: see the module docstring)."""
-    d = fiducial_draws(sq, n_draws, seed)
+    (the report's: see the module docstring); the p-value is :func:`fiducial_p`."""
+    d, v = _fiducial(sq, n_draws, seed)
     lo, hi = np.quantile(d, [(1 - conf) / 2, (1 + conf) / 2], axis=-1)
-    return lo, hi, _two_sided(d, null)
+    return lo, hi, fiducial_p(sq.estimate, v, null)
 
 
 def satterthwaite(sq: Squares) -> tuple[np.ndarray, np.ndarray]:
@@ -333,24 +362,55 @@ def iqm(values: np.ndarray) -> float:
     return float(trim_mean(np.asarray(values, dtype=float), 0.25, axis=None))
 
 
+PAIRED, UNPAIRED = "paired by training seed", "unpaired"
+
+
+def design_squares(a: np.ndarray, b: np.ndarray | None = None, *, paired: bool = False) -> Squares:
+    """The mean squares of the analysis a quantity gets, fixed by the design: one model's mean
+    (``b`` None); a difference of two models that share their training seeds (``paired``: the
+    same seed list and the same random streams, seed r against seed r) as ONE matrix ``a - b``
+    over (seed, prompt), a single model's crossed design, so a seed effect they share cancels;
+    or an unpaired contrast (seeds independent: each model's seed part, one Welch pivot)."""
+    if b is None:
+        return squares([a], [1.0])
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"design_squares: paired matrices differ: {a.shape} vs {b.shape}")
+        return squares([a - b], [1.0])
+    return squares([a, b], [1.0, -1.0])
+
+
+def interval(
+    sq: Squares,
+    n_draws: int,
+    seed: int = 0,
+    null: float = 0.0,
+    bounds: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The report's (low, high, p, half-width) for ``sq``, batched (the simulations call it
+    as the report does): the fiducial interval clipped to ``bounds`` (the values the quantity
+    can take: a win rate's [0, 1]) and the unclipped half-width."""
+    lo, hi, pv = fiducial_interval(sq, n_draws, seed, null)
+    half = (hi - lo) / 2
+    if bounds:
+        lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
+    return lo, hi, pv, half
+
+
 def estimate(
-    mats: dict[str, np.ndarray],
-    weights: dict[str, float],
+    sq: Squares,
     null: float,
     n_draws: int,
     seed: int = 0,
     bounds: tuple[float, float] | None = None,
 ) -> dict:
-    """The contrast ``sum(w * mean(mats[name]))`` with its fiducial interval (clipped to
-    ``bounds``, the values it can take: a win rate's [0, 1]) and p-value against ``null``, its
-    variance components, and what this run could detect (:func:`plan`; from the unclipped
-    interval)."""
-    names = list(weights)
-    sq = squares([mats[n] for n in names], [weights[n] for n in names])
-    lo, hi, pv = fiducial_interval(sq, n_draws, seed, null)
-    half = float((hi - lo) / 2)
-    if bounds:
-        lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
+    """The contrast of ``sq`` with its :func:`interval` and p-value against ``null``, its
+    variance components, and two named sizes of what this run can decide: ``half_width``, the
+    95% half-width (an estimate that large is just shown: a true effect that large is shown
+    only about half the time), and ``detectable_80``, the effect shown with 80% power
+    (:func:`detectable_80`); ``half_width_at``: the half-width at other seed counts;
+    :func:`plan` for the observed effect."""
+    lo, hi, pv, half = interval(sq, n_draws, seed, null, bounds)
     est = float(sq.estimate)
     comp = components(sq)
     v = float(variance(sq))
@@ -368,8 +428,9 @@ def estimate(
         "n_seeds": int(n_seeds),
         "n_prompts": sq.n_prompts,
         "seed_share": seed_part / v if v > 0 else float("nan"),
-        "detectable": half,
-        "detectable_at": {r: detectable_at(sq, r) for r in PLANNED_SEEDS},
+        "half_width": float(half),
+        "detectable_80": detectable_80(sq),
+        "half_width_at": {r: detectable_at(sq, r, n_draws, seed) for r in PLANNED_SEEDS},
         **plan(sq, est - null),
     }
 
@@ -383,12 +444,16 @@ def seed_estimate(
     bounds: tuple[float, float] | None = None,
 ) -> dict:
     """One model's seed-aware mean with its interval, its per-seed means, the between-seed sd
-    of its true per-seed means (evaluation noise removed; NaN with one seed), and power."""
+    of its true per-seed means (evaluation noise removed; NaN with one seed) with its
+    one-sided 95% upper bound (:func:`seed_sd_upper`: the estimate truncates at 0 whenever
+    the seeds differ less than evaluation noise alone would make them), and power."""
     m = mats[name]
-    out = estimate({name: m}, {name: 1.0}, null, n_draws, seed, bounds)
-    sq = squares([m], [1.0])
+    sq = design_squares(m)
+    out = estimate(sq, null, n_draws, seed, bounds)
     out["per_seed"] = [float(v) for v in m.mean(1)]
-    out["seed_sd"] = float(np.sqrt(components(sq)["seed"][0])) if m.shape[0] > 1 else float("nan")
+    one = m.shape[0] < 2
+    out["seed_sd"] = float("nan") if one else float(np.sqrt(components(sq)["seed"][0]))
+    out["seed_sd_upper"] = float("nan") if one else float(seed_sd_upper(sq, n_draws, seed))
     return out
 
 
@@ -399,12 +464,35 @@ def seed_difference(
     n_draws: int,
     seed: int = 0,
     bounds: tuple[float, float] | None = None,
+    *,
+    paired: bool,
 ) -> dict:
-    """Seed-aware ``mean(a) - mean(b)``: paired on prompts, seeds independent; its interval,
-    p-value against 0 and what it could detect."""
-    out = estimate({a: mats[a], b: mats[b]}, {a: 1.0, b: -1.0}, 0.0, n_draws, seed, bounds)
+    """Seed-aware ``mean(a) - mean(b)``, paired on prompts, and by training seed when the
+    design shares the seeds (``paired``, fixed before the data are seen: never the narrower
+    of the two): :func:`design_squares`. Its interval, p-value against 0, what it could
+    detect, ``analysis`` (:data:`PAIRED` or :data:`UNPAIRED`) and, paired, the per-seed
+    differences."""
+    sq = design_squares(mats[a], mats[b], paired=paired)
+    out = estimate(sq, 0.0, n_draws, seed, bounds)
     out["diff"] = out.pop("mean")
+    out["analysis"] = PAIRED if paired else UNPAIRED
+    if paired:
+        out["per_seed"] = [float(v) for v in (mats[a] - mats[b]).mean(1)]
     return out
+
+
+def seed_sd_upper(sq: Squares, n_draws: int, seed: int = 0, conf: float = CONFIDENCE) -> np.ndarray:
+    """One-sided ``conf`` upper bound on one model's between-seed sd (evaluation noise
+    removed; batched): the ``conf`` quantile of its fiducial draws sqrt(max(0, seed_ms* -
+    resid_ms* / P)), the seed and residual mean squares replaced by their pivots. Printed where
+    the method-of-moments estimate truncates to 0, which says "small", not "none"."""
+    (m,) = sq.models
+    rng = np.random.default_rng(seed)
+    shape = (*np.shape(m.seed_ms), n_draws)
+    seed_star = _pivot(rng, np.asarray(m.seed_ms), m.seed_df, shape)
+    resid_star = _pivot(rng, np.asarray(m.resid_ms), sq.resid_df(m), shape)
+    var = np.maximum(0.0, seed_star - resid_star / sq.n_prompts)
+    return np.sqrt(np.quantile(var, conf, axis=-1))
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -431,12 +519,12 @@ def _projected(sq: Squares, comp: dict, r: np.ndarray, p: np.ndarray):
     return v, df
 
 
-def detectable_at(sq: Squares, n_seeds: int, n_draws: int = 20000, seed: int = 0) -> float:
+def detectable_at(sq: Squares, n_seeds: int, n_draws: int, seed: int = 0) -> float:
     """The half-width the report's interval would have at ``n_seeds`` seeds per trained model
     and the same prompts if the variance components were as estimated here: the fiducial
-    interval of a design whose mean squares take their expected values. A difference smaller
-    than it cannot be shown at that seed count. NaN with one training seed (seed variance
-    unmeasured)."""
+    interval of a design whose mean squares take their expected values, with the report's
+    ``n_draws`` (one draws setting everywhere). A difference smaller than it cannot be shown
+    at that seed count. NaN with one training seed (seed variance unmeasured)."""
     if not any(m.n_seeds > 1 for m in sq.models):
         return float("nan")
     comp, p = components(sq), sq.n_prompts
@@ -452,9 +540,23 @@ def detectable_at(sq: Squares, n_seeds: int, n_draws: int = 20000, seed: int = 0
     return float((hi - lo) / 2)
 
 
+def _power_size(v, df) -> np.ndarray:
+    """The effect detected with 80% power at 95%: (t_.975 + t_.8) sqrt(V), t at ``df``."""
+    return (stats.t.ppf((1 + CONFIDENCE) / 2, df) + stats.t.ppf(POWER, df)) * np.sqrt(v)
+
+
 def _detects(v, df, effect: float) -> np.ndarray:
-    q = stats.t.ppf((1 + CONFIDENCE) / 2, df) + stats.t.ppf(POWER, df)
-    return q * np.sqrt(v) <= abs(effect)
+    return _power_size(v, df) <= abs(effect)
+
+
+def detectable_80(sq: Squares) -> float:
+    """The smallest effect this design detects with 80% power at 95% (two-sided), from its
+    variance components with t at their Satterthwaite df: 1.25x (t with 2 df) to 1.43x (z)
+    the 95% half-width. The same projection as :func:`plan`, so an observed effect at least
+    this large is one whose ``seeds_needed`` is within the run's seeds."""
+    r = np.asarray([float(min((m.n_seeds for m in sq.models if m.n_seeds > 1), default=1))])
+    v, df = _projected(sq, components(sq), r, np.asarray([float(sq.n_prompts)]))
+    return float(_power_size(v, df)[0])
 
 
 def plan(sq: Squares, effect: float) -> dict:
@@ -517,14 +619,26 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def improvement(
-    x: np.ndarray, y: np.ndarray, n_draws: int, seed: int = 0, conf: float = CONFIDENCE
+    x: np.ndarray,
+    y: np.ndarray,
+    n_draws: int,
+    seed: int = 0,
+    conf: float = CONFIDENCE,
+    *,
+    paired: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """P(X > Y) for a random training seed of each, from per-seed scores ``x`` [..., R_x] and
-    ``y`` [..., R_y] (means over the same prompts), in the normal seed model: Phi(d / sqrt(
-    s_x^2 + s_y^2)); its fiducial interval draws the scale with Welch's df (one pivot for both
-    variances) and the mean difference given that scale. A model with one run (the base) has
-    no seed spread. (estimate, low, high); NaN where neither has two runs. Swapping ``x`` and
-    ``y`` gives exactly 1 - estimate and [1 - high, 1 - low] (the draws are antithetic)."""
+    """P(X > Y) from per-seed scores ``x`` [..., R_x] and ``y`` [..., R_y] (means over the
+    same prompts) in the normal seed model. Unpaired (seeds independent): for a random
+    training seed of each, Phi(d / sqrt(s_x^2 + s_y^2)); its fiducial interval draws the scale
+    with Welch's df (one pivot for both variances) and the mean difference given that scale;
+    a model with one run (the base) has no seed spread. ``paired`` (the two share their
+    training seeds): the chance that a seed of X beats the same seed of Y, Phi(mean(D) /
+    sd(D)) of the per-seed differences D = x - y, the one-sample case of the same interval
+    (a shared seed effect cancels in D, as in the paired difference). (estimate, low, high);
+    NaN where nothing has two runs. Swapping ``x`` and ``y`` gives exactly 1 - estimate and
+    [1 - high, 1 - low] (the draws are antithetic)."""
+    if paired:
+        x, y = x - y, np.zeros((*np.shape(x)[:-1], 1))
     d = x.mean(-1) - y.mean(-1)
     runs = [(r.var(-1, ddof=1), r.shape[-1]) for r in (x, y) if r.shape[-1] > 1]
     if not runs:

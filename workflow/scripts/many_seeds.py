@@ -135,10 +135,10 @@ def main() -> None:
     rows = [{"k": k, **subset_coverage(m, k, 2000, 4000)} for k in a.subsets]
     _print_table(rows)
     print(f"\nhow many seeds a question needs ({a.objective}'s components, {p} prompts)\n")
-    _print_table(seeds_needed(m))
+    _print_table(seeds_needed(m, 20000))  # the draws this table was made with
 
 
-def seeds_needed(m: np.ndarray, effects=(0.02, 0.03, 0.05, 0.1)) -> list[dict]:
+def seeds_needed(m: np.ndarray, draws: int, effects=(0.02, 0.03, 0.05, 0.1)) -> list[dict]:
     """From this objective's variance components: whether a win-rate gain over the base of
     each size can be shown at 3, 5, 10 seeds (and the smallest that can), and the seeds per
     objective (at these prompts) that a difference between two objectives this noisy needs at
@@ -146,7 +146,7 @@ def seeds_needed(m: np.ndarray, effects=(0.02, 0.03, 0.05, 0.1)) -> list[dict]:
     one = st.squares([m], [1.0])
     half = m.shape[0] // 2
     two = st.squares([m[:half], m[half:]], [1.0, -1.0])
-    shown = {r: st.detectable_at(one, r) for r in st.PLANNED_SEEDS}
+    shown = {r: st.detectable_at(one, r, draws) for r in st.PLANNED_SEEDS}
     rows = []
     for e in effects:
         row: dict = {"effect": e}

@@ -292,6 +292,7 @@ def _evaluate(c: Config, o: str | None) -> list[str]:
 def _report(c: Config, o: str | None) -> list[str]:
     ev = [f"evaluate.{k}" for k in ["seeds", "tie_threshold", "win_reward", "split"]]
     own = ["report.grid_prompts", "report.draws"]
+    own += ["train.seed_streams"]  # whether two objectives' comparison is paired by seed
     # whether there are rounds is always read; which objectives take them, only when there are
     online = ["online.rounds", *(["online.objectives"] if c.online.rounds else [])]
     return ["results", "profile", "seed", "train_seeds", "objectives", *own, *ev, *online]

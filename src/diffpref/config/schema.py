@@ -241,6 +241,13 @@ class TrainParams(Settings):
         description="data-parallel processes (one GPU each, or CPU processes); batch_size is "
         "the global batch, split evenly over them",
     )
+    seed_streams: Literal["shared", "independent"] = Field(
+        description="shared: every objective at training seed r draws the same adapter init, "
+        "batch order, timesteps and noise (common random numbers), so the report compares two "
+        "objectives as one paired difference over (seed, prompt); independent: each "
+        "objective's streams are offset by a stable hash of its name and comparisons are "
+        "unpaired. Fixed before the data are seen; not per objective",
+    )
 
 
 class TrainOverrides(Settings):
@@ -276,7 +283,7 @@ class ReportParams(Settings):
     draws: Int = Field(
         ge=1000,
         le=1_000_000,
-        description="fiducial draws per interval (seeded with `seed`; p-values to 1/draws)",
+        description="fiducial draws per interval and per power projection (seeded with `seed`)",
     )
 
 

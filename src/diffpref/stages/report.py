@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from diffpref import comparison, plots, report, rounds
+from diffpref import statistics as st
 from diffpref.io import atomic_dir, read_json, write_json
 from diffpref.report import Section
 
@@ -218,9 +219,14 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
         "carry seed-to-seed and prompt-to-prompt variance and keep 95% at 3-5 seeds "
         "(simulated coverage 0.944-0.985, and 0.97 for the seed part on 12 real dpo seeds: "
         "docs/statistics.md; the percentile bootstrap this replaced covered 0.80-0.85 at 3 "
-        "seeds when seeds dominate); differences are paired on prompts, "
-        "seeds independent; p-values are the fiducial two-sided ones, win_p_holm Holm-adjusted "
-        f'over the family "{comparison.BEATS_BASE}" ({_n(n_obj, "comparison")})',
+        "seeds when seeds dominate); differences between objectives are paired on prompts "
+        + (
+            "and by training seed (train.seed_streams shared: one difference per seed and prompt)"
+            if cmp.res.shared_seeds
+            else "with independent seeds (train.seed_streams independent)"
+        )
+        + "; p-values are the fiducial two-sided ones (Rao-Blackwellized), win_p_holm "
+        f'Holm-adjusted over the family "{comparison.BEATS_BASE}" ({_n(n_obj, "comparison")})',
         "- win_iqm: rliable's interquartile mean over training seeds x prompt categories "
         "(3 per-seed values alone trim nothing); win_seed_sd: the between-seed standard "
         "deviation of the true per-seed win rates, evaluation noise (residual / prompts) "
@@ -278,9 +284,17 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
         ),
         Section(
             "Probability of improvement P(row > column)",
-            f"P(X > Y): the chance that a random training seed of X scores a higher mean "
-            f"{ev.win_reward} over the held-out prompts than a random seed of Y (the base is "
-            "one fixed model), estimated in the normal seed model with a 95% fiducial interval "
+            "P(X > Y): the chance that "
+            + (
+                f"a training seed of X scores a higher mean {ev.win_reward} over the held-out "
+                "prompts than the same seed of Y (objectives share their training seeds: "
+                f"{st.PAIRED}), or than the base (one fixed model), "
+                if cmp.res.shared_seeds
+                else f"a random training seed of X scores a higher mean {ev.win_reward} over "
+                "the held-out prompts than a random seed of Y (unpaired: train.seed_streams "
+                "independent; the base is one fixed model), "
+            )
+            + "estimated in the normal seed model with a 95% fiducial interval "
             "(calibrated at 3-5 seeds; rliable's stratified bootstrap over 3 x 3 seed pairs "
             "covered 0.15-0.85); P(Y > X) is exactly 1 - P(X > Y), its interval the mirror "
             "image; 0.5 is no difference. Prompt categories are not separate tasks: the same "

@@ -10,6 +10,7 @@ method's after-step hook. One process is the special case N = 1 of ``train.num_p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
 import time
@@ -54,6 +55,18 @@ class TrainResult:
     resumed_from: Path | None = None
 
 
+def stream_seed(seed: int, objective: str, streams: str) -> int:
+    """The seed of a run's random streams (adapter init, timesteps and noise, and the batch
+    order from ``+ 1``): the training seed itself when ``train.seed_streams`` is shared, so
+    every objective at seed r sees the same draws (common random numbers: the report pairs
+    their comparisons by seed); independent: offset by a stable hash of the objective's name
+    (the same in every process, run and round, unlike Python's ``hash``)."""
+    if streams == "shared":
+        return seed
+    digest = hashlib.sha256(objective.encode()).digest()
+    return seed + 2 * int.from_bytes(digest[:4], "little")
+
+
 def train(
     backbone: Backbone,
     data: TrainData,
@@ -80,6 +93,7 @@ def train(
         )
     per = tp.batch_size // acc.num_processes  # config validation: batch_size % N == 0
     share = slice(acc.process_index * per, (acc.process_index + 1) * per)
+    seed = stream_seed(seed, objective.name, tp.seed_streams)
     torch.manual_seed(seed)  # the same adapter init on every process
     data = data.to(device)
     method = make_method(backbone, objective, tp, data, previous, previous_reference)
