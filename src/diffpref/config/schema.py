@@ -87,6 +87,14 @@ class PromptParams(Settings):
         ge=1, le=1_000_000, description="at most this many train prompts (file order)"
     )
     n_eval: Int = Field(ge=1, le=1_000_000)
+    heldout_wording: Probability = Field(
+        0.25, description="source: world: share of eval prompts in the held-out wording"
+    )
+    heldout_combo: Probability = Field(
+        0.3,
+        description="source: world: share of eval prompts (of categories that have held-out "
+        "combinations) with a class combination never trained on",
+    )
     file: PathText | None = Field(
         None,
         description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "

@@ -17,7 +17,13 @@ def run(ctx) -> None:
     if p.source == "world":
         from diffpref.world.prompts import generate_prompts
 
-        df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed)
+        df = generate_prompts(
+            p.n_train,
+            p.n_eval,
+            seed=cfg.seed,
+            heldout_combo_frac=p.heldout_combo,
+            heldout_template_frac=p.heldout_wording,
+        )
     else:
         from diffpref.datasources import read_prompts, warn_if_untracked
 
