@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from diffpref import evaluation
+from diffpref import evaluation, yardsticks
 from diffpref import statistics as st
 from diffpref.io import read_json, read_table
 from diffpref.world.spec import ngram_words
@@ -49,6 +49,8 @@ class Results:
     train_metrics: dict[str, list[dict]]
     seeds: list[int]
     train_prompts: list[str] = field(default_factory=list)
+    # the base's yardsticks (diffpref.yardsticks: yardstick, prompt_id, seed, reward, score)
+    yardsticks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def objectives(self) -> list[str]:
@@ -83,7 +85,8 @@ def load(cfg: Config) -> Results:
         scores[o], evm[o], trm[o] = read_model(cfg, o)
     prompts = read_table(cfg.path("prompts", "eval.parquet"), ["prompt_id", "prompt"])
     train = read_table(cfg.path("prompts", "train.parquet"), ["prompt"])
-    return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt))
+    yard = read_table(base / "yardsticks.parquet", yardsticks.COLUMNS)
+    return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt), yard)
 
 
 class Comparison:
@@ -290,6 +293,110 @@ def split_table(cmp: Comparison) -> pd.DataFrame:
                     f"base_{cmp.reward}": float(mats["base"].mean()),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+YARDSTICK_NAMES = {
+    yardsticks.BEST_OF_K: "base best-of-K",
+    yardsticks.VAE_CEILING: "VAE ceiling",
+    yardsticks.REAL: "real canvases",
+}
+GAP_YARDSTICKS = (yardsticks.BEST_OF_K, yardsticks.VAE_CEILING)
+
+
+def _yardstick(cmp: Comparison, name: str, reward: str | None = None) -> pd.DataFrame:
+    """One yardstick's scores on one reward (``cmp.reward`` by default), as a model with no
+    training seed (``train_seed`` -1, like the base)."""
+    y = cmp.res.yardsticks
+    sel = y[(y.yardstick == name) & (y.reward == (reward or cmp.reward))]
+    return sel.assign(train_seed=-1)
+
+
+def yardstick_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
+    """The base and each yardstick: the mean of every reward with its interval (prompts; no
+    training seeds), and the yardstick's win rate against the base on ``cmp.reward`` over the
+    same (prompt, sampling seed) samples."""
+    names = [n for n in YARDSTICK_NAMES if n in set(cmp.res.yardsticks.get("yardstick", []))]
+    rows = []
+    for n in ["base", *names]:
+        row: dict = {"model": n if n == "base" else YARDSTICK_NAMES[n]}
+        if n != "base":
+            wins = evaluation.win_values(_yardstick(cmp, n), cmp.base, cmp.tie)
+            m = {n: st.seed_matrix(wins, "win", cmp.prompt_ids)}
+            w = st.seed_estimate(m, n, 0.5, cmp.n_draws, cmp.seed, RATE)
+            row.update(win_vs_base=w["mean"], win_vs_base_ci=_ci(w))
+        for r in rewards:
+            df = cmp._scores("base", r) if n == "base" else _yardstick(cmp, n, r)
+            m = {n: st.seed_matrix(df, "score", cmp.prompt_ids)}
+            e = st.seed_estimate(m, n, 0.0, cmp.n_draws, cmp.seed)
+            row[f"{r}_mean"], row[f"{r}_ci"] = e["mean"], _ci(e)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gap_closed(
+    model: np.ndarray, base: np.ndarray, yardstick: np.ndarray, n_boot: int, seed: int = 0
+) -> dict[str, float]:
+    """How much of the base-to-yardstick distance a model covered: ``(model - base) /
+    (yardstick - base)`` on mean rewards, each a M[training seed, prompt] matrix over the same
+    prompts (the base's and the yardstick's one row). The interval is the percentile interval
+    of the ratio under Owen's crossed bootstrap (:func:`statistics.crossed_bootstrap`: prompts
+    drawn once for all three, the model's training seeds too): numerator and denominator share
+    every draw, so their correlation over prompts is kept, and no normal approximation of a
+    ratio is assumed. When the denominator's own interval reaches 0 (the yardstick is not
+    shown above the base), the ratio is unbounded: no interval, and ``defined`` is False."""
+    boot = st.crossed_bootstrap({"m": model, "b": base, "y": yardstick}, n_boot, seed)
+    num, den = boot["m"] - boot["b"], boot["y"] - boot["b"]
+    d_lo, d_hi = st.percentile(den)
+    gain, reach = float(model.mean() - base.mean()), float(yardstick.mean() - base.mean())
+    out = {
+        "gain": gain,
+        "reach": reach,
+        "reach_ci_low": float(d_lo),
+        "reach_ci_high": float(d_hi),
+        "defined": bool(d_lo > 0),
+        "gap_closed": gain / reach if reach else float("nan"),
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+    }
+    if out["defined"]:
+        lo, hi = st.percentile(num / den)
+        out["ci_low"], out["ci_high"] = float(lo), float(hi)
+    return out
+
+
+def gap_table(cmp: Comparison) -> pd.DataFrame:
+    """Every objective's gap closed toward best-of-K and the VAE ceiling on ``cmp.reward``, per
+    prompt subset, the training-wording one first (``scope``: where preference data acts, or
+    transfer), then all prompts."""
+    names = [n for n in GAP_YARDSTICKS if n in set(cmp.res.yardsticks.get("yardstick", []))]
+    subsets = {**cmp.splits(), "all": cmp.prompt_ids}
+    rows = []
+    for split, ids in subsets.items():
+        mats = cmp.matrices("score", ids)
+        scope = {"seen": "headline", "all": "all prompts"}.get(split, "transfer")
+        for y in names:
+            ym = st.seed_matrix(_yardstick(cmp, y), "score", ids)
+            for n in cmp.res.objectives:
+                g = gap_closed(mats[n], mats["base"], ym, cmp.n_draws, cmp.seed)
+                ci = f"[{g['ci_low']:.2f}, {g['ci_high']:.2f}]" if g["defined"] else "undefined"
+                reach_ci = f"[{g['reach_ci_low']:+.3f}, {g['reach_ci_high']:+.3f}]"
+                rows.append(
+                    {
+                        "model": n,
+                        "split": split,
+                        "scope": scope,
+                        "n_prompts": len(ids),
+                        "yardstick": YARDSTICK_NAMES[y],
+                        "model_minus_base": g["gain"],
+                        "yardstick_minus_base": g["reach"],
+                        "yardstick_minus_base_ci": reach_ci,
+                        "gap_closed": g["gap_closed"],
+                        "gap_closed_ci": ci,
+                        "gap_ci_low": g["ci_low"],
+                        "gap_ci_high": g["ci_high"],
+                    }
+                )
     return pd.DataFrame(rows)
 
 

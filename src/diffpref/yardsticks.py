@@ -113,15 +113,14 @@ def compute(
     base_scores: pd.DataFrame,
     models: dict,
     device: torch.device,
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Every yardstick's scores (:data:`COLUMNS`) and, for each one skipped, why."""
+) -> tuple[pd.DataFrame, dict]:
+    """Every yardstick's scores (:data:`COLUMNS`), and what the report says of them: K, the
+    label reward and, for each yardstick skipped, why (``skipped``)."""
     ev, seeds = cfg.evaluate, list(cfg.evaluate.seeds)
-    label = cfg.labels.reward
+    label, k = cfg.labels.reward, cfg.candidates.k
     frames, skipped = [], {}
-    if label in models:
-        best = best_of_k(
-            backbone, prompts, base_scores, cfg.candidates.k, seeds, label, models, cfg, device
-        )
+    if label in models:  # labels from a reward model, not imported human preferences
+        best = best_of_k(backbone, prompts, base_scores, k, seeds, label, models, cfg, device)
         frames.append(best.assign(yardstick=BEST_OF_K))
     else:
         skipped[BEST_OF_K] = f"the label reward {label!r} is not a reward model"
@@ -144,4 +143,4 @@ def compute(
     else:
         skipped[VAE_CEILING] = skipped[REAL] = NO_SPECS
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    return table[COLUMNS], skipped
+    return table[COLUMNS], {"k": k, "label_reward": label, "skipped": skipped}

@@ -6,7 +6,8 @@ prompts from the same per-sample sampling seeds (``evaluate.seeds``), so win rat
 with like. ``evaluate.export_geneval`` also writes the
 samples in GenEval's folder layout, for its (separately installed) object-detection scorer.
 The base model's evaluation also scores the yardsticks (:mod:`diffpref.yardsticks`) on the same
-prompts and seeds: ``yardsticks.parquet``, and in ``metrics.json`` why any was skipped.
+prompts and seeds: ``yardsticks.parquet``, and in ``metrics.json`` K, the label reward and
+why any was skipped.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def run(ctx) -> None:
     metrics["model"] = None if name == "base" else ctx.variant
     yard = None
     if name == "base":
-        yard, metrics["yardsticks_skipped"] = yardsticks.compute(
+        yard, metrics["yardsticks"] = yardsticks.compute(
             cfg, backbone, prompts, scores, models, device
         )
     out = ctx.model_dir("eval")  # the base model: results/eval/base

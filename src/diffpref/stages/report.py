@@ -26,6 +26,8 @@ def run(ctx) -> None:
     cmp = comparison.Comparison(data, ev.win_reward, cfg.report.draws, ev.tie_threshold, cfg.seed)
     table = comparison.comparison_table(cmp, rewards)
     splits = comparison.split_table(cmp)
+    yard = comparison.yardstick_table(cmp, rewards)
+    gaps = comparison.gap_table(cmp)
     poi = cmp.poi_matrix()
     world = read_json(res / "world" / "metrics.json")
     online = _online(cfg, cmp) if cfg.online.rounds else None  # no rounds: as before
@@ -34,6 +36,8 @@ def run(ctx) -> None:
     with atomic_dir(cfg.path("report")) as tmp:
         table.to_csv(tmp / "comparison.csv", index=False)
         splits.to_csv(tmp / "splits.csv", index=False)
+        yard.to_csv(tmp / "yardsticks.csv", index=False)
+        gaps.to_csv(tmp / "gap_closed.csv", index=False)
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
         figures = [n for n in report.FIGURE_CAPTIONS if online or n != report.ROUNDS_FIGURE]
         fig = {n: tmp / f"{n}.png" for n in figures}
@@ -44,6 +48,8 @@ def run(ctx) -> None:
         plots.plot_training(data.train_metrics, fig["training_loss"])
         plots.image_grid(res, grid_models, cfg.report.grid_prompts, fig["image_grid"])
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
+        at = next(i for i, s in enumerate(sections) if s.title == BEATS_TITLE) + 1
+        sections.insert(at, _yardstick_section(cfg, cmp, yard, gaps))
         if online:
             online.table.to_csv(tmp / "rounds.csv", index=False)
             online.splits.to_csv(tmp / "rounds_splits.csv", index=False)
@@ -234,7 +240,7 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
             "Summary (held-out prompts)", report.to_markdown(table[summary]), [fig["win_vs_base"]]
         ),
         Section(
-            "Does each objective beat the base?",
+            BEATS_TITLE,
             comparison.what_seeds_decide(cmp)
             + "\n\n"
             + "\n".join(comparison.beats_base(cmp, table, splits)),
@@ -291,6 +297,65 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
         Section("World reward models (held-out)", report.to_markdown(_world_rows(world))),
     ]
     return sections
+
+
+BEATS_TITLE = "Does each objective beat the base?"
+YARDSTICK_COLUMNS = [
+    "model",
+    "split",
+    "scope",
+    "n_prompts",
+    "yardstick",
+    "model_minus_base",
+    "yardstick_minus_base",
+    "yardstick_minus_base_ci",
+    "gap_closed",
+    "gap_closed_ci",
+]
+
+
+def _yardstick_section(
+    cfg, cmp: comparison.Comparison, yard: pd.DataFrame, gaps: pd.DataFrame
+) -> Section:
+    """Where each model got between the base and what was reachable: the yardsticks' own
+    numbers, then the gap each model closed per prompt subset, training wording first."""
+    info = cmp.res.eval_metrics["base"][0]["yardsticks"]
+    n_seeds = len(cfg.evaluate.seeds)
+    intro = (
+        f"Yardsticks, scored by the base model's evaluation on the same "
+        f"{_n(len(cmp.prompt_ids), 'held-out prompt')} × {_n(n_seeds, 'sampling seed')}:\n\n"
+        f"- {comparison.YARDSTICK_NAMES['best_of_k']}: per (prompt, sampling seed) the best of "
+        f"{info['k']} base samples by the label reward ({info['label_reward']}), the first "
+        "the base's own sample: the most that offline preference data ranked by that reward "
+        "can teach\n"
+        f"- {comparison.YARDSTICK_NAMES['vae_ceiling']}: real canvases of each prompt's spec "
+        "(Fashion-MNIST test items no world model trained on) encoded and decoded by the "
+        "world's VAE: the best a model of this latent space can draw\n"
+        f"- {comparison.YARDSTICK_NAMES['real']}: the same canvases, not through the VAE"
+    )
+    for name, why in info["skipped"].items():
+        intro += f"\n- {comparison.YARDSTICK_NAMES[name]}: not computed: {why}"
+    text = intro + "\n\n" + report.to_markdown(yard)
+    if not gaps.empty:
+        sizes = gaps.drop_duplicates("split")
+        power = ", ".join(f"{r.split} {r.n_prompts}" for r in sizes.itertuples())
+        text += (
+            f"\n\nGap closed = (model − base) / (yardstick − base) in mean {cmp.reward} (the "
+            "reward of the win rates): 1 reached the yardstick, 0 no change, below 0 worse than "
+            "the base. Per prompt subset: the **headline** is `seen` (training wording and a "
+            "training combination), where preference data can act; held-out wording and "
+            "held-out combinations are **transfer**; last, all prompts. Prompts per subset: "
+            f"{power} (× {_n(n_seeds, 'sampling seed')}). Interval: 95% percentile interval of "
+            f"Owen's crossed bootstrap ({cfg.report.draws} draws, seeded with {cfg.seed}; "
+            "prompts and training seeds resampled, numerator and denominator from the same "
+            "draws so their correlation over prompts is kept, and no normal approximation of "
+            "a ratio is assumed). A percentile bootstrap over 3 training seeds under-covers "
+            "when seeds dominate (docs/statistics.md): read these intervals as at least this "
+            "wide. **undefined**: the yardstick's own lead over the base has an interval that "
+            "reaches 0, so the ratio is unbounded and no interval is given.\n\n"
+            + report.to_markdown(gaps[YARDSTICK_COLUMNS])
+        )
+    return Section("How far toward what was reachable (yardsticks)", text)
 
 
 def _n(k: int, noun: str) -> str:
