@@ -188,6 +188,14 @@ def test_report_section_names_yardsticks_headline_and_interval():
     for words in ("best of 4 base samples", "**headline** is `seen`", "crossed bootstrap"):
         assert words in section.markdown, words
     assert "seen 20, heldout_wording 20, all 40" in section.markdown
+    # prompts without wording subsets (a prompt file): all prompts are the headline
+    res = _with_yardsticks()
+    res.prompts = res.prompts.drop(columns=["heldout_template", "heldout_combo"])
+    cmp = comparison.Comparison(res, "fidelity", 2000, tie=0.0)
+    gaps = comparison.gap_table(cmp)
+    assert set(gaps.split) == {"all"}
+    section = _yardstick_section(cfg, cmp, comparison.yardstick_table(cmp, ["fidelity"]), gaps)
+    assert "Headline: training wording" not in section.markdown and "all 40" in section.markdown
 
 
 def test_eval_prompt_quotas_are_exact_per_category():

@@ -300,18 +300,25 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
 
 
 BEATS_TITLE = "Does each objective beat the base?"
-YARDSTICK_COLUMNS = [
-    "model",
-    "split",
-    "scope",
-    "n_prompts",
-    "yardstick",
-    "model_minus_base",
-    "yardstick_minus_base",
-    "yardstick_minus_base_ci",
-    "gap_closed",
-    "gap_closed_ci",
-]
+YARDSTICK_TEXT = {
+    "best_of_k": "per (prompt, sampling seed) the best of {k} base samples by the label reward "
+    "({label}), the first the base's own sample: the most that offline preference data ranked "
+    "by that reward can teach",
+    "vae_ceiling": "real canvases of each prompt's spec (Fashion-MNIST test items no world model "
+    "trained on) encoded and decoded by the world's VAE: the best a model of this latent space "
+    "can draw",
+    "real": "the same canvases, not through the VAE",
+}
+
+
+def _gap_cells(gaps: pd.DataFrame) -> pd.DataFrame:
+    """One row per model, one column per (prompt subset, yardstick): gap closed [interval]."""
+    cell = gaps.assign(
+        column=gaps.split + " · " + gaps.yardstick,
+        value=[f"{g:.2f} {ci}" for g, ci in zip(gaps.gap_closed, gaps.gap_closed_ci, strict=True)],
+    )
+    wide = cell.pivot(index="model", columns="column", values="value")
+    return wide[list(dict.fromkeys(cell.column))].reset_index()
 
 
 def _yardstick_section(
@@ -320,42 +327,59 @@ def _yardstick_section(
     """Where each model got between the base and what was reachable: the yardsticks' own
     numbers, then the gap each model closed per prompt subset, training wording first."""
     info = cmp.res.eval_metrics["base"][0]["yardsticks"]
-    n_seeds = len(cfg.evaluate.seeds)
-    intro = (
+    n_seeds, n_train = len(cfg.evaluate.seeds), len(cmp.res.seeds)
+    lines = [
         f"Yardsticks, scored by the base model's evaluation on the same "
-        f"{_n(len(cmp.prompt_ids), 'held-out prompt')} × {_n(n_seeds, 'sampling seed')}:\n\n"
-        f"- {comparison.YARDSTICK_NAMES['best_of_k']}: per (prompt, sampling seed) the best of "
-        f"{info['k']} base samples by the label reward ({info['label_reward']}), the first "
-        "the base's own sample: the most that offline preference data ranked by that reward "
-        "can teach\n"
-        f"- {comparison.YARDSTICK_NAMES['vae_ceiling']}: real canvases of each prompt's spec "
-        "(Fashion-MNIST test items no world model trained on) encoded and decoded by the "
-        "world's VAE: the best a model of this latent space can draw\n"
-        f"- {comparison.YARDSTICK_NAMES['real']}: the same canvases, not through the VAE"
+        f"{_n(len(cmp.prompt_ids), 'held-out prompt')} × {_n(n_seeds, 'sampling seed')}:\n"
+    ]
+    for name, label in comparison.YARDSTICK_NAMES.items():
+        why = info["skipped"].get(name)
+        what = YARDSTICK_TEXT[name].format(k=info["k"], label=info["label_reward"])
+        lines.append(f"- {label}: " + (f"not computed: {why}" if why else what))
+    text = "\n".join(lines) + "\n\n" + report.to_markdown(yard)
+    if gaps.empty:
+        return Section(YARDSTICK_TITLE, text)
+    sizes = gaps.drop_duplicates("split")
+    power = ", ".join(f"{r.split} {r.n_prompts}" for r in sizes.itertuples())
+    headline = gaps[gaps.scope == "headline"]
+    rest = gaps[gaps.scope != "headline"]
+    text += (
+        f"\n\nGap closed = (model − base) / (yardstick − base) in mean {cmp.reward} (the reward "
+        "of the win rates): 1 reached the yardstick, 0 no change, below 0 worse than the base. "
+        "Per prompt subset: the **headline** is `seen` (training wording and a training "
+        "combination), where preference data can act; held-out wording and held-out "
+        f"combinations are **transfer**; last, all prompts. Prompts per subset: {power} "
+        f"(× {_n(n_seeds, 'sampling seed')} × {_n(n_train, 'training seed')}). Interval: 95% "
+        f"percentile interval of Owen's crossed bootstrap ({cfg.report.draws} draws, seeded "
+        f"with {cfg.seed}): prompts and training seeds resampled, numerator and denominator "
+        "from the same draws so that their correlation over prompts is kept, and no normal "
+        "approximation of a ratio assumed. A percentile bootstrap over 3-5 training seeds "
+        "under-covers when seeds dominate (docs/statistics.md): read these intervals as at "
+        "least this wide. **undefined**: the yardstick's own lead over the base has an "
+        "interval that reaches 0, so the ratio is unbounded and has no interval."
     )
-    for name, why in info["skipped"].items():
-        intro += f"\n- {comparison.YARDSTICK_NAMES[name]}: not computed: {why}"
-    text = intro + "\n\n" + report.to_markdown(yard)
-    if not gaps.empty:
-        sizes = gaps.drop_duplicates("split")
-        power = ", ".join(f"{r.split} {r.n_prompts}" for r in sizes.itertuples())
-        text += (
-            f"\n\nGap closed = (model − base) / (yardstick − base) in mean {cmp.reward} (the "
-            "reward of the win rates): 1 reached the yardstick, 0 no change, below 0 worse than "
-            "the base. Per prompt subset: the **headline** is `seen` (training wording and a "
-            "training combination), where preference data can act; held-out wording and "
-            "held-out combinations are **transfer**; last, all prompts. Prompts per subset: "
-            f"{power} (× {_n(n_seeds, 'sampling seed')}). Interval: 95% percentile interval of "
-            f"Owen's crossed bootstrap ({cfg.report.draws} draws, seeded with {cfg.seed}; "
-            "prompts and training seeds resampled, numerator and denominator from the same "
-            "draws so their correlation over prompts is kept, and no normal approximation of "
-            "a ratio is assumed). A percentile bootstrap over 3 training seeds under-covers "
-            "when seeds dominate (docs/statistics.md): read these intervals as at least this "
-            "wide. **undefined**: the yardstick's own lead over the base has an interval that "
-            "reaches 0, so the ratio is unbounded and no interval is given.\n\n"
-            + report.to_markdown(gaps[YARDSTICK_COLUMNS])
-        )
-    return Section("How far toward what was reachable (yardsticks)", text)
+    if headline.empty:  # no wording subsets (a prompt file): all prompts are the headline
+        return Section(YARDSTICK_TITLE, text + "\n\n" + report.to_markdown(gaps[YARDSTICK_COLUMNS]))
+    text += (
+        "\n\n**Headline: training wording** (`seen`)\n\n"
+        + report.to_markdown(headline[YARDSTICK_COLUMNS])
+        + "\n\n**Transfer and all prompts**\n\n"
+        + report.to_markdown(_gap_cells(rest))
+    )
+    return Section(YARDSTICK_TITLE, text)
+
+
+YARDSTICK_TITLE = "How far toward what was reachable (yardsticks)"
+YARDSTICK_COLUMNS = [
+    "model",
+    "n_prompts",
+    "yardstick",
+    "model_minus_base",
+    "yardstick_minus_base",
+    "yardstick_minus_base_ci",
+    "gap_closed",
+    "gap_closed_ci",
+]
 
 
 def _n(k: int, noun: str) -> str:
