@@ -88,12 +88,11 @@ class PromptParams(Settings):
     )
     n_eval: Int = Field(ge=1, le=1_000_000)
     heldout_wording: Probability = Field(
-        0.2, description="source: world: share of eval prompts in the held-out wording"
+        description="source: world: share of eval prompts in the held-out wording"
     )
     heldout_combo: Probability = Field(
-        0.25,
         description="source: world: share of eval prompts (of categories that have held-out "
-        "combinations) with a class combination never trained on",
+        "combinations) with a class combination never trained on"
     )
     file: PathText | None = Field(
         None,
