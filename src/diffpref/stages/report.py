@@ -336,6 +336,12 @@ def _yardstick_section(
         why = info["skipped"].get(name)
         what = YARDSTICK_TEXT[name].format(k=info["k"], label=info["label_reward"])
         lines.append(f"- {label}: " + (f"not computed: {why}" if why else what))
+    lines.append(
+        f"\nwin_vs_base on {cmp.reward}: the share of (prompt, sampling seed) samples where the "
+        "yardstick scores above the base's sample (ties within the win rates' threshold count "
+        "half); best-of-K's set holds that sample, so on the label reward it never loses; a "
+        "real canvas is paired with the base's sample only by prompt."
+    )
     text = "\n".join(lines) + "\n\n" + report.to_markdown(yard)
     if gaps.empty:
         return Section(YARDSTICK_TITLE, text)
