@@ -359,9 +359,10 @@ def _yardstick_section(
         f"percentile interval of Owen's crossed bootstrap ({cfg.report.draws} draws, seeded "
         f"with {cfg.seed}): prompts and training seeds resampled, numerator and denominator "
         "from the same draws so that their correlation over prompts is kept, and no normal "
-        "approximation of a ratio assumed. A percentile bootstrap over 3-5 training seeds "
-        "under-covers when seeds dominate (docs/statistics.md): read these intervals as at "
-        "least this wide. **undefined**: the yardstick's own lead over the base has an "
+        "approximation of a ratio assumed. Over few training seeds a percentile bootstrap "
+        "under-covers when seeds dominate (docs/statistics.md: 0.80-0.85 at 3 seeds), and one "
+        "seed carries no seed spread at all: read these intervals as at least this wide. "
+        "**undefined**: the yardstick's own lead over the base has an "
         "interval that reaches 0, so the ratio is unbounded and has no interval."
     )
     if headline.empty:  # no wording subsets (a prompt file): all prompts are the headline
