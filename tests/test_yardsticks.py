@@ -127,19 +127,19 @@ def test_without_specs_only_best_of_k_is_computed_and_the_rest_say_why(world):
 
 
 def test_gap_closed_hand_computed():
-    base = np.array([[0.5, 0.5]])
-    g = comparison.gap_closed(np.full((3, 2), 0.7), base, np.array([[0.9, 0.9]]), 2000)
+    base = np.full((1, 20), 0.5)
+    g = comparison.gap_closed(np.full((3, 20), 0.7), base, np.full((1, 20), 0.9), 2000)
     assert g["gap_closed"] == pytest.approx(0.5)
     assert (g["ci_low"], g["ci_high"]) == pytest.approx((0.5, 0.5))  # no spread anywhere
-    # reach (0.4 + 0.2) / 2 = 0.3, gain 0.1: a third; worse than the base: negative
-    yard = np.array([[0.9, 0.7]])
-    g = comparison.gap_closed(np.array([[0.6, 0.6]]), base, yard, 2000)
+    # reach (0.4 + 0.2) / 2 = 0.3 over prompts, gain 0.1: a third; worse than the base: negative
+    yard = np.tile([0.9, 0.7], 10)[None]
+    g = comparison.gap_closed(np.full((1, 20), 0.6), base, yard, 2000)
     assert g["gap_closed"] == pytest.approx(1 / 3) and g["defined"]
-    assert g["ci_low"] <= 1 / 3 <= g["ci_high"]
-    g = comparison.gap_closed(np.array([[0.4, 0.4]]), base, yard, 2000)
-    assert g["gap_closed"] == pytest.approx(-1 / 3)
-    # a yardstick not shown above the base: the ratio is unbounded, no interval
-    g = comparison.gap_closed(np.array([[0.6, 0.6]]), base, np.array([[0.8, 0.3]]), 2000)
+    assert g["ci_low"] < 1 / 3 < g["ci_high"] and g["ci_high"] - g["ci_low"] < 0.2
+    g = comparison.gap_closed(np.full((1, 20), 0.4), base, yard, 2000)
+    assert g["gap_closed"] == pytest.approx(-1 / 3) and g["ci_high"] < 0
+    # two prompts that disagree: the yardstick is not shown above the base, no interval
+    g = comparison.gap_closed(np.array([[0.6, 0.6]]), base[:, :2], np.array([[0.9, 0.7]]), 2000)
     assert not g["defined"] and g["reach_ci_low"] < 0 < g["reach_ci_high"]
     assert np.isnan(g["ci_low"]) and np.isnan(g["ci_high"])
 
@@ -185,7 +185,7 @@ def test_report_section_names_yardsticks_headline_and_interval():
         cfg, cmp, comparison.yardstick_table(cmp, ["fidelity"]), comparison.gap_table(cmp)
     )
     assert section.title == "How far toward what was reachable (yardsticks)"
-    for words in ("best of 4 base samples", "**headline** is `seen`", "crossed bootstrap"):
+    for words in ("best of 4 base samples", "**headline** is `seen`", "Fieller interval"):
         assert words in section.markdown, words
     assert "seen 20, heldout_wording 20, all 40" in section.markdown
     # prompts without wording subsets (a prompt file): all prompts are the headline

@@ -11,6 +11,7 @@ would decide it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -334,35 +335,58 @@ def yardstick_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+GAP_LIMIT = 100.0  # |gap closed| beyond this many times the yardstick's lead: unbounded
+
+
 def gap_closed(
-    model: np.ndarray, base: np.ndarray, yardstick: np.ndarray, n_boot: int, seed: int = 0
+    model: np.ndarray, base: np.ndarray, yardstick: np.ndarray, n_draws: int, seed: int = 0
 ) -> dict[str, float]:
     """How much of the base-to-yardstick distance a model covered: ``(model - base) /
     (yardstick - base)`` on mean rewards, each a M[training seed, prompt] matrix over the same
-    prompts (the base's and the yardstick's one row). The interval is the percentile interval
-    of the ratio under Owen's crossed bootstrap (:func:`statistics.crossed_bootstrap`: prompts
-    drawn once for all three, the model's training seeds too): numerator and denominator share
-    every draw, so their correlation over prompts is kept, and no normal approximation of a
-    ratio is assumed. When the denominator's own interval reaches 0 (the yardstick is not
-    shown above the base), the ratio is unbounded: no interval, and ``defined`` is False."""
-    boot = st.crossed_bootstrap({"m": model, "b": base, "y": yardstick}, n_boot, seed)
-    num, den = boot["m"] - boot["b"], boot["y"] - boot["b"]
-    d_lo, d_hi = st.percentile(den)
+    prompts (the base's and the yardstick's one row).
+
+    The interval is Fieller's, by test inversion: every ratio t whose contrast ``(model - base)
+    - t (yardstick - base)`` the report's fiducial variance-components test does not reject at
+    5%. So it has that test's calibration at 3-5 training seeds, keeps the correlation of
+    numerator and denominator over prompts, and assumes no normal ratio. When the yardstick's
+    own lead over the base has an interval that reaches 0, the set is unbounded: no interval,
+    and ``defined`` is False."""
+    reach_sq = st.squares([yardstick, base], [1.0, -1.0])
+    r_lo, r_hi, _ = st.fiducial_interval(reach_sq, n_draws, seed)
     gain, reach = float(model.mean() - base.mean()), float(yardstick.mean() - base.mean())
     out = {
         "gain": gain,
         "reach": reach,
-        "reach_ci_low": float(d_lo),
-        "reach_ci_high": float(d_hi),
-        "defined": bool(d_lo > 0),
+        "reach_ci_low": float(r_lo),
+        "reach_ci_high": float(r_hi),
+        "defined": bool(r_lo > 0),
         "gap_closed": gain / reach if reach else float("nan"),
         "ci_low": float("nan"),
         "ci_high": float("nan"),
     }
     if out["defined"]:
-        lo, hi = st.percentile(num / den)
-        out["ci_low"], out["ci_high"] = float(lo), float(hi)
+
+        def kept(t: float) -> bool:  # t is inside the interval
+            sq = st.squares([model, (t - 1) * base - t * yardstick], [1.0, 1.0])
+            return float(st.fiducial_interval(sq, n_draws, seed)[2]) >= 1 - st.CONFIDENCE
+
+        out["ci_low"], out["ci_high"] = (_edge(kept, out["gap_closed"], d) for d in (-1, 1))
     return out
+
+
+def _edge(kept: Callable[[float], bool], start: float, direction: int, steps: int = 20) -> float:
+    """The last ratio kept going from ``start`` (kept) in ``direction``: doubling steps until
+    one is rejected, then bisection; +-inf past :data:`GAP_LIMIT`."""
+    inner, step = start, 0.05
+    while kept(start + direction * step):
+        inner, step = start + direction * step, 2 * step
+        if step > GAP_LIMIT:
+            return direction * float("inf")
+    outer = start + direction * step
+    for _ in range(steps):
+        mid = (inner + outer) / 2
+        inner, outer = (mid, outer) if kept(mid) else (inner, mid)
+    return inner
 
 
 def gap_table(cmp: Comparison) -> pd.DataFrame:
