@@ -15,6 +15,8 @@ test items no world model trained on (``[JUDGE_TRAIN_ITEMS, end)``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import torch
@@ -25,6 +27,10 @@ from diffpref.world.constants import JUDGE_TRAIN_ITEMS
 from diffpref.world.data import ItemBank
 from diffpref.world.render import render_layout
 from diffpref.world.spec import Spec
+
+if TYPE_CHECKING:
+    from diffpref.backbones.base import Backbone
+    from diffpref.config import Config
 
 BEST_OF_K, VAE_CEILING, REAL = "best_of_k", "vae_ceiling", "real"
 YARDSTICKS = (BEST_OF_K, VAE_CEILING, REAL)
@@ -49,14 +55,14 @@ def pick_best(candidates: pd.DataFrame, label_reward: str) -> pd.DataFrame:
 
 
 def best_of_k(
-    backbone,
+    backbone: Backbone,
     prompts: pd.DataFrame,
     base_scores: pd.DataFrame,
     k: int,
     seeds: list[int],
     label_reward: str,
-    models: dict,
-    cfg,
+    models: dict[str, object],
+    cfg: Config,
     device: torch.device,
 ) -> pd.DataFrame:
     """Best-of-``k`` base samples per (prompt, eval seed): samples only the ``k - 1`` extra
@@ -93,7 +99,7 @@ def real_canvases(specs: list[Spec], seeds: list[int], bank: ItemBank, jitter: i
 
 
 @torch.no_grad()
-def through_vae(backbone, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def through_vae(backbone: Backbone, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``images`` in [0,1] encoded (the latent mean) and decoded by the backbone's VAE."""
     chunks = [
         backbone.decode(backbone.encode_images(images[i : i + batch_size])).cpu()
@@ -107,11 +113,11 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def compute(
-    cfg,
-    backbone,
+    cfg: Config,
+    backbone: Backbone,
     prompts: pd.DataFrame,
     base_scores: pd.DataFrame,
-    models: dict,
+    models: dict[str, object],
     device: torch.device,
 ) -> tuple[pd.DataFrame, dict]:
     """Every yardstick's scores (:data:`COLUMNS`), and what the report says of them: K, the
