@@ -123,9 +123,10 @@ def compute(
     """Every yardstick's scores (:data:`COLUMNS`), and what the report says of them: K, the
     label reward and, for each yardstick skipped, why (``skipped``)."""
     ev, seeds = cfg.evaluate, list(cfg.evaluate.seeds)
-    label, k = cfg.labels.reward, cfg.candidates.k
+    label, k = cfg.labels.reward, None  # candidates.k: a param of this job only with best-of-K
     frames, skipped = [], {}
     if label in models:  # labels from a reward model, not imported human preferences
+        k = cfg.candidates.k
         best = best_of_k(backbone, prompts, base_scores, k, seeds, label, models, cfg, device)
         frames.append(best.assign(yardstick=BEST_OF_K))
     else:
