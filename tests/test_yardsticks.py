@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.conftest import REPO
 from tests.test_comparison import synthetic
 
-from diffpref import comparison, yardsticks
+from diffpref import comparison, config, yardsticks
 from diffpref.backbones.embedded import EmbeddedBackbone
+from diffpref.config import dag
 from diffpref.generation import generate
 from diffpref.rewards import score_table
 from diffpref.stages.report import _yardstick_section
@@ -205,3 +207,16 @@ def test_eval_prompt_quotas_are_exact_per_category():
         assert g.heldout_template.sum() == round(len(g) * 0.25), cat
         want = 0 if cat == "single" else round(len(g) * 0.3)
         assert g.heldout_combo.sum() == want, cat
+
+
+def test_only_the_base_evaluation_declares_what_the_yardsticks_read():
+    """Best-of-K's keys for every backbone; the real canvases' world keys only with world
+    prompts (a real-model profile reads its prompts from a file: no specs)."""
+    yard = {"labels.reward", "candidates.k"}
+    world = {"world.fashion_mnist_dir", "world.item_size", "world.jitter"}
+    cfg, _ = config.load(REPO / "params.yaml")
+    assert yard | world <= set(dag.keys("evaluate_base", cfg, "base"))
+    assert not (yard | world) & set(dag.keys("evaluate", cfg, "dpo"))
+    real, _ = config.load(REPO / "params.yaml", profile="sd15")
+    base = set(dag.keys("evaluate_base", real, "base"))
+    assert yard <= base and not world & base
