@@ -165,6 +165,7 @@ def _with_yardsticks() -> comparison.Results:
 
 
 def test_gap_table_per_split_training_wording_first():
+    assert list(comparison.YARDSTICK_NAMES) == list(yardsticks.YARDSTICKS)  # the file's names
     cmp = comparison.Comparison(_with_yardsticks(), "fidelity", 2000, tie=0.0)
     gaps = comparison.gap_table(cmp)
     assert list(dict.fromkeys(gaps.split)) == ["seen", "heldout_wording", "all"]
