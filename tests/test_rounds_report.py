@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from tests.browser import inspect, problems
 
-from diffpref import comparison, config, evaluation, rounds, settings
+from diffpref import comparison, config, evaluation, rounds, settings, yardsticks
 from diffpref import statistics as st
 from diffpref.config import dag
 from diffpref.stages import Ctx
@@ -65,6 +65,18 @@ def _eval_folder(d: Path, fid: np.ndarray) -> None:
     keys = pd.DataFrame([{"prompt_id": f"p{i:02d}", "seed": s} for i in range(N) for s in SAMPLING])
     keys.to_parquet(d / "samples.parquet")
     np.save(d / "samples.npy", np.zeros((len(keys), 1, 4, 4), np.uint8))
+
+
+def _yardsticks(d: Path) -> None:
+    """The base's yardsticks above it (best-of-K, the VAE ceiling, real canvases), as its
+    evaluation writes them."""
+    fid = _fidelity("base", "", -1)
+    lifts = (("best_of_k", 0.1), ("vae_ceiling", 0.2), ("real", 0.25))
+    frames = [_scores(fid + lift).assign(yardstick=n, correct=np.nan) for n, lift in lifts]
+    pd.concat(frames)[yardsticks.COLUMNS].to_parquet(d / "yardsticks.parquet")
+    metrics = json.loads((d / "metrics.json").read_text())
+    metrics["yardsticks"] = {"k": 4, "label_reward": "fidelity", "skipped": {}}
+    (d / "metrics.json").write_text(json.dumps(metrics))
 
 
 def _train_metrics(variant: str) -> dict:
@@ -120,6 +132,7 @@ def _project(root: Path) -> None:
         res / "prompts" / "train.parquet"
     )
     _eval_folder(res / "eval" / "base", _fidelity("base", "", -1))
+    _yardsticks(res / "eval" / "base")
     for o in OBJECTIVES:
         for s in SEEDS:
             for v in VARIANTS:
@@ -266,6 +279,8 @@ def test_the_report_stage_adds_the_rounds_section_only_with_rounds(project, tmp_
         assert [d for d in declared if not any(k.startswith(d) for k in reads[online])] == []
         res = project / "results"
         page = (res / "report" / "report.html").read_text()
+        assert "How far toward what was reachable (yardsticks)" in page
+        assert (res / "report" / "gap_closed.csv").is_file()
         names = sorted(p.name for p in (res / "metrics").glob("*.json"))
         if online:
             assert "<h2>Online rounds</h2>" in page and "Online rounds: cost" in page

@@ -11,6 +11,7 @@ would decide it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,8 @@ class Results:
     seeds: list[int]
     train_prompts: list[str] = field(default_factory=list)
     shared_seeds: bool = True
+    # the base's yardsticks (diffpref.yardsticks: yardstick, prompt_id, seed, reward, score)
+    yardsticks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def objectives(self) -> list[str]:
@@ -87,7 +90,10 @@ def load(cfg: Config) -> Results:
     prompts = read_table(cfg.eval_prompts(), ["prompt_id", "prompt"])
     train = read_table(cfg.path("prompts", "train.parquet"), ["prompt"])
     shared = cfg.train.seed_streams == "shared"
-    return Results(scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt), shared)
+    yard = read_table(base / "yardsticks.parquet", ["yardstick", *SCORE_COLUMNS])
+    return Results(
+        scores, prompts, evm, trm, list(cfg.train_seeds), list(train.prompt), shared, yard
+    )
 
 
 class Comparison:
@@ -302,6 +308,135 @@ def split_table(cmp: Comparison) -> pd.DataFrame:
                     f"base_{cmp.reward}": float(mats["base"].mean()),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+# the yardsticks the base's evaluation writes (diffpref.yardsticks; not imported: the report
+# needs none of its sampling code) and their names in the report
+YARDSTICK_NAMES = {
+    "best_of_k": "base best-of-K",
+    "vae_ceiling": "VAE ceiling",
+    "real": "real canvases",
+}
+GAP_YARDSTICKS = ("best_of_k", "vae_ceiling")
+
+
+def _yardstick(cmp: Comparison, name: str, reward: str | None = None) -> pd.DataFrame:
+    """One yardstick's scores on one reward (``cmp.reward`` by default), as a model with no
+    training seed (``train_seed`` -1, like the base)."""
+    y = cmp.res.yardsticks
+    sel = y[(y.yardstick == name) & (y.reward == (reward or cmp.reward))]
+    return sel.assign(train_seed=-1)
+
+
+def yardstick_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
+    """The base and each yardstick: the mean of every reward with its interval (prompts; no
+    training seeds), and the yardstick's win rate against the base on ``cmp.reward`` over the
+    same (prompt, sampling seed) samples."""
+    names = [n for n in YARDSTICK_NAMES if n in set(cmp.res.yardsticks.get("yardstick", []))]
+    rows = []
+    for n in ["base", *names]:
+        row: dict = {"model": n if n == "base" else YARDSTICK_NAMES[n]}
+        if n != "base":
+            wins = evaluation.win_values(_yardstick(cmp, n), cmp.base, cmp.tie)
+            m = {n: st.seed_matrix(wins, "win", cmp.prompt_ids)}
+            w = st.seed_estimate(m, n, 0.5, cmp.n_draws, cmp.seed, RATE)
+            row.update(win_vs_base=w["mean"], win_vs_base_ci=_ci(w))
+        for r in rewards:
+            df = cmp._scores("base", r) if n == "base" else _yardstick(cmp, n, r)
+            m = {n: st.seed_matrix(df, "score", cmp.prompt_ids)}
+            e = st.seed_estimate(m, n, 0.0, cmp.n_draws, cmp.seed)
+            row[f"{r}_mean"], row[f"{r}_ci"] = e["mean"], _ci(e)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+GAP_LIMIT = 100.0  # |gap closed| beyond this many times the yardstick's lead: unbounded
+
+
+def gap_closed(
+    model: np.ndarray, base: np.ndarray, yardstick: np.ndarray, n_draws: int, seed: int = 0
+) -> dict[str, float]:
+    """How much of the base-to-yardstick distance a model covered: ``(model - base) /
+    (yardstick - base)`` on mean rewards, each a M[training seed, prompt] matrix over the same
+    prompts (the base's and the yardstick's one row).
+
+    The interval is Fieller's, by test inversion: every ratio t whose contrast ``(model - base)
+    - t (yardstick - base)`` the report's fiducial variance-components test does not reject at
+    5%. So it has that test's calibration at 3-5 training seeds, keeps the correlation of
+    numerator and denominator over prompts, and assumes no normal ratio. When the yardstick's
+    own lead over the base has an interval that reaches 0, the set is unbounded: no interval,
+    and ``defined`` is False."""
+    reach_sq = st.squares([yardstick, base], [1.0, -1.0])
+    r_lo, r_hi, _ = st.fiducial_interval(reach_sq, n_draws, seed)
+    gain, reach = float(model.mean() - base.mean()), float(yardstick.mean() - base.mean())
+    out = {
+        "gain": gain,
+        "reach": reach,
+        "reach_ci_low": float(r_lo),
+        "reach_ci_high": float(r_hi),
+        "defined": bool(r_lo > 0),
+        "gap_closed": gain / reach if reach else float("nan"),
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+    }
+    if out["defined"]:
+
+        def kept(t: float) -> bool:  # t is inside the interval
+            sq = st.squares([model, (t - 1) * base - t * yardstick], [1.0, 1.0])
+            return float(st.fiducial_interval(sq, n_draws, seed)[2]) >= 1 - st.CONFIDENCE
+
+        out["ci_low"], out["ci_high"] = (_edge(kept, out["gap_closed"], d) for d in (-1, 1))
+    return out
+
+
+def _edge(kept: Callable[[float], bool], start: float, direction: int, steps: int = 20) -> float:
+    """The last ratio kept going from ``start`` (kept) in ``direction``: doubling steps until
+    one is rejected, then bisection; +-inf past :data:`GAP_LIMIT`."""
+    inner, step = start, 0.05
+    while kept(start + direction * step):
+        inner, step = start + direction * step, 2 * step
+        if step > GAP_LIMIT:
+            return direction * float("inf")
+    outer = start + direction * step
+    for _ in range(steps):
+        mid = (inner + outer) / 2
+        inner, outer = (mid, outer) if kept(mid) else (inner, mid)
+    return inner
+
+
+def gap_table(cmp: Comparison) -> pd.DataFrame:
+    """Every objective's gap closed toward best-of-K and the VAE ceiling on ``cmp.reward``, per
+    prompt subset, the training-wording one first (``scope``: where preference data acts, or
+    transfer), then all prompts."""
+    names = [n for n in GAP_YARDSTICKS if n in set(cmp.res.yardsticks.get("yardstick", []))]
+    subsets = {**cmp.splits(), "all": cmp.prompt_ids}
+    rows = []
+    for split, ids in subsets.items():
+        mats = cmp.matrices("score", ids)
+        scope = {"seen": "headline", "all": "all prompts"}.get(split, "transfer")
+        for y in names:
+            ym = st.seed_matrix(_yardstick(cmp, y), "score", ids)
+            for n in cmp.res.objectives:
+                g = gap_closed(mats[n], mats["base"], ym, cmp.n_draws, cmp.seed)
+                ci = f"[{g['ci_low']:.2f}, {g['ci_high']:.2f}]" if g["defined"] else "undefined"
+                reach_ci = f"[{g['reach_ci_low']:+.3f}, {g['reach_ci_high']:+.3f}]"
+                rows.append(
+                    {
+                        "model": n,
+                        "split": split,
+                        "scope": scope,
+                        "n_prompts": len(ids),
+                        "yardstick": YARDSTICK_NAMES[y],
+                        "model_minus_base": g["gain"],
+                        "yardstick_minus_base": g["reach"],
+                        "yardstick_minus_base_ci": reach_ci,
+                        "gap_closed": g["gap_closed"],
+                        "gap_closed_ci": ci,
+                        "gap_ci_low": g["ci_low"],
+                        "gap_ci_high": g["ci_high"],
+                    }
+                )
     return pd.DataFrame(rows)
 
 

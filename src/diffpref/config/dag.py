@@ -224,7 +224,8 @@ def _world(c: Config, o: str | None) -> list[str]:
 
 def _prompts(c: Config, o: str | None) -> list[str]:
     file = ["file", "column", "category_column", "eval_fraction", "val_fraction"]
-    own = file if c.prompts.source == "file" else []
+    world = ["heldout_wording", "heldout_combo"]
+    own = file if c.prompts.source == "file" else world
     return [
         "results",
         *(f"prompts.{k}" for k in ["source", "n_train", "n_eval", "n_val", *own]),
@@ -280,12 +281,17 @@ def _evaluate(c: Config, o: str | None) -> list[str]:
     own = ["seeds", "batch_size", "bootstrap", "export_geneval", "split"]
     own += [] if o is None else ["tie_threshold"]  # win rates against the base
     sampling = ["sampling.scheduler", "sampling.steps", "sampling.guidance"]
+    # the base's yardsticks: best-of-K by the label reward; real canvases from world specs
+    world = [f"world.{k}" for k in ("fashion_mnist_dir", "item_size", "jitter")]
+    yard = ["labels.reward", *(["candidates.k"] if c.labels.reward in c.rewards.models else [])]
+    yard += world if c.prompts.source == "world" else []
     return [
         "results",
         *_backbone(c),
         *sampling,
         *(f"evaluate.{k}" for k in own),
         *_reward_models(c),
+        *(yard if o is None else []),
     ]
 
 

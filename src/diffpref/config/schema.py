@@ -94,6 +94,13 @@ class PromptParams(Settings):
         description="validation prompts: drawn like the test prompts, disjoint from every other "
         "split, for tuning choices (evaluate.split: validation); 0: none",
     )
+    heldout_wording: Probability = Field(
+        description="source: world: share of eval prompts in the held-out wording"
+    )
+    heldout_combo: Probability = Field(
+        description="source: world: share of eval prompts (of categories that have held-out "
+        "combinations) with a class combination never trained on"
+    )
     file: PathText | None = Field(
         None,
         description="source: file: .txt (one per line), .jsonl, .csv, .tsv or .parquet; "

@@ -5,6 +5,9 @@ Every model (each training seed of each objective, and the base) samples the sam
 prompts from the same per-sample sampling seeds (``evaluate.seeds``), so win rates compare like
 with like. ``evaluate.export_geneval`` also writes the
 samples in GenEval's folder layout, for its (separately installed) object-detection scorer.
+The base model's evaluation also scores the yardsticks (:mod:`diffpref.yardsticks`) on the same
+prompts and seeds: ``yardsticks.parquet``, and in ``metrics.json`` K, the label reward and
+why any was skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from diffpref import evaluation
+from diffpref import evaluation, yardsticks
 from diffpref.adapters import Adapted
 from diffpref.backbones import load_backbone, resolve_device
 from diffpref.datasources import export_geneval
@@ -61,16 +64,25 @@ def run(ctx) -> None:
     metrics["objective"] = name
     metrics["train_seed"] = ctx.seed
     metrics["model"] = None if name == "base" else ctx.variant
+    yard = None
+    if name == "base":
+        yard, metrics["yardsticks"] = yardsticks.compute(
+            cfg, backbone, prompts, scores, models, device
+        )
     out = ctx.model_dir("eval")  # the base model: results/eval/base
     with atomic_dir(out) as tmp:
         scores.to_parquet(tmp / "scores.parquet")
         np.save(tmp / "samples.npy", images.numpy())
         keys.to_parquet(tmp / "samples.parquet")
         write_json(tmp / "metrics.json", metrics)
+        if yard is not None:
+            yard.to_parquet(tmp / "yardsticks.parquet")
         if ev.export_geneval:
             export_geneval(tmp / "geneval", prompts, images.numpy(), len(ev.seeds))
     ctx.run.log_artifact(out / "scores.parquet")
     ctx.run.log_artifact(out / "metrics.json")
+    if yard is not None:
+        ctx.run.log_artifact(out / "yardsticks.parquet")
     ctx.run.log_figure(
         "samples.png",
         "diffpref.plots:image_grid",

@@ -21,7 +21,14 @@ def run(ctx) -> None:
     if p.source == "world":
         from diffpref.world.prompts import generate_prompts
 
-        df = generate_prompts(p.n_train, p.n_eval, seed=cfg.seed, n_val=p.n_val)
+        df = generate_prompts(
+            p.n_train,
+            p.n_eval,
+            seed=cfg.seed,
+            heldout_combo_frac=p.heldout_combo,
+            heldout_template_frac=p.heldout_wording,
+            n_val=p.n_val,
+        )
     else:
         from diffpref.datasources import read_prompts, warn_if_untracked
 

@@ -27,6 +27,8 @@ def run(ctx) -> None:
     cmp = comparison.Comparison(data, ev.win_reward, cfg.report.draws, ev.tie_threshold, cfg.seed)
     table = comparison.comparison_table(cmp, rewards)
     splits = comparison.split_table(cmp)
+    yard = comparison.yardstick_table(cmp, rewards)
+    gaps = comparison.gap_table(cmp)
     poi = cmp.poi_matrix()
     world = read_json(res / "world" / "metrics.json")
     online = _online(cfg, cmp) if cfg.online.rounds else None  # no rounds: as before
@@ -35,6 +37,8 @@ def run(ctx) -> None:
     with atomic_dir(cfg.path("report")) as tmp:
         table.to_csv(tmp / "comparison.csv", index=False)
         splits.to_csv(tmp / "splits.csv", index=False)
+        yard.to_csv(tmp / "yardsticks.csv", index=False)
+        gaps.to_csv(tmp / "gap_closed.csv", index=False)
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
         figures = [n for n in report.FIGURE_CAPTIONS if online or n != report.ROUNDS_FIGURE]
         fig = {n: tmp / f"{n}.png" for n in figures}
@@ -47,6 +51,8 @@ def run(ctx) -> None:
             cfg.eval_prompts(), grid_models, cfg.report.grid_prompts, fig["image_grid"]
         )
         sections = _sections(cfg, cmp, table, splits, poi, world, seeds, fig)
+        at = next(i for i, s in enumerate(sections) if s.title == BEATS_TITLE) + 1
+        sections.insert(at, _yardstick_section(cfg, cmp, yard, gaps))
         if online:
             online.table.to_csv(tmp / "rounds.csv", index=False)
             online.splits.to_csv(tmp / "rounds_splits.csv", index=False)
@@ -246,7 +252,7 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
             "Summary (held-out prompts)", report.to_markdown(table[summary]), [fig["win_vs_base"]]
         ),
         Section(
-            "Does each objective beat the base?",
+            BEATS_TITLE,
             comparison.what_seeds_decide(cmp)
             + "\n\n"
             + "\n".join(comparison.beats_base(cmp, table, splits)),
@@ -311,6 +317,95 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
         Section("World reward models (held-out)", report.to_markdown(_world_rows(world))),
     ]
     return sections
+
+
+BEATS_TITLE = "Does each objective beat the base?"
+YARDSTICK_TEXT = {
+    "best_of_k": "per (prompt, sampling seed) the best of {k} base samples by the label reward "
+    "({label}), the first the base's own sample: the most that offline preference data ranked "
+    "by that reward can teach",
+    "vae_ceiling": "real canvases of each prompt's spec (Fashion-MNIST test items no world model "
+    "trained on) encoded and decoded by the world's VAE: the best a model of this latent space "
+    "can draw",
+    "real": "the same canvases, not through the VAE",
+}
+
+
+def _gap_cells(gaps: pd.DataFrame) -> pd.DataFrame:
+    """One row per model, one column per (prompt subset, yardstick): gap closed [interval]."""
+    cell = gaps.assign(
+        column=gaps.split + " · " + gaps.yardstick,
+        value=[f"{g:.2f} {ci}" for g, ci in zip(gaps.gap_closed, gaps.gap_closed_ci, strict=True)],
+    )
+    wide = cell.pivot(index="model", columns="column", values="value")
+    return wide[list(dict.fromkeys(cell.column))].reset_index()
+
+
+def _yardstick_section(
+    cfg, cmp: comparison.Comparison, yard: pd.DataFrame, gaps: pd.DataFrame
+) -> Section:
+    """Where each model got between the base and what was reachable: the yardsticks' own
+    numbers, then the gap each model closed per prompt subset, training wording first."""
+    info = cmp.res.eval_metrics["base"][0]["yardsticks"]
+    n_seeds, n_train = len(cfg.evaluate.seeds), len(cmp.res.seeds)
+    lines = [
+        f"Yardsticks, scored by the base model's evaluation on the same "
+        f"{_n(len(cmp.prompt_ids), 'held-out prompt')} × {_n(n_seeds, 'sampling seed')}:\n"
+    ]
+    for name, label in comparison.YARDSTICK_NAMES.items():
+        why = info["skipped"].get(name)
+        what = YARDSTICK_TEXT[name].format(k=info["k"], label=info["label_reward"])
+        lines.append(f"- {label}: " + (f"not computed: {why}" if why else what))
+    lines.append(
+        f"\nwin_vs_base on {cmp.reward}: the share of (prompt, sampling seed) samples where the "
+        "yardstick scores above the base's sample (ties within the win rates' threshold count "
+        "half); best-of-K's set holds that sample, so on the label reward it never loses; a "
+        "real canvas is paired with the base's sample only by prompt."
+    )
+    text = "\n".join(lines) + "\n\n" + report.to_markdown(yard)
+    if gaps.empty:
+        return Section(YARDSTICK_TITLE, text)
+    sizes = gaps.drop_duplicates("split")
+    power = ", ".join(f"{r.split} {r.n_prompts}" for r in sizes.itertuples())
+    headline = gaps[gaps.scope == "headline"]
+    rest = gaps[gaps.scope != "headline"]
+    text += (
+        f"\n\nGap closed = (model − base) / (yardstick − base) in mean {cmp.reward} (the reward "
+        "of the win rates): 1 reached the yardstick, 0 no change, below 0 worse than the base. "
+        "Per prompt subset: the **headline** is `seen` (training wording and a training "
+        "combination), where preference data can act; held-out wording and held-out "
+        f"combinations are **transfer**; last, all prompts. Prompts per subset: {power} "
+        f"(× {_n(n_seeds, 'sampling seed')} × {_n(n_train, 'training seed')}). Interval: 95% "
+        "Fieller interval by test inversion: every ratio t for which the contrast (model − "
+        "base) − t (yardstick − base) is not rejected by the summary's fiducial "
+        "variance-components test (the same calibration at 3-5 training seeds; numerator and "
+        "denominator on the same prompts, their correlation kept; no normal approximation of "
+        "a ratio, so the interval may be lopsided). "
+        "**undefined**: the yardstick's own lead over the base has an "
+        "interval that reaches 0, so the ratio is unbounded and has no interval."
+    )
+    if headline.empty:  # no wording subsets (a prompt file): all prompts are the headline
+        return Section(YARDSTICK_TITLE, text + "\n\n" + report.to_markdown(gaps[YARDSTICK_COLUMNS]))
+    text += (
+        "\n\n**Headline: training wording** (`seen`)\n\n"
+        + report.to_markdown(headline[YARDSTICK_COLUMNS])
+        + "\n\n**Transfer and all prompts**\n\n"
+        + report.to_markdown(_gap_cells(rest))
+    )
+    return Section(YARDSTICK_TITLE, text)
+
+
+YARDSTICK_TITLE = "How far toward what was reachable (yardsticks)"
+YARDSTICK_COLUMNS = [
+    "model",
+    "n_prompts",
+    "yardstick",
+    "model_minus_base",
+    "yardstick_minus_base",
+    "yardstick_minus_base_ci",
+    "gap_closed",
+    "gap_closed_ci",
+]
 
 
 def _n(k: int, noun: str) -> str:

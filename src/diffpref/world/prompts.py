@@ -123,14 +123,16 @@ def generate_prompts(
     """Train, eval (test) and validation prompts with their structured specs, deterministic
     for ``seed``.
 
-    Train prompts use only train combos and the training wording. Each eval or validation
-    prompt uses a held-out combo with probability ``heldout_combo_frac`` (categories that have
-    some) and the held-out wording with probability ``heldout_template_frac``: validation is
-    drawn like the test split, so that a choice tuned on it transfers, and after it, so that
-    adding validation prompts leaves the train and eval prompts of a seed as they were. No
-    prompt appears twice in or across splits. When a category runs out of distinct prompts, its
-    shortfall moves to the others. Columns: ``prompt_id, prompt, split, category, spec,
-    heldout_combo, heldout_template``.
+    Train prompts use only train combos and the training wording. Of each category's eval (and
+    validation) prompts, exactly ``round(n * heldout_combo_frac)`` use a held-out combo
+    (categories that have some) and, independently, ``round(n * heldout_template_frac)`` the
+    held-out wording: quotas, not coin flips, so each subset's size (its power) is what the
+    fractions say, and a duplicate redrawn keeps its flags. Validation is drawn like the test
+    split, so that a choice tuned on it transfers, and after it, so that adding validation
+    prompts leaves the train and eval prompts of a seed as they were. No prompt appears twice
+    in or across splits. When a category runs out of distinct prompts, its shortfall moves to
+    the others. Columns: ``prompt_id, prompt, split, category, spec, heldout_combo,
+    heldout_template``.
     """
     mix = _normalise_mix(category_mix)
     rng = np.random.default_rng(seed)
@@ -186,15 +188,13 @@ def _fill_category(
 ) -> list[dict]:
     rows: list[dict] = []
     misses = 0
+    held = split != "train"  # eval and validation prompts are drawn alike
+    combos = _quota(rng, n, heldout_combo_frac if held and _HELDOUT_SPECS[cat] else 0)
+    wordings = _quota(rng, n, heldout_template_frac if held else 0)
     while len(rows) < n and misses < 200 + 20 * n:
-        if split == "train":
-            pool, held_c = _TRAIN_SPECS[cat], False
-            tmpl, held_t = templates(cat, "train"), False
-        else:
-            held_c = bool(_HELDOUT_SPECS[cat]) and rng.random() < heldout_combo_frac
-            pool = _HELDOUT_SPECS[cat] if held_c else _TRAIN_SPECS[cat]
-            held_t = rng.random() < heldout_template_frac
-            tmpl = templates(cat, "heldout" if held_t else "train")
+        held_c, held_t = combos[len(rows)], wordings[len(rows)]
+        pool = _HELDOUT_SPECS[cat] if held_c else _TRAIN_SPECS[cat]
+        tmpl = templates(cat, "heldout" if held_t else "train")
         spec = pool[int(rng.integers(len(pool)))]
         wording = "heldout" if held_t else "train"
         prompt = make_caption(spec, tmpl[int(rng.integers(len(tmpl)))], rng, wording)
@@ -214,3 +214,9 @@ def _fill_category(
             }
         )
     return rows
+
+
+def _quota(rng: np.random.Generator, n: int, frac: float) -> list[bool]:
+    """``round(n * frac)`` of ``n`` flags set, in a random order."""
+    flags = np.arange(n) < round(n * frac)
+    return [bool(f) for f in rng.permutation(flags)]
