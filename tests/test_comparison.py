@@ -205,3 +205,17 @@ def test_wording_summary_names_a_winner_that_does_not_carry_over():
     line = comparison.wording_summary(table, splits)
     assert line.startswith("Best on all held-out prompts: a (0.620)")
     assert "b leads there with 0.570 [0.52, 0.62]" in line and "does not carry over" in line
+
+
+def test_label_win_rates_show_gain_only_the_label_model_sees():
+    """dpo gains on fidelity (the label model here) and not at all on quality (the judge
+    here): its win rate vs base is 0.75 on the label model, 0.5 on the judge, and the
+    difference, over-optimisation of the label model, has an interval above 0."""
+    cmp = comparison.Comparison(synthetic(), "quality", 300, 0.01)
+    over = comparison.label_win_rates(cmp, "fidelity").set_index("model")
+    assert list(over.index) == ["dpo", "smpo"]
+    dpo = over.loc["dpo"]
+    assert dpo.label_win_vs_base == 0.75 and cmp.win_vs_base()["dpo"]["mean"] == 0.5
+    assert dpo.label_minus_judge == 0.25
+    low = float(dpo.label_minus_judge_ci.strip("[]").split(",")[0])
+    assert low > 0

@@ -236,7 +236,11 @@ class EvaluateParams(Settings):
     seeds: list[Seed] = Field(min_length=1, max_length=64)
     batch_size: BatchSize
     bootstrap: Int = Field(ge=10, le=100_000, description="resamples of each interval")
-    win_reward: Name = Field(description="reward whose per-sample wins define win rate")
+    judge: RewardName = Field(
+        description="reward whose per-sample wins define win rates and verdicts; scored with "
+        "rewards.models; not labels.reward, or verdicts measure how well an objective fit the "
+        "label model (`diffpref check` warns)",
+    )
     tie_threshold: Float = Field(
         ge=0, description="reward differences up to this count as ties in win rates"
     )
@@ -445,6 +449,11 @@ class Config(Settings):
                 "preferences)"
             )
         return self
+
+    @property
+    def eval_rewards(self) -> list[str]:
+        """The reward models the evaluate stage scores: ``rewards.models`` and the judge."""
+        return list(dict.fromkeys([*self.rewards.models, self.evaluate.judge]))
 
     @model_validator(mode="after")
     def _online_alone_offline_if_not_generated(self) -> Config:
