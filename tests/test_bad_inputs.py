@@ -451,6 +451,16 @@ PARAMS_CASES = {
         lambda r: r["online"].pop("tie_threshold"),
         "online.tie_threshold: Field required",
     ),
+    "judge_unknown": (
+        _set("evaluate", judge="oracle"),
+        "evaluate.judge: Input should be 'fidelity', 'quality', 'judge', 'pickscore', "
+        "'clip_score', 'aesthetic', 'hpsv2' or 'imagereward'",
+    ),
+    "judge_renamed": (
+        lambda r: r["evaluate"].update(win_reward=r["evaluate"].pop("judge")),
+        "evaluate.win_reward: renamed `evaluate.judge` (the reward of the verdicts and win "
+        "rates; another than labels.reward)",
+    ),
 }
 
 

@@ -49,7 +49,6 @@ def test_profile_is_deep_merged_over_base():
         (lambda r: r["objectives"].update(x={"loss": "nope"}), "objectives.x"),
         (lambda r: r.update(profile="huge"), "profile"),
         (lambda r: r["candidates"].update(k=1), "candidates.k"),
-        (lambda r: r["evaluate"].update(win_reward="fidelity"), "evaluate.win_reward"),  # renamed
         (lambda r: r["evaluate"].update(judge="oracle"), "evaluate.judge"),
         (lambda r: r["train"].update(seeds=[0, 1]), "top-level key `train_seeds`"),
         (lambda r: r.update(train_seeds=[0, 0]), "train_seeds: repeated seeds"),

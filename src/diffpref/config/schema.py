@@ -668,6 +668,13 @@ def validate(raw: dict[str, Any], path: str | Path = "params.yaml") -> Config:
             "`train:`, so that adding a seed reruns only that seed's jobs)"
         )
         rest["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
+    if isinstance(raw.get("evaluate"), dict) and "win_reward" in raw["evaluate"]:
+        errors.append(
+            f"{path}: evaluate.win_reward: renamed `evaluate.judge` (the reward of the verdicts "
+            "and win rates; another than labels.reward)"
+        )
+        ev = dict(raw["evaluate"])  # the old value as the new key's: one error, not two
+        rest["evaluate"] = {"judge": ev.pop("win_reward"), **ev}
     cfg = None
     try:
         cfg = Config.model_validate(rest)
