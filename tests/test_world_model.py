@@ -190,11 +190,9 @@ def test_packaged_judge_reads_items_it_never_saw(packaged: Path, test_bank: Item
     _, _, judge = load_rewards(packaged)
     held_out = test_bank.select(JUDGE_TRAIN_ITEMS)
     acc = classifier_accuracy(judge, held_out, torch.Generator().manual_seed(0), prefix="judge")
-    # 0.79 shipped (fidelity's 0.87): 8000 items and a smaller net, underfit (its training
-    # items read no better); what it decides is still about the same per-cell reading
-    assert acc["judge_acc"] > 0.75 and acc["judge_acc_dim"] > 0.75
+    assert acc["judge_acc"] > 0.8 and acc["judge_acc_dim"] > 0.8  # 0.85 shipped (fidelity 0.87)
     assert acc["judge_acc_empty"] > 0.95
-    assert json.loads((packaged / "metrics.json").read_text())["judge_acc"] > 0.75
+    assert json.loads((packaged / "metrics.json").read_text())["judge_acc"] > 0.8
 
 
 @needs_packaged
@@ -215,17 +213,14 @@ def test_fidelity_separates_right_from_wrong(
     bad = torch.stack([render_layout(wrong_layout(s, rng), items, rng) for s in specs])
     s_good, s_bad = fid.score(good, prompts), fid.score(bad, prompts)
     assert s_good.shape == (32,)
-    # the judge reads items less surely (0.79 vs 0.87 per item): lower scores on right
-    # canvases (counting: median 0.68), the same separation from wrong ones
-    judge = reward == 2
-    assert float(s_good.median()) > (0.6 if judge else 0.75)
+    assert float(s_good.median()) > 0.75
     assert float(s_bad.median()) < 0.35  # one wrong cell of four: ~p^(1/4)
     assert float((s_good > s_bad).float().mean()) > 0.85
     c_good, c_bad = fid.correct(good, prompts), fid.correct(bad, prompts)
     assert c_good.dtype == torch.bool
-    # per item ~0.87 (fidelity) / ~0.79 (judge): multi-item canvases are read right ~70-90% /
-    # ~60-80% of the time
-    assert float(c_good.float().mean()) > (0.45 if judge else 0.6)
+    # ~0.87 (fidelity) / ~0.85 (judge) per item, so multi-item canvases are read right
+    # ~60-90% of the time (the judge's counting canvases: 0.59)
+    assert float(c_good.float().mean()) > (0.5 if reward == 2 else 0.6)
     assert float(c_bad.float().mean()) < 0.1
     assert float(s_good[c_good].mean()) > float(s_good[~c_good].mean()) if (~c_good).any() else True
 

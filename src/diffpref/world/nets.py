@@ -39,17 +39,20 @@ class CellCNN(nn.Module):
 
 class CellLeNet(nn.Module):
     """A LeNet-style net of another design than :class:`CellCNN` (two 5x5 convolutions with
-    GELU and average pooling, no normalisation, an MLP head), so that the independent judge
-    does not share the label reward's architecture, and with it its blind spots."""
+    GELU and average pooling, an MLP head), so that the independent judge does not share the
+    label reward's architecture, and with it its blind spots. Batch norm: without it the net
+    underfit (0.79 on its own training items and held-out ones alike; 0.85 with it)."""
 
     def __init__(self, n_out: int, width: int = 32, dropout: float = 0.3) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w, 5, padding=2),
+            nn.Conv2d(1, w, 5, padding=2, bias=False),
+            nn.BatchNorm2d(w),
             nn.GELU(),
             nn.AvgPool2d(2),
-            nn.Conv2d(w, 2 * w, 5, padding=2),
+            nn.Conv2d(w, 2 * w, 5, padding=2, bias=False),
+            nn.BatchNorm2d(2 * w),
             nn.GELU(),
             nn.AvgPool2d(2),
         )

@@ -55,7 +55,7 @@ class WorldParams(Settings):
     # the independent judge's cell classifier (LeNet-style; Fashion-MNIST test items
     # [0, JUDGE_TRAIN_ITEMS): no item or weight shared with the fidelity classifier)
     judge_width: Width = 32
-    judge_steps: Steps = 1500
+    judge_steps: Steps = 1000
     judge_batch: BatchSize = 256
     judge_lr: LearningRate = 2e-3
 
