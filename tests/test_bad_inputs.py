@@ -84,7 +84,10 @@ BOOL_INT = (
     "(YAML reads true/false, yes/no and on/off as booleans)"
 )
 BOOL_NUM = BOOL_INT.replace("valid integer", "valid number")
-REWARDS = "'fidelity', 'quality', 'pickscore', 'clip_score', 'aesthetic', 'hpsv2' or 'imagereward'"
+REWARDS = (
+    "'fidelity', 'quality', 'judge', 'pickscore', 'clip_score', 'aesthetic', 'hpsv2' or "
+    "'imagereward'"
+)
 INF, NAN = float("inf"), float("nan")
 
 
@@ -453,8 +456,7 @@ PARAMS_CASES = {
     ),
     "judge_unknown": (
         _set("evaluate", judge="oracle"),
-        "evaluate.judge: Input should be 'fidelity', 'quality', 'judge', 'pickscore', "
-        "'clip_score', 'aesthetic', 'hpsv2' or 'imagereward'",
+        f"evaluate.judge: Input should be {REWARDS}",
     ),
     "judge_renamed": (
         lambda r: r["evaluate"].update(win_reward=r["evaluate"].pop("judge")),
