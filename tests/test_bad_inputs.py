@@ -84,7 +84,10 @@ BOOL_INT = (
     "(YAML reads true/false, yes/no and on/off as booleans)"
 )
 BOOL_NUM = BOOL_INT.replace("valid integer", "valid number")
-REWARDS = "'fidelity', 'quality', 'pickscore', 'clip_score', 'aesthetic', 'hpsv2' or 'imagereward'"
+REWARDS = (
+    "'fidelity', 'quality', 'judge', 'pickscore', 'clip_score', 'aesthetic', 'hpsv2' or "
+    "'imagereward'"
+)
 INF, NAN = float("inf"), float("nan")
 
 
@@ -464,6 +467,15 @@ PARAMS_CASES = {
     "online_missing": (
         lambda r: r["online"].pop("tie_threshold"),
         "online.tie_threshold: Field required",
+    ),
+    "judge_unknown": (
+        _set("evaluate", judge="oracle"),
+        f"evaluate.judge: Input should be {REWARDS}",
+    ),
+    "judge_renamed": (
+        lambda r: r["evaluate"].update(win_reward=r["evaluate"].pop("judge")),
+        "evaluate.win_reward: renamed `evaluate.judge` (the reward of the verdicts and win "
+        "rates; another than labels.reward)",
     ),
 }
 

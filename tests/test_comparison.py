@@ -283,3 +283,17 @@ def test_widely_spread_seeds_are_marked_outside_the_calibration():
     assert "outside what was calibrated" not in smpo
     claim = next(ln for ln in comparison.seed_claims(cmp, table, cmp.poi_matrix()) if "SmPO" in ln)
     assert "outside what was calibrated" in claim
+
+
+def test_label_win_rates_show_gain_only_the_label_model_sees():
+    """dpo gains on fidelity (the label model here) and not at all on quality (the judge
+    here): its win rate vs base is 0.75 on the label model, 0.5 on the judge, and the
+    difference, over-optimisation of the label model, has an interval above 0."""
+    cmp = comparison.Comparison(synthetic(), "quality", 300, 0.01)
+    over = comparison.label_win_rates(cmp, "fidelity").set_index("model")
+    assert list(over.index) == ["dpo", "smpo"]
+    dpo = over.loc["dpo"]
+    assert dpo.label_win_vs_base == 0.75 and cmp.win_vs_base()["dpo"]["mean"] == 0.5
+    assert dpo.label_minus_judge == 0.25
+    low = float(dpo.label_minus_judge_ci.strip("[]").split(",")[0])
+    assert low > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import typing
@@ -48,6 +49,7 @@ def test_profile_is_deep_merged_over_base():
         (lambda r: r["objectives"].update(x={"loss": "nope"}), "objectives.x"),
         (lambda r: r.update(profile="huge"), "profile"),
         (lambda r: r["candidates"].update(k=1), "candidates.k"),
+        (lambda r: r["evaluate"].update(judge="oracle"), "evaluate.judge"),
         (lambda r: r["train"].update(seeds=[0, 1]), "top-level key `train_seeds`"),
         (lambda r: r.update(train_seeds=[0, 0]), "train_seeds: repeated seeds"),
         (lambda r: r.update(train_seeds=[]), "train_seeds"),
@@ -119,6 +121,37 @@ def test_console_script_check_reports_ok():
         check=True,
     )
     assert "ok" in out.stdout
+
+
+def test_the_judge_is_not_the_label_reward_and_check_warns_when_it_is(tmp_path, caplog):
+    """Verdicts use evaluate.judge; in every profile that labels with a reward model the judge
+    is another one (the throughput benchmark has a single reward and no verdict)."""
+    for profile in ["default", *yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]]:
+        cfg, _ = config.load(REPO / "params.yaml", profile)
+        assert cfg.evaluate.judge in cfg.eval_rewards
+        assert cfg.evaluate.judge != cfg.labels.reward or profile == "sd15-bench", profile
+    p = write(tmp_path, lambda r: None)
+    with caplog.at_level(logging.WARNING, logger="diffpref"):
+        assert main(["check", "--params", str(p)]) == 0
+    assert "evaluate.judge" not in caplog.text
+    p = write(tmp_path, lambda r: r["evaluate"].update(judge="fidelity"))
+    with caplog.at_level(logging.WARNING, logger="diffpref"):
+        assert main(["check", "--params", str(p)]) == 0  # allowed, with a warning
+    assert f"{p}: evaluate.judge is labels.reward (fidelity)" in caplog.text
+
+
+def test_evaluate_scores_the_judge_beside_the_reward_models():
+    cfg, _ = config.load(REPO / "params.yaml")
+    assert cfg.rewards.models == ["fidelity", "quality"] and cfg.evaluate.judge == "judge"
+    assert cfg.eval_rewards == ["fidelity", "quality", "judge"]
+    assert "diffpref.world.judge" in dag.plugins("evaluate", cfg, "dpo")
+    assert "diffpref.world.judge" not in dag.plugins("rewards", cfg)  # labels never see it
+    assert {"evaluate.judge", "labels.reward"} <= set(dag.keys("report", cfg))
+    assert "evaluate.judge" in dag.keys("evaluate", cfg, "base")
+    assert "rewards.sources" not in dag.keys("evaluate", cfg, "base")  # world rewards only
+    sd15, _ = config.load(REPO / "params.yaml", "sd15")  # a real judge reads its weights' source
+    assert sd15.evaluate.judge == "clip_score" and sd15.labels.reward == "pickscore"
+    assert "rewards.sources" in dag.keys("evaluate", sd15, "base")
 
 
 def test_params_hash_changes_only_for_stages_that_read_the_key():

@@ -95,3 +95,21 @@ def test_the_browser_check_catches_console_errors_broken_figures_and_leaks(tmp_p
     assert found["bad"][2:4] == ["1 of 1 images do not decode", "2 Markdown marks shown as text"]
     assert re.fullmatch(r"the first table overflows the window by \d+ px", found["bad"][4])
     assert len(found["bad"]) == 5
+
+
+def test_the_smoke_run_gives_verdicts_on_the_judge_beside_the_label_model(smoke_reference):
+    """Every model is scored by the judge too (not one of rewards.models); the summary shows
+    the win rate vs base on the judge (the verdict) and on the label reward, and names their
+    difference over-optimisation of the label model."""
+    res = smoke_reference / "results"
+    for folder in ("eval/base", "eval/dpo/seed0/round1"):
+        scores = pd.read_parquet(res / folder / "scores.parquet")
+        assert set(scores.reward) == {"fidelity", "quality", "judge"}, folder
+    table = pd.read_csv(res / "report" / "comparison.csv").set_index("model")
+    dpo = table.loc["dpo"]
+    assert abs(dpo.label_minus_judge - (dpo.label_win_vs_base - dpo.win_vs_base)) < 1e-9
+    md = (res / "report" / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("##")[0]
+    assert "label_win_vs_base" in summary and "label_minus_judge" in summary
+    assert "win rates and verdicts use the judge, judge," in md
+    assert "Over-optimisation of the label model: win rate vs base on the label reward " in md

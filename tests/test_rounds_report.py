@@ -107,7 +107,8 @@ def _config(root: Path, online: bool) -> config.Config:
         "objectives": {o: raw["objectives"][o] for o in OBJECTIVES},
     }
     raw["report"] = {"grid_prompts": 2, "draws": 2000}
-    raw["evaluate"] = raw["evaluate"] | {"tie_threshold": TIE}
+    # the scores here are fidelity's alone: it judges (the label-reward columns then drop out)
+    raw["evaluate"] = raw["evaluate"] | {"tie_threshold": TIE, "judge": "fidelity"}
     rounds_ = [{"round": 2, "after": 1}, {"round": 3, "after": 2}] if online else []
     raw["online"] = raw["online"] | {"objectives": list(OBJECTIVES), "rounds": rounds_}
     return config.schema.validate(raw, REPO / "params.yaml")

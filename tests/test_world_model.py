@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,19 @@ from diffpref.world.build import (
     evaluate_world,
     install_packaged_world,
     load_rewards,
+    package_world,
 )
+from diffpref.world.constants import JUDGE_TRAIN_ITEMS
 from diffpref.world.data import DEFAULT_FASHION_MNIST_DIR, ItemBank
-from diffpref.world.metrics import classifier_accuracy, degrade_canvases, wrong_layout
+from diffpref.world.fidelity import FidelityReward
+from diffpref.world.judge import JudgeReward
+from diffpref.world.metrics import (
+    classifier_accuracy,
+    degrade_canvases,
+    random_specs,
+    wrong_layout,
+)
+from diffpref.world.nets import CellCNN
 from diffpref.world.render import render_layout
 from diffpref.world.sampling import make_sampler, sample
 from diffpref.world.settings import WorldParams
@@ -52,9 +63,27 @@ def test_sampling_is_per_seed_and_batch_independent() -> None:
 
 
 @needs_data
-def test_tiny_build_writes_the_tree_and_evaluates(tmp_path: Path) -> None:
+def test_tiny_build_writes_the_tree_and_evaluates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = WorldParams.smoke()
+    banks: dict[str, ItemBank] = {}  # what each cell classifier was trained on
+
+    def spy(name: str, train: Callable[..., object]) -> Callable[..., object]:
+        def wrapped(bank: ItemBank, *args: object) -> object:  # the real routine, recorded
+            banks[name] = bank
+            return train(bank, *args)
+
+        return wrapped
+
+    monkeypatch.setattr(T, "train_fidelity", spy("fidelity", T.train_fidelity))
+    monkeypatch.setattr(T, "train_judge", spy("judge", T.train_judge))
     metrics = build_world(p, tmp_path)
+    # no training item shared: fidelity reads the train split, the judge test items [0, 8000)
+    test_bank = ItemBank.load(split="test")
+    assert len(banks["fidelity"].labels) == 60_000
+    assert torch.equal(banks["judge"].items, test_bank.items[:JUDGE_TRAIN_ITEMS])
+    assert torch.equal(banks["judge"].labels, test_bank.labels[:JUDGE_TRAIN_ITEMS])
     for rel in (
         "base/vae/config.json",
         "base/unet/config.json",
@@ -62,6 +91,7 @@ def test_tiny_build_writes_the_tree_and_evaluates(tmp_path: Path) -> None:
         "base/text_encoder.json",
         "rewards/fidelity/model.safetensors",
         "rewards/quality/config.json",
+        "rewards/judge/model.safetensors",
         "metrics.json",
     ):
         assert (tmp_path / rel).is_file(), rel
@@ -70,6 +100,8 @@ def test_tiny_build_writes_the_tree_and_evaluates(tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in (
         "classifier_acc",
+        "judge_acc",
+        "judge_correct_rate/position",
         "quality_auc",
         "vae_recon_mse",
         "base_fidelity/single",
@@ -80,6 +112,43 @@ def test_tiny_build_writes_the_tree_and_evaluates(tmp_path: Path) -> None:
     again = evaluate_world(tmp_path, p, base_prompts_per_category=1)
     assert again["classifier_acc"] == pytest.approx(metrics["classifier_acc"])
     assert "smoke_base_fidelity/all" in again
+    assert again["judge_acc"] == pytest.approx(metrics["judge_acc"])
+    packed = package_world(tmp_path, tmp_path / "pk")
+    shipped = install_packaged_world(tmp_path / "installed", packed)
+    judge = JudgeReward.load(shipped / "rewards" / "judge")
+    assert judge.classifier.state_dict()["head.1.weight"].dtype == torch.float32  # cast back
+    assert (tmp_path / "pk" / "rewards" / "judge" / "model.safetensors").stat().st_size < (
+        tmp_path / "rewards" / "judge" / "model.safetensors"
+    ).stat().st_size  # stored in fp16
+
+
+@needs_data
+def test_judge_trains_at_smoke_size_and_prefers_the_right_canvas() -> None:
+    """Another architecture than fidelity's, on its own items; held-out canvases it never saw
+    score higher when they match the prompt."""
+    from diffpref.world.build import judge_items, train_judge
+
+    p = WorldParams.smoke(judge_steps=200, judge_width=16)
+    bank = ItemBank.load(split="test")
+    train, held_out = judge_items(bank)
+    assert len(train.labels) == JUDGE_TRAIN_ITEMS
+    assert len(held_out.labels) == 10_000 - JUDGE_TRAIN_ITEMS
+    assert torch.equal(torch.cat([train.items, held_out.items]), bank.items)  # disjoint halves
+    judge = train_judge(p, bank)
+    assert not any(isinstance(m, CellCNN) for m in judge.modules())  # not fidelity's design
+    rng = np.random.default_rng(0)
+    specs = random_specs(32, rng, "single")
+    good = torch.stack([render_layout(s.sample_layout(rng), held_out, rng) for s in specs])
+    bad = torch.stack([render_layout(wrong_layout(s, rng), held_out, rng) for s in specs])
+    s_good, s_bad = judge.score_specs(good, specs), judge.score_specs(bad, specs)
+    assert float((s_good > s_bad).float().mean()) > 0.8
+    assert float(s_good.mean()) > float(s_bad.mean()) + 0.2
+
+
+def test_a_reward_folder_of_another_kind_is_refused(tmp_path: Path) -> None:
+    FidelityReward(width=4).save(tmp_path / "fidelity")
+    with pytest.raises(ValueError, match=r"fidelity/config.json: kind: 'fidelity' is not a"):
+        JudgeReward.load(tmp_path / "fidelity")
 
 
 def test_params_reject_unknown_keys() -> None:
@@ -108,7 +177,7 @@ def test_bank() -> ItemBank:
 @needs_packaged
 @needs_data
 def test_packaged_classifier_beats_080(packaged: Path, test_bank: ItemBank) -> None:
-    fid, _ = load_rewards(packaged)
+    fid, _, _ = load_rewards(packaged)
     acc = classifier_accuracy(fid, test_bank.subset(3000), torch.Generator().manual_seed(0))
     assert acc["classifier_acc"] > 0.8
     assert acc["classifier_acc_empty"] > 0.95
@@ -117,19 +186,31 @@ def test_packaged_classifier_beats_080(packaged: Path, test_bank: ItemBank) -> N
 
 @needs_packaged
 @needs_data
+def test_packaged_judge_reads_items_it_never_saw(packaged: Path, test_bank: ItemBank) -> None:
+    _, _, judge = load_rewards(packaged)
+    held_out = test_bank.select(JUDGE_TRAIN_ITEMS)
+    acc = classifier_accuracy(judge, held_out, torch.Generator().manual_seed(0), prefix="judge")
+    assert acc["judge_acc"] > 0.8 and acc["judge_acc_dim"] > 0.8  # 0.85 shipped (fidelity 0.87)
+    assert acc["judge_acc_empty"] > 0.95
+    assert json.loads((packaged / "metrics.json").read_text())["judge_acc"] > 0.8
+
+
+@needs_packaged
+@needs_data
 @pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("reward", [0, 2], ids=["fidelity", "judge"])
 def test_fidelity_separates_right_from_wrong(
-    packaged: Path, test_bank: ItemBank, category: str
+    packaged: Path, test_bank: ItemBank, category: str, reward: int
 ) -> None:
     from diffpref.world.captions import make_caption, templates
-    from diffpref.world.metrics import random_specs
 
-    fid, _ = load_rewards(packaged)
+    fid = load_rewards(packaged)[reward]
     rng = np.random.default_rng(5)
     specs = random_specs(32, rng, category)
     prompts = [make_caption(s, templates(category, "train")[0], rng) for s in specs]
-    good = torch.stack([render_layout(s.sample_layout(rng), test_bank, rng) for s in specs])
-    bad = torch.stack([render_layout(wrong_layout(s, rng), test_bank, rng) for s in specs])
+    items = test_bank.select(JUDGE_TRAIN_ITEMS)  # never seen by either reward
+    good = torch.stack([render_layout(s.sample_layout(rng), items, rng) for s in specs])
+    bad = torch.stack([render_layout(wrong_layout(s, rng), items, rng) for s in specs])
     s_good, s_bad = fid.score(good, prompts), fid.score(bad, prompts)
     assert s_good.shape == (32,)
     assert float(s_good.median()) > 0.75
@@ -137,8 +218,9 @@ def test_fidelity_separates_right_from_wrong(
     assert float((s_good > s_bad).float().mean()) > 0.85
     c_good, c_bad = fid.correct(good, prompts), fid.correct(bad, prompts)
     assert c_good.dtype == torch.bool
-    # ~0.87 per item, so multi-item canvases are read right ~70-90% of the time
-    assert float(c_good.float().mean()) > 0.6
+    # ~0.87 (fidelity) / ~0.85 (judge) per item, so multi-item canvases are read right
+    # ~60-90% of the time (the judge's counting canvases: 0.59)
+    assert float(c_good.float().mean()) > (0.5 if reward == 2 else 0.6)
     assert float(c_bad.float().mean()) < 0.1
     assert float(s_good[c_good].mean()) > float(s_good[~c_good].mean()) if (~c_good).any() else True
 
@@ -146,7 +228,7 @@ def test_fidelity_separates_right_from_wrong(
 @needs_packaged
 @needs_data
 def test_fidelity_brightness_and_empty_canvas(packaged: Path, test_bank: ItemBank) -> None:
-    fid, _ = load_rewards(packaged)
+    fid, _, _ = load_rewards(packaged)
     rng = np.random.default_rng(2)
     bright = render_layout([(0, 4, "bright")], test_bank, rng)
     dim = render_layout([(0, 4, "dim")], test_bank, rng)
@@ -162,7 +244,7 @@ def test_fidelity_brightness_and_empty_canvas(packaged: Path, test_bank: ItemBan
 @needs_packaged
 @needs_data
 def test_quality_prefers_real_over_degraded(packaged: Path, test_bank: ItemBank) -> None:
-    _, qual = load_rewards(packaged)
+    _, qual, _ = load_rewards(packaged)
     rng = np.random.default_rng(3)
     gen = torch.Generator().manual_seed(3)
     specs = [Spec("two_object", (k, (k + 3) % 10)) for k in range(10)] * 3

@@ -67,8 +67,8 @@ def world(tmp_path_factory):
     torch.set_num_threads(1)
     out = install_packaged_world(tmp_path_factory.mktemp("world"))
     backbone = EmbeddedBackbone(out, torch.device("cpu"))
-    fidelity, quality = load_rewards(out)
-    models = {"fidelity": fidelity, "quality": quality}
+    fidelity, quality, judge = load_rewards(out)
+    models = {"fidelity": fidelity, "quality": quality, "judge": judge}
     prompts = generate_prompts(0, 5, seed=0).head(4).reset_index(drop=True)
     cfg = SimpleNamespace(
         evaluate=SimpleNamespace(seeds=SEEDS, batch_size=64),
@@ -98,7 +98,7 @@ def test_yardsticks_are_scored_on_every_prompt_and_seed_and_deterministic(world)
     assert list(table.columns) == yardsticks.COLUMNS
     for name in yardsticks.YARDSTICKS:
         got = table[table.yardstick == name]
-        assert len(got) == 4 * len(SEEDS) * 2, name  # prompts x seeds x rewards
+        assert len(got) == 4 * len(SEEDS) * len(world.models), name  # prompts x seeds x rewards
         assert set(got.prompt_id) == set(world.prompts.prompt_id)
     again, _ = _compute(world)
     pd.testing.assert_frame_equal(table, again)

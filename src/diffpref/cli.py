@@ -221,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         from diffpref.datasources import check_inputs
 
         check_inputs(cfg)
+        if cfg.evaluate.judge == cfg.labels.reward:
+            log.warning(
+                "%s: evaluate.judge is labels.reward (%s): verdicts then partly measure how "
+                "well an objective fit the label model (over-optimisation); judge with another "
+                "reward model",
+                args.params,
+                cfg.labels.reward,
+            )
         if (outside := config_mod.results_outside(cfg, args.params)) is not None:
             print(f"{args.params}: results: {outside} is outside the project (allowed by "
                   "results_outside_project: true)")  # fmt: skip

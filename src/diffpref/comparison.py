@@ -264,6 +264,33 @@ def comparison_table(cmp: Comparison, rewards: list[str]) -> pd.DataFrame:
     )
 
 
+def label_win_rates(cmp: Comparison, label: str) -> pd.DataFrame:
+    """Each objective's win rate vs base on the label reward ``label`` (same ties and draws as
+    ``cmp``), and ``label_minus_judge``: that win rate minus the judge's (``cmp.reward``) on
+    the same (training seed, prompt) cells, with its interval. A positive difference is gain
+    the label model sees and the judge does not: over-optimisation of the label model."""
+    on_label = Comparison(cmp.res, label, cmp.n_draws, cmp.tie, cmp.seed)
+    label_win, judge_mats, label_mats = (
+        on_label.win_vs_base(),
+        cmp.win_matrices(),
+        on_label.win_matrices(),
+    )
+    rows = []
+    for n in cmp.res.objectives:
+        diff = {n: label_mats[n] - judge_mats[n]}
+        d = st.seed_estimate(diff, n, 0.0, cmp.n_draws, cmp.seed, DIFFERENCE)
+        rows.append(
+            {
+                "model": n,
+                "label_win_vs_base": label_win[n]["mean"],
+                "label_win_vs_base_ci": _ci(label_win[n]),
+                "label_minus_judge": d["mean"],
+                "label_minus_judge_ci": _ci(d),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 TRAIN_COST = ("train_time_s", "groups_per_s", "peak_memory_mb", "trainable_params")
 FIT_METRICS = ("implicit_acc", "contrastive_acc", "pl_acc")
 

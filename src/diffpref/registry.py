@@ -9,10 +9,13 @@ parse without loading torch, pandas or diffusers.
 
 LOSSES = ("dpo", "mapo", "smpo", "lair", "kto", "sft", "softrepa", "agsm")  # objectives/<loss>.py
 
-# the embedded world's own judges (trained by its `world` stage), then the real reward models
+# the embedded world's own reward models (trained by its `world` stage): `judge` shares no
+# weights or training items with `fidelity`, for verdicts on models trained on fidelity labels;
+# then the real reward models
 WORLD_REWARDS = {
     "fidelity": ("diffpref.world.fidelity", "FidelityReward"),
     "quality": ("diffpref.world.quality", "QualityReward"),
+    "judge": ("diffpref.world.judge", "JudgeReward"),
 }
 REWARDS = WORLD_REWARDS | {
     "pickscore": ("diffpref.rewards.pickscore", "PickScore"),

@@ -106,7 +106,7 @@ def write_params(path: Path, models: TinyModels, pipeline: Path, kind: str, **ov
             "mapo": {"loss": "mapo"},
             "lair": {"loss": "lair", "beta": 250},
         },
-        "evaluate": {"seeds": [0, 1], "batch_size": 8, "bootstrap": 20, "win_reward": "pickscore"},
+        "evaluate": {"seeds": [0, 1], "batch_size": 8, "bootstrap": 20, "judge": "clip_score"},
         "report": {"grid_prompts": 2},
     }
     # the rest as params.yaml has it (where every default lives), its objectives replaced

@@ -122,7 +122,7 @@ def main() -> None:
     if a.run:
         run(a.root, a.objective, seeds, a.profile, a.cores)
     ev = cfg.evaluate
-    m = win_matrix(a.root, a.objective, seeds, ev.win_reward, ev.tie_threshold)
+    m = win_matrix(a.root, a.objective, seeds, ev.judge, ev.tie_threshold)
     comp = st.components(st.squares([m], [1.0]))
     s2, q2, e2 = float(comp["seed"][0]), float(comp["prompt"]), float(comp["resid"][0])
     p = m.shape[1]

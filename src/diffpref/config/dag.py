@@ -165,14 +165,15 @@ def plugins(stage: str, cfg: Config, objective: str | None = None) -> list[str]:
     its loss. Registry lookups, so that a job depends on these and not on every alternative."""
     with paused():
         backbone = [registry.BACKBONES[cfg.backbone.kind][0]]
-        rewards = [registry.REWARDS[r][0] for r in cfg.rewards.models if r in registry.REWARDS]
+        rewards = [registry.REWARDS[r][0] for r in cfg.rewards.models]
+        judged = [registry.REWARDS[r][0] for r in cfg.eval_rewards]
         loss = cfg.objectives[objective].loss if objective in cfg.objectives else None
     loss_module = [registry.loss_module(loss)] if loss else []
     return {
         "candidates": backbone,
         "rewards": rewards,
         "train": backbone + loss_module,
-        "evaluate": backbone + rewards,
+        "evaluate": backbone + judged,
     }.get(stage, [])
 
 
@@ -206,10 +207,9 @@ def _backbone(c: Config) -> list[str]:
     return ["device", "backbone.kind", "backbone.dtype", *(f"backbone.{k}" for k in real)]
 
 
-def _reward_models(c: Config) -> list[str]:
-    real = set(c.rewards.models) - set(
-        registry.WORLD_REWARDS
-    )  # the world's judges need no weights source
+def _reward_models(c: Config, names: list[str]) -> list[str]:
+    """``names``: the models a job scores; the world's need no weights source."""
+    real = set(names) - set(registry.WORLD_REWARDS)
     return ["rewards.models", *(["rewards.dtype", "rewards.sources"] if real else [])]
 
 
@@ -247,7 +247,7 @@ def _candidates(c: Config, o: str | None) -> list[str]:
 
 
 def _rewards(c: Config, o: str | None) -> list[str]:
-    return ["results", "device", "rewards.batch_size", *_reward_models(c)]
+    return ["results", "device", "rewards.batch_size", *_reward_models(c, c.rewards.models)]
 
 
 def _candidates_round(c: Config, o: str | None) -> list[str]:
@@ -278,7 +278,7 @@ def _train(c: Config, o: str | None) -> list[str]:
 
 
 def _evaluate(c: Config, o: str | None) -> list[str]:
-    own = ["seeds", "batch_size", "bootstrap", "export_geneval", "split"]
+    own = ["seeds", "batch_size", "bootstrap", "export_geneval", "judge", "split"]
     own += [] if o is None else ["tie_threshold"]  # win rates against the base
     sampling = ["sampling.scheduler", "sampling.steps", "sampling.guidance"]
     # the base's yardsticks: best-of-K by the label reward; real canvases from world specs
@@ -290,14 +290,14 @@ def _evaluate(c: Config, o: str | None) -> list[str]:
         *_backbone(c),
         *sampling,
         *(f"evaluate.{k}" for k in own),
-        *_reward_models(c),
+        *_reward_models(c, c.eval_rewards),
         *(yard if o is None else []),
     ]
 
 
 def _report(c: Config, o: str | None) -> list[str]:
-    ev = [f"evaluate.{k}" for k in ["seeds", "tie_threshold", "win_reward", "split"]]
-    own = ["report.grid_prompts", "report.draws"]
+    ev = [f"evaluate.{k}" for k in ["seeds", "tie_threshold", "judge", "split"]]
+    own = ["report.grid_prompts", "report.draws", "labels.reward"]  # win rates on both
     own += ["train.seed_streams"]  # whether two objectives' comparison is paired by seed
     # whether there are rounds is always read; which objectives take them, only when there are
     online = ["online.rounds", *(["online.objectives"] if c.online.rounds else [])]

@@ -271,7 +271,11 @@ class EvaluateParams(Settings):
     seeds: list[Seed] = Field(min_length=1, max_length=64)
     batch_size: BatchSize
     bootstrap: Int = Field(ge=10, le=100_000, description="resamples of each interval")
-    win_reward: Name = Field(description="reward whose per-sample wins define win rate")
+    judge: RewardName = Field(
+        description="reward whose per-sample wins define win rates and verdicts; scored with "
+        "rewards.models; not labels.reward, or verdicts measure how well an objective fit the "
+        "label model (`diffpref check` warns)",
+    )
     split: Literal["test", "validation"] = Field(
         "test",
         description="the prompts every model is evaluated on: test (results/prompts/eval.parquet, "
@@ -485,6 +489,11 @@ class Config(Settings):
                 "preferences)"
             )
         return self
+
+    @property
+    def eval_rewards(self) -> list[str]:
+        """The reward models the evaluate stage scores: ``rewards.models`` and the judge."""
+        return list(dict.fromkeys([*self.rewards.models, self.evaluate.judge]))
 
     @model_validator(mode="after")
     def _validation_prompts_exist(self) -> Config:
@@ -714,6 +723,13 @@ def validate(raw: dict[str, Any], path: str | Path = "params.yaml") -> Config:
             "`train:`, so that adding a seed reruns only that seed's jobs)"
         )
         rest["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
+    if isinstance(raw.get("evaluate"), dict) and "win_reward" in raw["evaluate"]:
+        errors.append(
+            f"{path}: evaluate.win_reward: renamed `evaluate.judge` (the reward of the verdicts "
+            "and win rates; another than labels.reward)"
+        )
+        ev = dict(raw["evaluate"])  # the old value as the new key's: one error, not two
+        rest["evaluate"] = {"judge": ev.pop("win_reward"), **ev}
     cfg = None
     try:
         cfg = Config.model_validate(rest)

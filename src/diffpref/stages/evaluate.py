@@ -3,7 +3,8 @@ scores.
 
 Every model (each training seed of each objective, and the base) samples the same held-out
 prompts from the same per-sample sampling seeds (``evaluate.seeds``), so win rates compare like
-with like. ``evaluate.export_geneval`` also writes the
+with like. Scored by ``rewards.models`` and the judge (``evaluate.judge``), which need not be
+one of them. ``evaluate.export_geneval`` also writes the
 samples in GenEval's folder layout, for its (separately installed) object-detection scorer.
 The base model's evaluation also scores the yardsticks (:mod:`diffpref.yardsticks`) on the same
 prompts and seeds: ``yardsticks.parquet``, and in ``metrics.json`` K, the label reward and
@@ -56,7 +57,7 @@ def run(ctx) -> None:
         }
     )
     text = np.repeat(prompts.prompt.to_numpy(), len(ev.seeds)).tolist()
-    models = {r: load_reward(r, cfg, device) for r in cfg.rewards.models}
+    models = {r: load_reward(r, cfg, device) for r in cfg.eval_rewards}
     scores = score_table(models, images.numpy(), text, keys, ev.batch_size, device)
     if "category" in prompts:
         scores = scores.merge(prompts[["prompt_id", "category"]], on="prompt_id", how="left")

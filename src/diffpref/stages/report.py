@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffpref import comparison, plots, report, rounds
+from diffpref import comparison, plots, registry, report, rounds
 from diffpref import statistics as st
 from diffpref.io import atomic_dir, read_json, write_json
 from diffpref.report import Section
@@ -24,8 +24,11 @@ def run(ctx) -> None:
     seeds = list(cfg.train_seeds)
     data = comparison.load(cfg)
     rewards = list(data.eval_metrics["base"][0]["reward"])
-    cmp = comparison.Comparison(data, ev.win_reward, cfg.report.draws, ev.tie_threshold, cfg.seed)
+    cmp = comparison.Comparison(data, ev.judge, cfg.report.draws, ev.tie_threshold, cfg.seed)
     table = comparison.comparison_table(cmp, rewards)
+    label = cfg.labels.reward
+    if label not in (ev.judge, registry.HUMAN):  # the label model's own view, beside the judge's
+        table = table.merge(comparison.label_win_rates(cmp, label), on="model", how="left")
     splits = comparison.split_table(cmp)
     yard = comparison.yardstick_table(cmp, rewards)
     gaps = comparison.gap_table(cmp)
@@ -42,7 +45,7 @@ def run(ctx) -> None:
         poi.to_csv(tmp / "probability_of_improvement.csv", index=False)
         figures = [n for n in report.FIGURE_CAPTIONS if online or n != report.ROUNDS_FIGURE]
         fig = {n: tmp / f"{n}.png" for n in figures}
-        plots.plot_forest(table, ev.win_reward, fig["win_vs_base"])
+        plots.plot_forest(table, ev.judge, fig["win_vs_base"])
         plots.plot_rewards(table, rewards, fig["rewards"])
         plots.plot_categories(table, fig["category_accuracy"])
         plots.plot_poi(poi, fig["poi"])
@@ -57,7 +60,7 @@ def run(ctx) -> None:
             online.table.to_csv(tmp / "rounds.csv", index=False)
             online.splits.to_csv(tmp / "rounds_splits.csv", index=False)
             online.costs.to_csv(tmp / "rounds_cost.csv", index=False)
-            plots.plot_rounds(online.table, ev.win_reward, fig[report.ROUNDS_FIGURE])
+            plots.plot_rounds(online.table, ev.judge, fig[report.ROUNDS_FIGURE])
             at = next(i for i, s in enumerate(sections) if s.title == "Seed claims")
             sections[at:at] = online.sections(cmp, fig[report.ROUNDS_FIGURE])
         if ctx.run.enabled:
@@ -69,7 +72,7 @@ def run(ctx) -> None:
             f"profile {cfg.profile} · {_n(len(cfg.objectives), 'objective')} × "
             f"{_n(len(seeds), 'training seed')} · {_n(len(cmp.prompt_ids), prompts)} × "
             f"{_n(len(ev.seeds), 'sampling seed')} · "
-            f"win rates on {ev.win_reward}"
+            f"win rates on {ev.judge}"
         )
         if ev.split == "validation":
             subtitle += " · for tuning only: verdicts need evaluate.split: test"
@@ -83,7 +86,7 @@ def run(ctx) -> None:
     with atomic_dir(res / "metrics") as tmp:
         numbers = _dvc_metrics(table)
         if online:  # <objective>.<variant>: later rounds and controls (names hold no dot)
-            numbers |= rounds.dvc_metrics(online.table, ev.win_reward)
+            numbers |= rounds.dvc_metrics(online.table, ev.judge)
         for model, values in numbers.items():
             write_json(tmp / f"{model}.json", values)
     # images, so `dvc plots show` needs no Vega from a network; the folder as a whole, as
@@ -198,6 +201,8 @@ SUMMARY = [
     "win_vs_base_ci",
     "beats_base",
     "beats_base_holm",
+    "label_win_vs_base",
+    "label_minus_judge",
     "win_seed_sd",
     "{r}_mean",
     "quality_mean",
@@ -210,15 +215,16 @@ SUMMARY = [
 def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
     ev = cfg.evaluate
     n_prompts = len(cmp.prompt_ids)
-    summary = [c.format(r=ev.win_reward) for c in SUMMARY]
+    summary = [c.format(r=ev.judge) for c in SUMMARY]
     n_obj = len(cmp.res.objectives)
     summary = list(dict.fromkeys(c for c in summary if c in table.columns))
     full = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
     notes = [
         f"- {len(seeds)} training seeds per objective ({seeds}), each evaluated on the same "
         f"{n_prompts} held-out prompts × sampling seeds {list(ev.seeds)}; data seed {cfg.seed}",
-        f"- win rates use the {ev.win_reward} reward on matched (prompt, sampling seed) "
-        f"samples; differences up to {ev.tie_threshold} are ties and count one half",
+        f"- win rates and verdicts use the judge, {ev.judge}, on matched (prompt, sampling "
+        f"seed) samples; differences up to {ev.tie_threshold} are ties and count one half",
+        _label_note(cfg.labels.reward, ev.judge),
         "- 95% CIs: variance components of the crossed design (training seeds x prompts, "
         "method of moments) with a generalized (fiducial) pivot for each part "
         f"({cfg.report.draws} fiducial resamples, seeded with {cfg.seed}), so the intervals "
@@ -255,7 +261,8 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
             BEATS_TITLE,
             comparison.what_seeds_decide(cmp)
             + "\n\n"
-            + "\n".join(comparison.beats_base(cmp, table, splits)),
+            + "\n".join(comparison.beats_base(cmp, table, splits))
+            + _over_optimisation(table, cfg.labels.reward, ev.judge),
         ),
     ]
     if not splits.empty:
@@ -265,8 +272,8 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
             "n_prompts",
             "win_vs_base",
             "win_vs_base_ci",
-            f"{ev.win_reward}_mean",
-            f"{ev.win_reward}_ci",
+            f"{ev.judge}_mean",
+            f"{ev.judge}_ci",
         ]
         legend = "\n".join(f"- {k}: {v}" for k, v in comparison.SPLITS.items())
         text = legend + "\n\n" + report.to_markdown(splits[cols])
@@ -292,11 +299,11 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
             "Probability of improvement P(row > column)",
             "P(X > Y): the chance that "
             + (
-                f"a training seed of X scores a higher mean {ev.win_reward} over the held-out "
+                f"a training seed of X scores a higher mean {ev.judge} over the held-out "
                 "prompts than the same seed of Y (objectives share their training seeds: "
                 f"{st.PAIRED}), or than the base (one fixed model), "
                 if cmp.res.shared_seeds
-                else f"a random training seed of X scores a higher mean {ev.win_reward} over "
+                else f"a random training seed of X scores a higher mean {ev.judge} over "
                 "the held-out prompts than a random seed of Y (unpaired: train.seed_streams "
                 "independent; the base is one fixed model), "
             )
@@ -406,6 +413,39 @@ YARDSTICK_COLUMNS = [
     "gap_closed",
     "gap_closed_ci",
 ]
+
+
+def _over_optimisation(table: pd.DataFrame, label: str, judge: str) -> str:
+    """The verdicts' coda: how much more each objective wins on the label model than on the
+    judge (nothing when there is no separate label model)."""
+    if "label_minus_judge" not in table:
+        return ""
+    rows = table.dropna(subset=["label_minus_judge"]).to_dict("records")
+    each = "; ".join(
+        f"{r['model']} {r['label_minus_judge']:+.3f} {r['label_minus_judge_ci']}" for r in rows
+    )
+    return (
+        f"\n\nOver-optimisation of the label model: win rate vs base on the label reward "
+        f"({label}) minus on the judge ({judge}), 95% CI: {each}. Above 0: the objective "
+        "gained on the model that ranked its training data more than the judge confirms."
+    )
+
+
+def _label_note(label: str, judge: str) -> str:
+    """What the label-reward columns mean, or why there are none."""
+    if label == registry.HUMAN:
+        return "- labels are human preferences: no label model to over-optimise"
+    if label == judge:
+        return (
+            f"- the judge is the label reward ({label}): verdicts partly measure how well an "
+            "objective fit the label model; judge with another reward (evaluate.judge)"
+        )
+    return (
+        f"- label_win_vs_base: the win rate vs base on the label reward, {label}; "
+        f"label_minus_judge: it minus the judge's ({judge}) on the same samples, with its "
+        "interval: a positive difference is gain only the label model sees, over-optimisation "
+        "of the label model"
+    )
 
 
 def _n(k: int, noun: str) -> str:

@@ -1,11 +1,14 @@
 """Build (pretrain) the embedded world, evaluate it, or install the packaged copy.
 
 ``build_world`` trains, in order: the fidelity cell classifier, the quality discriminator,
-the VAE, then caches latents and caption states and trains the UNet; finally it samples the
-base model on eval-style prompts and scores it with both rewards. Output layout::
+the independent judge, the VAE, then caches latents and caption states and trains the UNet;
+finally it samples the base model on eval-style prompts and scores it with the label rewards.
+Output layout::
 
     out/base/{vae,unet,scheduler}/  out/base/text_encoder.json
-    out/rewards/{fidelity,quality}/  out/metrics.json
+    out/rewards/{fidelity,quality,judge}/  out/metrics.json
+
+``add_judge`` trains the judge alone into an existing world (how the shipped world got it).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from tqdm.auto import tqdm
 
 from diffpref.world import train as T
 from diffpref.world.base import WorldBase, save_base
+from diffpref.world.constants import JUDGE_TRAIN_ITEMS
 from diffpref.world.data import ItemBank
 from diffpref.world.fidelity import FidelityReward
+from diffpref.world.judge import JudgeReward
 from diffpref.world.metrics import (
     classifier_accuracy,
     fidelity_canvas_metrics,
@@ -39,6 +44,7 @@ from diffpref.world.text import MiniLMEncoder
 
 PACKAGE_DATA = ("pretrained",)  # the shipped world: a dependency of the world stage
 PACKAGED_DIR = Path(__file__).parent / PACKAGE_DATA[0]
+JUDGE_SEED = 404  # offset of the judge's seeds from world.seed: its own random streams
 
 
 def _setup(p: WorldParams) -> None:
@@ -75,6 +81,11 @@ def build_world(params: WorldParams, out: str | Path) -> dict[str, float]:
     quality = T.train_quality(train_bank, p, gen)
     quality.save(out / "rewards" / "quality")
     tick("quality", t0)
+
+    t0 = time.perf_counter()
+    judge = train_judge(p, test_bank)
+    judge.save(out / "rewards" / "judge")
+    tick("judge", t0)
 
     # Training canvases: a pool of train-grammar captions, each canvas rendered for one.
     t0 = time.perf_counter()
@@ -115,6 +126,7 @@ def build_world(params: WorldParams, out: str | Path) -> dict[str, float]:
         "unet_params": float(sum(x.numel() for x in unet.parameters())),
         "classifier_params": float(sum(x.numel() for x in fidelity.parameters())),
         "quality_params": float(sum(x.numel() for x in quality.parameters())),
+        "judge_params": float(sum(x.numel() for x in judge.parameters())),
         "vae_scaling_factor": scaling,
         "vae_final_loss": float(np.mean(vae_losses[-20:])),
         "unet_final_loss": float(np.mean(unet_losses[-50:])),
@@ -122,6 +134,7 @@ def build_world(params: WorldParams, out: str | Path) -> dict[str, float]:
     }
     t0 = time.perf_counter()
     metrics.update(_reward_metrics(fidelity, quality, test_bank, p))
+    metrics.update(_judge_metrics(judge, test_bank, p))
     metrics.update(_vae_metrics(vae, fidelity, test_bank, p))
     tick("reward_metrics", t0)
 
@@ -132,6 +145,49 @@ def build_world(params: WorldParams, out: str | Path) -> dict[str, float]:
     timings["time_s/total"] = round(time.perf_counter() - t_all, 2)
     metrics.update(timings)
     _write_metrics(out, metrics)
+    return metrics
+
+
+def judge_items(test_bank: ItemBank) -> tuple[ItemBank, ItemBank]:
+    """The judge's training items (test ``[0, JUDGE_TRAIN_ITEMS)``) and those held out from it
+    (the rest); the label reward ``fidelity`` trains on the train split, so they share none."""
+    return test_bank.select(0, JUDGE_TRAIN_ITEMS), test_bank.select(JUDGE_TRAIN_ITEMS)
+
+
+def train_judge(p: WorldParams, test_bank: ItemBank) -> JudgeReward:
+    """The judge, on :func:`judge_items`, with its own seeds: the other parts' random streams
+    do not depend on it, and :func:`add_judge` trains the same judge as :func:`build_world`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed + JUDGE_SEED)
+        gen = torch.Generator().manual_seed(p.seed + JUDGE_SEED)
+        return T.train_judge(judge_items(test_bank)[0], p, gen)
+
+
+def _judge_metrics(judge: JudgeReward, test_bank: ItemBank, p: WorldParams) -> dict[str, float]:
+    """The judge's accuracy and canvas metrics on the test items it was not trained on."""
+    held_out = judge_items(test_bank)[1]
+    gen = torch.Generator().manual_seed(p.seed + JUDGE_SEED + 1)
+    rng = np.random.default_rng(p.seed + JUDGE_SEED + 1)
+    out = classifier_accuracy(judge, held_out, gen, prefix="judge")
+    out.update(fidelity_canvas_metrics(judge, held_out, p.eval_test_canvases_per_category, rng))
+    return out
+
+
+def add_judge(world: str | Path, params: WorldParams, dtype: torch.dtype = torch.float32) -> dict:
+    """Train the judge into an existing ``world`` (its other parts untouched), stored in
+    ``dtype``, and merge its metrics into ``world/metrics.json``: how the shipped world got its
+    judge (``add_judge(PACKAGED_DIR, WorldParams(source="packaged"), torch.float16)``)."""
+    p, world = params, Path(world)
+    _setup(p)
+    t0 = time.perf_counter()
+    test_bank = ItemBank.load(p.fashion_mnist_dir, "test", p.item_size)
+    train_judge(p, test_bank).save(world / "rewards" / "judge", dtype=dtype)
+    judge = JudgeReward.load(world / "rewards" / "judge", p.device)  # as stored: fp16 if so
+    metrics = json.loads((world / "metrics.json").read_text())
+    metrics["judge_params"] = float(sum(x.numel() for x in judge.parameters()))
+    metrics.update(_judge_metrics(judge, test_bank, p))
+    metrics["time_s/judge"] = round(time.perf_counter() - t0, 2)
+    _write_metrics(world, metrics)
     return metrics
 
 
@@ -205,11 +261,12 @@ def _write_metrics(out: Path, metrics: dict[str, float]) -> None:
 
 def load_rewards(
     out: str | Path, device: str | torch.device = "cpu"
-) -> tuple[FidelityReward, QualityReward]:
+) -> tuple[FidelityReward, QualityReward, JudgeReward]:
     out = Path(out)
     return (
         FidelityReward.load(out / "rewards" / "fidelity", device),
         QualityReward.load(out / "rewards" / "quality", device),
+        JudgeReward.load(out / "rewards" / "judge", device),
     )
 
 
@@ -221,9 +278,9 @@ def evaluate_world(
     p = params
     _setup(p)
     out = Path(out)
-    fidelity, quality = load_rewards(out, p.device)
+    fidelity, quality, judge = load_rewards(out, p.device)
     test_bank = ItemBank.load(p.fashion_mnist_dir, "test", p.item_size)
-    metrics = _reward_metrics(fidelity, quality, test_bank, p)
+    metrics = _reward_metrics(fidelity, quality, test_bank, p) | _judge_metrics(judge, test_bank, p)
     if base_prompts_per_category > 0:
         base = WorldBase.load(out / "base", p.device)
         base_m = _base_metrics(base, fidelity, quality, p, base_prompts_per_category)
@@ -251,10 +308,9 @@ def install_packaged_world(out: str | Path, source: str | Path = PACKAGED_DIR) -
 def package_world(built: str | Path, dest: str | Path = PACKAGED_DIR) -> Path:
     """Store a built world in fp16 safetensors (how the shipped copy was made)."""
     built, dest = Path(built), Path(dest)
-    fidelity, quality = load_rewards(built)
     base = WorldBase.load(built / "base")
     base.save(dest / "base", dtype=torch.float16)
-    fidelity.save(dest / "rewards" / "fidelity", dtype=torch.float16)
-    quality.save(dest / "rewards" / "quality", dtype=torch.float16)
+    for reward in load_rewards(built):
+        reward.save(dest / "rewards" / reward.name, dtype=torch.float16)
     shutil.copy2(built / "metrics.json", dest / "metrics.json")
     return dest

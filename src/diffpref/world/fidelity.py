@@ -6,14 +6,19 @@ metadata; here an 11-way classifier (10 Fashion-MNIST classes + empty) reads eac
 ``max over valid assignments of the geometric mean over cells of p(assigned content)``,
 with brightness checked softly from the cell's intensity. It is continuous in [0,1] (a useful
 reward for preference labels) and ~1 on correct clean canvases.
+
+The canvas rules live in :class:`CanvasRuleReward`, which takes the per-cell classifier: the
+label reward ``fidelity`` (a :class:`CellCNN`) and the independent ``judge``
+(:mod:`diffpref.world.judge`, another net trained on other items) score by the same rules.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffpref.world.captions import parse_prompt
 from diffpref.world.data import NUM_CLASSES
@@ -24,6 +29,7 @@ from diffpref.world.spec import BRIGHT, DIM, NUM_CELLS, Spec, assignment_arrays
 BRIGHT_THRESHOLD = 0.68  # bright items read ~0.95, dim ones ~0.43 (render.DIM_FACTOR=0.45)
 BRIGHT_TEMPERATURE = 0.05
 BRIGHT_TOPK = 4
+R = TypeVar("R", bound="CanvasRuleReward")
 
 
 def cell_brightness(cells: Tensor, topk: int = BRIGHT_TOPK) -> Tensor:
@@ -31,16 +37,17 @@ def cell_brightness(cells: Tensor, topk: int = BRIGHT_TOPK) -> Tensor:
     return cells.flatten(2).topk(topk, dim=2).values.mean(2)
 
 
-class FidelityReward(torch.nn.Module):
-    """``score(images, prompts) -> [B]`` prompt fidelity in [0,1]; ``correct`` is its hard
-    (argmax) version used for per-category accuracy."""
+class CanvasRuleReward(torch.nn.Module):
+    """``score(images, prompts) -> [B]`` prompt fidelity in [0,1] from an 11-way cell
+    ``classifier`` and the canvas rules; ``correct`` is its hard (argmax) version used for
+    per-category accuracy. Subclasses pick the classifier (``name``: the reward's name)."""
 
-    name = "fidelity"
+    name: str
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, classifier: nn.Module, width: int) -> None:
         super().__init__()
         self.width = width
-        self.classifier = CellCNN(NUM_CLASSES + 1, width=width)
+        self.classifier = classifier
         self.eval()
 
     # -- per-cell evidence ----------------------------------------------------------------
@@ -109,7 +116,7 @@ class FidelityReward(torch.nn.Module):
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         config = {
-            "kind": "fidelity",
+            "kind": self.name,
             "width": self.width,
             "num_classes": NUM_CLASSES + 1,
             "bright_threshold": BRIGHT_THRESHOLD,
@@ -117,8 +124,23 @@ class FidelityReward(torch.nn.Module):
         save_module(self, Path(directory), config, dtype)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> FidelityReward:
+    def load(cls: type[R], directory: str | Path, device: str | torch.device = "cpu") -> R:
         cfg = load_config(Path(directory))
+        if cfg.get("kind") != cls.name:  # e.g. the judge's folder given for the label reward
+            raise ValueError(
+                f"{Path(directory) / 'config.json'}: kind: {cfg.get('kind')!r} is not a "
+                f"{cls.name!r} reward"
+            )
         model = cls(width=int(cfg["width"]))
         load_state(model, Path(directory))
         return model.to(device).eval()
+
+
+class FidelityReward(CanvasRuleReward):
+    """The label reward of the embedded world: a :class:`CellCNN` on Fashion-MNIST's train
+    split."""
+
+    name = "fidelity"
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__(CellCNN(NUM_CLASSES + 1, width=width), width)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffpref.world.data import NUM_CLASSES, ItemBank
 from diffpref.world.degrade import degrade_items, dirty_empty
-from diffpref.world.fidelity import FidelityReward
+from diffpref.world.fidelity import CanvasRuleReward
 from diffpref.world.prompts import all_specs
 from diffpref.world.quality import QualityReward
 from diffpref.world.render import CELL, Layout, render_layout, split_cells
@@ -32,9 +32,14 @@ def auc(pos: Tensor, neg: Tensor) -> float:
 
 @torch.no_grad()
 def classifier_accuracy(
-    fid: FidelityReward, bank: ItemBank, gen: torch.Generator, batch: int = 2048
+    fid: CanvasRuleReward,
+    bank: ItemBank,
+    gen: torch.Generator,
+    batch: int = 2048,
+    prefix: str = "classifier",
 ) -> dict[str, float]:
-    """Accuracy on every item of ``bank`` in a cell (bright and dim), and on empty cells."""
+    """Accuracy on every item of ``bank`` in a cell (bright and dim), and on empty cells, as
+    ``<prefix>_acc``, ``<prefix>_acc_dim`` and ``<prefix>_acc_empty``."""
     from diffpref.world.render import DIM_FACTOR
     from diffpref.world.train import empty_cells, item_cells
 
@@ -49,9 +54,9 @@ def classifier_accuracy(
     empties = empty_cells(1000, gen)
     empty_acc = float((fid.classify_cells(empties).argmax(-1).cpu() == EMPTY).float().mean())
     return {
-        "classifier_acc": hits["bright"] / n,
-        "classifier_acc_dim": hits["dim"] / n,
-        "classifier_acc_empty": empty_acc,
+        f"{prefix}_acc": hits["bright"] / n,
+        f"{prefix}_acc_dim": hits["dim"] / n,
+        f"{prefix}_acc_empty": empty_acc,
     }
 
 
@@ -86,19 +91,21 @@ def random_specs(n: int, rng: np.random.Generator, category: str) -> list[Spec]:
 
 @torch.no_grad()
 def fidelity_canvas_metrics(
-    fid: FidelityReward, bank: ItemBank, n_per_category: int, rng: np.random.Generator
+    fid: CanvasRuleReward, bank: ItemBank, n_per_category: int, rng: np.random.Generator
 ) -> dict[str, float]:
     """Per category: ``correct`` rate and mean score on correct test canvases, and how often
-    wrong canvases are accepted (should be ~0) with their mean score."""
+    wrong canvases are accepted (should be ~0) with their mean score; keys start with the
+    reward's name (``fidelity_``, ``judge_``)."""
+    r = fid.name
     out: dict[str, float] = {}
     for cat in CATEGORIES:
         specs = random_specs(n_per_category, rng, cat)
         good = torch.stack([render_layout(s.sample_layout(rng), bank, rng) for s in specs])
         bad = torch.stack([render_layout(wrong_layout(s, rng), bank, rng) for s in specs])
-        out[f"fidelity_correct_rate/{cat}"] = float(fid.correct_specs(good, specs).float().mean())
-        out[f"fidelity_score/{cat}"] = float(fid.score_specs(good, specs).mean())
-        out[f"fidelity_wrong_accept/{cat}"] = float(fid.correct_specs(bad, specs).float().mean())
-        out[f"fidelity_wrong_score/{cat}"] = float(fid.score_specs(bad, specs).mean())
+        out[f"{r}_correct_rate/{cat}"] = float(fid.correct_specs(good, specs).float().mean())
+        out[f"{r}_score/{cat}"] = float(fid.score_specs(good, specs).mean())
+        out[f"{r}_wrong_accept/{cat}"] = float(fid.correct_specs(bad, specs).float().mean())
+        out[f"{r}_wrong_score/{cat}"] = float(fid.score_specs(bad, specs).mean())
     return out
 
 

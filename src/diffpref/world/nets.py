@@ -37,6 +37,38 @@ class CellCNN(nn.Module):
         return self.head(self.features(x * 2.0 - 1.0))
 
 
+class CellLeNet(nn.Module):
+    """A LeNet-style net of another design than :class:`CellCNN` (two 5x5 convolutions with
+    GELU and average pooling, an MLP head), so that the independent judge does not share the
+    label reward's architecture, and with it its blind spots. Batch norm: without it the net
+    underfit (0.79 on its own training items and held-out ones alike; 0.85 with it)."""
+
+    def __init__(self, n_out: int, width: int = 32, dropout: float = 0.3) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(1, w, 5, padding=2, bias=False),
+            nn.BatchNorm2d(w),
+            nn.GELU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(w, 2 * w, 5, padding=2, bias=False),
+            nn.BatchNorm2d(2 * w),
+            nn.GELU(),
+            nn.AvgPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, 4 * w),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * w, n_out),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` [N,1,16,16] in [0,1] -> logits [N,n_out]."""
+        return self.head(self.features(x - 0.5))
+
+
 def save_module(
     module: nn.Module, directory: Path, config: dict[str, Any], dtype: torch.dtype = torch.float32
 ) -> None:

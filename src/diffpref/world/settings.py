@@ -52,6 +52,13 @@ class WorldParams(Settings):
     classifier_batch: BatchSize = 256
     classifier_lr: LearningRate = 3e-3
 
+    # the independent judge's cell classifier (LeNet-style; Fashion-MNIST test items
+    # [0, JUDGE_TRAIN_ITEMS): no item or weight shared with the fidelity classifier)
+    judge_width: Width = 32
+    judge_steps: Steps = 1000
+    judge_batch: BatchSize = 256
+    judge_lr: LearningRate = 2e-3
+
     # quality discriminator
     quality_width: Width = 16
     quality_steps: Steps = 500
@@ -117,6 +124,9 @@ class WorldParams(Settings):
             "classifier_width": 8,
             "classifier_steps": 30,
             "classifier_batch": 64,
+            "judge_width": 8,
+            "judge_steps": 30,
+            "judge_batch": 64,
             "quality_width": 8,
             "quality_steps": 20,
             "quality_batch": 64,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,12 +19,15 @@ from tqdm.auto import tqdm
 
 from diffpref.world.data import NUM_CLASSES, ItemBank
 from diffpref.world.degrade import clean_empty, degrade_items, dirty_empty, smooth_noise
-from diffpref.world.fidelity import FidelityReward
+from diffpref.world.fidelity import CanvasRuleReward, FidelityReward
+from diffpref.world.judge import JudgeReward
 from diffpref.world.prompts import sample_train_caption
 from diffpref.world.quality import QualityReward
 from diffpref.world.render import CANVAS, CELL
 from diffpref.world.settings import WorldParams
 from diffpref.world.spec import CATEGORIES, EMPTY, Spec
+
+C = TypeVar("C", bound=CanvasRuleReward)
 
 
 # -- cells ---------------------------------------------------------------------------------
@@ -76,24 +80,40 @@ def _progress(steps: int, desc: str) -> tqdm:
     return tqdm(range(steps), desc=desc, mininterval=2.0, leave=False)
 
 
-# -- fidelity classifier -------------------------------------------------------------------
+# -- cell classifiers (fidelity, judge) ----------------------------------------------------
 def train_fidelity(bank: ItemBank, p: WorldParams, gen: torch.Generator) -> FidelityReward:
-    """Train the 11-way cell classifier (10 classes + empty) with shift/intensity jitter."""
-    model = FidelityReward(width=p.classifier_width).to(p.device)
+    """The label reward's classifier, on the items of ``bank`` (the train split)."""
+    model = FidelityReward(width=p.classifier_width)
+    return train_cell_classifier(
+        model, bank, p.classifier_steps, p.classifier_batch, p.classifier_lr, p.device, gen
+    )
+
+
+def train_judge(bank: ItemBank, p: WorldParams, gen: torch.Generator) -> JudgeReward:
+    """The independent judge's classifier, on ``bank`` (test items ``[0, JUDGE_TRAIN_ITEMS)``)."""
+    model = JudgeReward(width=p.judge_width)
+    return train_cell_classifier(
+        model, bank, p.judge_steps, p.judge_batch, p.judge_lr, p.device, gen
+    )
+
+
+def train_cell_classifier(
+    model: C, bank: ItemBank, steps: int, batch: int, lr: float, device: str, gen: torch.Generator
+) -> C:
+    """Train ``model``'s 11-way cell classifier (10 classes + empty) with shift/intensity
+    jitter on the items of ``bank``."""
+    model = model.to(device)
     net = model.classifier.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=p.classifier_lr, weight_decay=1e-4)
-    sched = _cosine_lr(opt, p.classifier_steps, max(1, p.classifier_steps // 20))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = _cosine_lr(opt, steps, max(1, steps // 20))
     n_items = len(bank.labels)
-    for _ in _progress(p.classifier_steps, "fidelity classifier"):
-        b = p.classifier_batch
-        n_empty = max(1, b // (NUM_CLASSES + 1))
-        idx = torch.randint(n_items, (b - n_empty,), generator=gen)
+    for _ in _progress(steps, f"{model.name} classifier"):
+        n_empty = max(1, batch // (NUM_CLASSES + 1))
+        idx = torch.randint(n_items, (batch - n_empty,), generator=gen)
         x = torch.cat([item_cells(bank, idx, gen), empty_cells(n_empty, gen)])
         x = x + 0.02 * torch.rand(1, generator=gen) * torch.randn(x.shape, generator=gen)
         y = torch.cat([bank.labels[idx], torch.full((n_empty,), EMPTY)])
-        loss = F.cross_entropy(
-            net(x.clamp(0, 1).to(p.device)), y.to(p.device), label_smoothing=0.05
-        )
+        loss = F.cross_entropy(net(x.clamp(0, 1).to(device)), y.to(device), label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
