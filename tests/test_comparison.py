@@ -115,16 +115,27 @@ def test_verdicts_say_what_the_run_could_detect_and_whether_gains_carry_over():
     assert s.loc[("dpo", "seen"), "win_vs_base"] == 1.0
     assert s.loc[("dpo", "heldout_wording"), "win_vs_base"] == 0.5  # ties within 0.01
     assert ("dpo", "heldout_combo") not in s.index  # no prompt has a held-out combination
-    dpo, smpo = comparison.beats_base(cmp, table, splits)
-    assert "**yes**" in dpo and "3 seeds × 40 prompts" in dpo
-    assert 'Holm over the 2 objectives of "beats the base": **yes**' in dpo
-    assert "IQM over seeds × categories 0.750" in dpo
+    verdicts = comparison.beats_base(cmp, table, splits)
+    dpo, smpo = (v.note for v in verdicts)
+    rows = comparison.verdict_table(verdicts, "model", "win vs base").set_index("model")
+    assert list(rows.columns) == [
+        "win vs base", "95% CI", "p", "verdict", "Holm", "shown beyond ±", "80% power at ±",
+        "note",
+    ]  # fmt: skip
+    assert rows.loc["dpo", "verdict"] == "yes" and rows.loc["dpo", "Holm"].startswith("yes (")
+    assert rows.loc["smpo", "verdict"] == rows.loc["smpo", "Holm"].split(" (")[0] == "not shown"
+    assert list(rows.note) == ["[1]", "[2]"]
+    # the 80%-power effect is larger than the half-width: an effect that large is shown 4 in 5
+    assert rows.loc["smpo", "80% power at ±"] > rows.loc["smpo", "shown beyond ±"] > 0
+    assert "3 seeds × 40 prompts" in dpo and "IQM over seeds × categories 0.750" in dpo
     assert "**not shown to carry over** to held-out wording (0.500 [0.500, 0.500])" in dpo
-    assert "**not shown**" in smpo and "shows a win-rate difference from 0.5 beyond ±" in smpo
+    assert "shows a win-rate difference from 0.5 beyond ±" in smpo
     assert "(95% CI half-width) and detects one of ±" in smpo and "with 80% power" in smpo
     # identical seeds: the method-of-moments seed sd is 0, printed as its upper bound
     assert "between-seed sd < 0.000 (95% upper bound; the estimate is 0)" in dpo
     assert "under-trained" in smpo  # its training accuracy 0.55 is near chance
+    notes = comparison.verdict_notes(verdicts).splitlines()
+    assert notes[0].startswith("1. **dpo**: 3 seeds") and notes[1].startswith("2. **smpo**:")
 
 
 def test_seed_claims_are_decided_on_seed_aware_intervals():
@@ -135,10 +146,11 @@ def test_seed_claims_are_decided_on_seed_aware_intervals():
     p = poi.set_index(["model", "versus"]).p
     assert p[("dpo", "smpo")] + p[("smpo", "dpo")] == 1.0
     assert p[("dpo", "base")] > 0.5
-    lines = comparison.seed_claims(cmp, table, poi)
-    smpo = next(line for line in lines if line.startswith("- SmPO is above DPO"))
-    assert "**contradicted**" in smpo and "P(smpo > dpo)" in smpo
-    assert 'Holm over the 1 claim of "seed claims": **contradicted**' in smpo
+    verdicts, lines = comparison.seed_claims(cmp, table, poi)
+    (smpo,) = verdicts  # the one statistical claim that ran
+    assert smpo.subject == "SmPO is above DPO" and "P(smpo > dpo)" in smpo.note
+    assert smpo.raw == smpo.holm == "contradicted" and smpo.p_holm == smpo.p_value
+    assert smpo.ci_high < 0 and smpo.estimate < 0
     assert any("MaPO" in line and "not run" in line for line in lines)
     # P(A > B) and P(B > A) are one computation, mirrored
     q = poi.set_index(["model", "versus"])
@@ -240,14 +252,8 @@ def test_shared_seeds_pair_objective_comparisons_and_the_report_says_so():
             "paired by training seed" if shared else "unpaired"
         )
         table = comparison.comparison_table(cmp, ["fidelity"])
-        out[shared] = (
-            poi,
-            next(
-                ln
-                for ln in comparison.seed_claims(cmp, table, poi.reset_index())
-                if ln.startswith("- SmPO")
-            ),
-        )
+        verdicts, _ = comparison.seed_claims(cmp, table, poi.reset_index())
+        out[shared] = (poi, next(v.note for v in verdicts if v.subject.startswith("SmPO")))
     poi, line = out[True]
     assert "(paired by training seed, per seed" in line
     assert "a seed of each against the same seed (0.00 of the same-seed pairs)" in line
@@ -271,18 +277,18 @@ def test_widely_spread_seeds_are_marked_outside_the_calibration():
     cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
     table = comparison.comparison_table(cmp, ["fidelity"])
     assert "outside what was calibrated" not in " ".join(
-        comparison.beats_base(cmp, table, comparison.split_table(cmp))
+        v.note for v in comparison.beats_base(cmp, table, comparison.split_table(cmp))
     )
     # dpo's seed 0 loses every prompt and seed 2 wins every one: per-seed win rates 0, 0.75, 1
     df = res.scores["dpo"]
     res.scores["dpo"] = df.assign(score=df.score + df.train_seed.map({0: -1.0, 1: 0.0, 2: 1.0}))
     cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
     table = comparison.comparison_table(cmp, ["fidelity"])
-    dpo, smpo = comparison.beats_base(cmp, table, comparison.split_table(cmp))
+    dpo, smpo = (v.note for v in comparison.beats_base(cmp, table, comparison.split_table(cmp)))
     assert "**outside what was calibrated**: per-seed win rates spread with sd 0.5" in dpo
     assert "outside what was calibrated" not in smpo
-    claim = next(ln for ln in comparison.seed_claims(cmp, table, cmp.poi_matrix()) if "SmPO" in ln)
-    assert "outside what was calibrated" in claim
+    verdicts, _ = comparison.seed_claims(cmp, table, cmp.poi_matrix())
+    assert "outside what was calibrated" in next(v.note for v in verdicts if "SmPO" in v.subject)
 
 
 def test_label_win_rates_show_gain_only_the_label_model_sees():

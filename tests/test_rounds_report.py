@@ -213,18 +213,15 @@ def test_the_verdict_is_supported_for_a_better_online_model_and_contradicted_for
     computed,
 ):
     cmp, rd, table = computed
-    lines = rounds.verdicts(cmp, rd, table)
-    assert len(lines) == 2
-    dpo, smpo = lines
+    dpo, smpo = rounds.verdicts(cmp, rd, table)
     claim = "online rounds beat compute-matched offline training"
-    family = 'Holm over the 2 objectives of "online beats compute-matched"'
-    assert dpo.startswith(f"- dpo: {claim}: **supported**") and family in dpo
-    assert f"{family}: **supported**" in dpo
-    assert smpo.startswith(f"- smpo: {claim}: **contradicted**")
-    assert f"{family}: **contradicted**" in smpo
+    assert (dpo.subject, dpo.raw, dpo.holm) == ("dpo", "supported", "supported")
+    assert (smpo.subject, smpo.raw, smpo.holm) == ("smpo", "contradicted", "contradicted")
+    assert dpo.note.startswith(f"{claim}: round 3 wins") and dpo.ci_low > 0.5 > smpo.ci_high
     holm = rounds.last_round_holm(table, 3)
     last = table[(table["round"] == 3) & (table.arm == "online")]
     assert list(holm.values()) == st.holm(list(last.vs_matched_p_value))
+    assert [dpo.p_holm, smpo.p_holm] == list(holm.values())
 
 
 def test_an_undecided_round_says_what_would_decide_it(computed):
@@ -236,9 +233,9 @@ def test_an_undecided_round_says_what_would_decide_it(computed):
     same.scores["dpo", "round3"] = rd.scores["dpo", "matched3"].assign(
         score=lambda d: d.score + noise
     )
-    [line] = rounds.verdicts(cmp, same, rounds.round_table(cmp, same))
-    assert ": **inconclusive**" in line and "with 80% power" in line
-    assert "paired by training seed (each training seed against" in line
+    [v] = rounds.verdicts(cmp, same, rounds.round_table(cmp, same))
+    assert v.raw == v.holm == "inconclusive" and "with 80% power" in v.note
+    assert "paired by training seed (each training seed against" in v.note
 
 
 def test_splits_and_costs_cover_every_round(computed):
@@ -286,7 +283,10 @@ def test_the_report_stage_adds_the_rounds_section_only_with_rounds(project, tmp_
         if online:
             assert "<h2>Online rounds</h2>" in page and "Online rounds: cost" in page
             assert "Online rounds: seen vs unseen wording" in page
-            assert "online rounds beat compute-matched offline training: <strong>supported" in page
+            # the verdicts as table rows, each explained in a numbered note below
+            assert "<th>online objective</th>" in page and "<td>yes</td>" in page
+            claim = "online rounds beat compute-matched offline training"
+            assert f"<strong>dpo</strong>: {claim}: round 3 wins" in page
             assert page.count("data:image/png;base64,") == 7  # the 6 figures and the rounds'
             assert (res / "report" / "online_rounds.png").stat().st_size > 1000
             table = pd.read_csv(res / "report" / "rounds.csv")

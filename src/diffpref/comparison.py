@@ -653,18 +653,58 @@ def what_seeds_decide(cmp: Comparison) -> str:
 
 
 WORD = {"supported": "yes", "contradicted": "no, worse", "inconclusive": "not shown"}
-VERDICT = {
-    "supported": "**yes**",
-    "contradicted": "**no, worse**",
-    "inconclusive": "**not shown**",
-}
 
 
-def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> list[str]:
+@dataclass(frozen=True)
+class Verdict:
+    """One decided comparison, a row of the report's verdict tables: the estimate and its
+    interval, the raw and family-adjusted verdicts (supported / contradicted / inconclusive),
+    what the run could decide (the 95% half-width and the effect detected with 80% power),
+    and its explanation, printed as a numbered note under the table."""
+
+    subject: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float
+    raw: str
+    holm: str
+    half_width: float
+    detectable_80: float
+    note: str
+
+
+def verdict_table(verdicts: list[Verdict], subject: str, estimate: str) -> pd.DataFrame:
+    """The verdicts as one table, a row each; ``note`` points at the numbered explanation."""
+    return pd.DataFrame(
+        [
+            {
+                subject: v.subject,
+                estimate: v.estimate,
+                "95% CI": f"[{v.ci_low:.3f}, {v.ci_high:.3f}]",
+                "p": _p(v.p_value).removeprefix("p ").removeprefix("= "),
+                "verdict": WORD[v.raw],
+                "Holm": f"{WORD[v.holm]} ({_p(v.p_holm).removeprefix('p ').removeprefix('= ')})",
+                "shown beyond ±": v.half_width,
+                "80% power at ±": v.detectable_80,
+                "note": f"[{i}]",
+            }
+            for i, v in enumerate(verdicts, 1)
+        ]
+    )
+
+
+def verdict_notes(verdicts: list[Verdict]) -> str:
+    """The numbered explanations of :func:`verdict_table`'s rows (Markdown)."""
+    return "\n".join(f"{i}. **{v.subject}**: {v.note}" for i, v in enumerate(verdicts, 1))
+
+
+def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> list[Verdict]:
     """Per objective: does it beat the base on held-out prompts (calibrated CI; raw and
-    Holm-adjusted over the family), what the run could detect when it cannot tell, whether a
-    gain carries over to unseen wording, and what the run shows about why (training fit vs
-    transfer, side effects)."""
+    Holm-adjusted over the family), and in its note what the run could detect when it cannot
+    tell, whether a gain carries over to unseen wording, and what the run shows about why
+    (training fit vs transfer, side effects)."""
     reward = cmp.reward
     base = table[table.model == "base"].iloc[0]
     win = cmp.win_vs_base()
@@ -677,20 +717,6 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
             continue
         e = win[n]
         lo, hi = e["ci_low"], e["ci_high"]
-        raw = _verdict(lo, hi, 0.5)
-        verdict = (
-            VERDICT[raw]
-            + {
-                "supported": ": the win-rate CI excludes 0.5",
-                "contradicted": ": the win-rate CI is below 0.5",
-                "inconclusive": ": the win-rate CI includes 0.5",
-            }[raw]
-        )
-        fam = _adjusted(e["mean"], holm[n], 0.5)
-        family = (
-            f'Holm over the {_count(len(holm), "objective")} of "{BEATS_BASE}": {VERDICT[fam]} '
-            f"(adjusted {_p(holm[n])})"
-        )
         facts = [f"mean {reward} {r[f'{reward}_mean'] - base[f'{reward}_mean']:+.3f} vs base"]
         for c in table.columns:
             if c.endswith("_mean") and c != f"{reward}_mean":
@@ -702,17 +728,28 @@ def beats_base(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> li
             if n_seeds > 1
             else "one training seed"
         )
-        line = (
-            f"- {n}: win rate {e['mean']:.3f} {_ci(e)} over {n_seeds} seeds × "
-            f"{n_prompts} prompts ({spread}) — {verdict} ({_p(e['p_value'])}); {family} "
-            f"({', '.join(facts)})"
-        )
+        note = f"{n_seeds} seeds × {n_prompts} prompts ({spread}); {', '.join(facts)}"
         if lo <= 0.5 <= hi:
-            line += "; " + power_note(e, "win-rate difference from 0.5", n_seeds, n_prompts)
-        line += spread_note([e["seed_sd"]])
-        line += _why(r, lo)
-        line += _carries_over(splits, n, lo)
-        out.append(line)
+            note += "; " + power_note(e, "win-rate difference from 0.5", n_seeds, n_prompts)
+        note += spread_note([e["seed_sd"]])
+        note += _why(r, lo)
+        note += _carries_over(splits, n, lo)
+        raw, fam = _verdict(lo, hi, 0.5), _adjusted(e["mean"], holm[n], 0.5)
+        out.append(
+            Verdict(
+                n,
+                e["mean"],
+                lo,
+                hi,
+                e["p_value"],
+                holm[n],
+                raw,
+                fam,
+                e["half_width"],
+                e["detectable_80"],
+                note,
+            )
+        )
     return out
 
 
@@ -791,15 +828,18 @@ CLAIMS = [
 ]
 
 
-def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list[str]:
-    """The seed papers' claims, each decided on calibrated intervals (honest either way); the
-    statistical ones form the family "seed claims", Holm-adjusted; MaPO's speed claim is a
-    per-seed comparison of measured throughput, outside the family."""
+def seed_claims(
+    cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame
+) -> tuple[list[Verdict], list[str]]:
+    """The seed papers' claims, each decided on calibrated intervals (honest either way): the
+    statistical ones form the family "seed claims", Holm-adjusted (one :class:`Verdict`
+    each); beside them, lines for MaPO's speed claim (a per-seed comparison of measured
+    throughput, outside the family) and the claims that did not run."""
     row = {r["model"]: r for r in table.to_dict("records")}
     n_prompts = len(cmp.prompt_ids)
     names = set(cmp.res.objectives)
     decided: list[tuple[str, dict, str, int]] = []  # the family: claim, difference, detail, P
-    lines: list[str | int] = []  # a line, or the index of a decided claim
+    lines = [_mapo_claim(cmp, row)]
     for a, b, claim in CLAIMS:
         if not {a, b} <= names:
             lines.append(f"- {claim}: not run (needs objectives `{a}` and `{b}`)")
@@ -816,23 +856,18 @@ def seed_claims(cmp: Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> list
         )
         win = cmp.win_vs_base()
         detail += spread_note([win[a]["seed_sd"], win[b]["seed_sd"]])
-        lines.append(len(decided))
         decided.append((claim, d, detail, n_prompts))
     counting = _counting_claim(cmp)
     if isinstance(counting, str):
         lines.append(counting)
     else:
-        lines.append(len(decided))
         decided.append(counting)
     adjusted = st.holm([d["p_value"] for _, d, _, _ in decided]) if decided else []
-    out = [_mapo_claim(cmp, row)]
-    for item in lines:
-        if isinstance(item, str):
-            out.append(item)
-        else:
-            claim, d, detail, n = decided[item]
-            out.append(_decided(claim, d, detail, n, adjusted[item], len(decided)))
-    return out
+    verdicts = [
+        _decided(claim, d, detail, n, p_adj)
+        for (claim, d, detail, n), p_adj in zip(decided, adjusted, strict=True)
+    ]
+    return verdicts, lines
 
 
 def _mapo_claim(cmp: Comparison, row: dict) -> str:
@@ -893,15 +928,21 @@ def _difference(d: dict) -> str:
     )
 
 
-def _decided(claim: str, d: dict, detail: str, n_prompts: int, p_adj: float, m: int) -> str:
-    """A claim decided on a seed-aware difference's CI, raw and Holm-adjusted over the ``m``
-    claims of its family, with the power note when undecided."""
-    raw = _verdict(d["ci_low"], d["ci_high"], 0.0)
-    fam = _adjusted(d["diff"], p_adj, 0.0)
-    line = (
-        f"- {claim}: **{raw}** ({_p(d['p_value'])}; Holm over the {_count(m, 'claim')} of "
-        f'"{SEED_CLAIMS}": **{fam}**, adjusted {_p(p_adj)}) — {detail}'
-    )
+def _decided(claim: str, d: dict, detail: str, n_prompts: int, p_adj: float) -> Verdict:
+    """A claim decided on a seed-aware difference's CI, raw and Holm-adjusted (``p_adj``)
+    over its family, with the power note when undecided."""
     if d["ci_low"] <= 0 <= d["ci_high"]:
-        line += "; " + power_note(d, "difference", d["n_seeds"], n_prompts)
-    return line
+        detail += "; " + power_note(d, "difference", d["n_seeds"], n_prompts)
+    return Verdict(
+        claim,
+        d["diff"],
+        d["ci_low"],
+        d["ci_high"],
+        d["p_value"],
+        p_adj,
+        _verdict(d["ci_low"], d["ci_high"], 0.0),
+        _adjusted(d["diff"], p_adj, 0.0),
+        d["half_width"],
+        d["detectable_80"],
+        detail,
+    )

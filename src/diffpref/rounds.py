@@ -26,10 +26,10 @@ from diffpref.comparison import (
     RATE,
     Comparison,
     Results,
+    Verdict,
     _adjusted,
     _ci,
     _count,
-    _p,
     _verdict,
     power_note,
     read_model,
@@ -179,10 +179,11 @@ def last_round_holm(table: pd.DataFrame, last: int) -> dict[str, float]:
     return dict(zip(t.model, st.holm(list(t.vs_matched_p_value)), strict=True))
 
 
-def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
-    """Per online objective, whether its last round beats the compute-matched control: raw
-    (95% CI against 0.5) and Holm-adjusted over the family, with what would decide it when
-    the run cannot tell, and the win rate vs base round by round."""
+def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[Verdict]:
+    """Per online objective, whether its last round beats the compute-matched control (its
+    head-to-head win rate): raw (95% CI against 0.5) and Holm-adjusted over the family; the
+    note says what would decide it when the run cannot tell, and gives the win rate vs base
+    round by round."""
     if rd.last < 2:
         return []
     holm = last_round_holm(table, rd.last)
@@ -191,18 +192,14 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
     out = []
     for o in rd.objectives:
         e = versus_matched(cmp, rd, o, rd.last, cmp.prompt_ids)
-        raw = _verdict(e["ci_low"], e["ci_high"], 0.5)
-        fam = _adjusted(e["mean"], holm[o], 0.5)
         t = table[table.model == o]
         online = t[t.arm == "online"].sort_values("round")
         ctrl = t[t.variant == control].iloc[0]
         by_round = " → ".join(f"{v:.3f}" for v in online.win_vs_base)
         fid = " → ".join(f"{v:.3f}" for v in online[f"{reward}_mean"])
         per_seed = " ".join(f"{v:.3f}" for v in e["per_seed"])
-        line = (
-            f"- {o}: {CLAIM}: **{raw}** ({_p(e['p_value'])}; Holm over the "
-            f'{_count(len(holm), "objective")} of "{ONLINE_BEATS}": **{fam}**, adjusted '
-            f"{_p(holm[o])}) — round {rd.last} wins {e['mean']:.3f} {_ci(e)} of the matched "
+        note = (
+            f"{CLAIM}: round {rd.last} wins {e['mean']:.3f} {_ci(e)} of the matched "
             f"(prompt, sampling seed) samples against {control} (the same objective trained "
             f"offline for {rd.last} x the steps on round 1's data: round 1 continued), "
             f"{st.PAIRED} (each training seed against "
@@ -213,12 +210,26 @@ def verdicts(cmp: Comparison, rd: Rounds, table: pd.DataFrame) -> list[str]:
         )
         if e["ci_low"] <= 0.5 <= e["ci_high"]:
             what = "head-to-head win-rate difference from 0.5"
-            line += "; " + power_note(e, what, n_seeds, n_prompts)
+            note += "; " + power_note(e, what, n_seeds, n_prompts)
         elif n_seeds == 1:
-            line += (
+            note += (
                 "; with one training seed this holds for that seed: seed-to-seed spread unmeasured"
             )
-        out.append(line + spread_note([e["seed_sd"]]))
+        out.append(
+            Verdict(
+                o,
+                e["mean"],
+                e["ci_low"],
+                e["ci_high"],
+                e["p_value"],
+                holm[o],
+                _verdict(e["ci_low"], e["ci_high"], 0.5),
+                _adjusted(e["mean"], holm[o], 0.5),
+                e["half_width"],
+                e["detectable_80"],
+                note + spread_note([e["seed_sd"]]),
+            )
+        )
     return out
 
 

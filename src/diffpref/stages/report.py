@@ -157,7 +157,7 @@ class Online:
             + "\n\n"
             + report.to_markdown(self.table[cols])
             + "\n\n"
-            + "\n".join(rounds.verdicts(cmp, rd, self.table))
+            + _verdicts(rounds.verdicts(cmp, rd, self.table), "online objective", "vs matched")
         )
         out = [Section("Online rounds", text, [figure])]
         if not self.splits.empty:
@@ -261,7 +261,7 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
             BEATS_TITLE,
             comparison.what_seeds_decide(cmp)
             + "\n\n"
-            + "\n".join(comparison.beats_base(cmp, table, splits))
+            + _verdicts(comparison.beats_base(cmp, table, splits), "model", "win vs base")
             + _over_optimisation(table, cfg.labels.reward, ev.judge),
         ),
     ]
@@ -291,9 +291,7 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
     sections += [
         Section(
             "Seed claims",
-            f'Family "{comparison.SEED_CLAIMS}": the claims decided on sampled quantities, '
-            "each at 95% (raw) and Holm-adjusted over the claims that ran.\n\n"
-            + "\n".join(comparison.seed_claims(cmp, table, poi)),
+            _seed_claims(cmp, table, poi),
         ),
         Section(
             "Probability of improvement P(row > column)",
@@ -413,6 +411,40 @@ YARDSTICK_COLUMNS = [
     "gap_closed",
     "gap_closed_ci",
 ]
+
+
+VERDICT_LEGEND = (
+    "Each row: the estimate, its 95% interval and p-value; the verdict at 95% on its own and "
+    "Holm-adjusted over its family (yes / no, worse / not shown: undecided, not no effect); "
+    "*shown beyond ±*: the 95% half-width, the smallest estimate this run shows (a true "
+    "effect that large is shown only about half the time); *80% power at ±*: the true effect "
+    "it shows 4 times in 5. The numbered notes explain each row."
+)
+
+
+def _verdicts(verdicts: list[comparison.Verdict], subject: str, estimate: str) -> str:
+    """A verdict table, its legend and its numbered notes (Markdown)."""
+    if not verdicts:
+        return ""
+    return (
+        report.to_markdown(comparison.verdict_table(verdicts, subject, estimate))
+        + "\n\n"
+        + VERDICT_LEGEND
+        + "\n\n"
+        + comparison.verdict_notes(verdicts)
+    )
+
+
+def _seed_claims(cmp: comparison.Comparison, table: pd.DataFrame, poi: pd.DataFrame) -> str:
+    verdicts, lines = comparison.seed_claims(cmp, table, poi)
+    return (
+        f'Family "{comparison.SEED_CLAIMS}": the claims decided on sampled quantities, each at '
+        f"95% (raw) and Holm-adjusted over the {len(verdicts)} that ran; the estimate is a "
+        "difference (first minus second).\n\n"
+        + _verdicts(verdicts, "claim", "difference")
+        + "\n\n"
+        + "\n".join(lines)
+    )
 
 
 def _over_optimisation(table: pd.DataFrame, label: str, judge: str) -> str:
