@@ -217,19 +217,31 @@ def test_wording_overlap_counts_shared_word_ngrams():
     assert table.loc["training wording (eval prompts)", "3-grams"] == 1.0
 
 
-def test_wording_summary_names_a_winner_that_does_not_carry_over():
-    table = pd.DataFrame({"model": ["base", "a", "b"], "win_vs_base": [np.nan, 0.62, 0.58]})
-    splits = pd.DataFrame(
-        {
-            "model": ["a", "b"],
-            "split": "heldout_wording",
-            "win_vs_base": [0.55, 0.57],
-            "win_vs_base_ci": ["[0.50, 0.60]", "[0.52, 0.62]"],
-        }
+def test_wording_summary_tests_the_held_out_leader_as_its_own_contrast():
+    # dpo wins every seen prompt (0.75 overall, 0.5 on held-out wording); smpo ties on seen
+    # wording and wins 3 of 4 held-out-wording prompts (0.6875 overall, 0.875 there): smpo's
+    # lead over dpo on held-out wording is 0.375 on every seed, a contrast shown as such
+    res = synthetic()
+    lift = np.where((np.arange(N) >= N // 2) & (np.arange(N) % 4 != 0), 0.2, 0.0)
+    res.scores["smpo"] = pd.concat([_scores(np.full(N, 0.5) + lift, s) for s in SEEDS])
+    cmp = comparison.Comparison(res, "fidelity", 2000, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity"])
+    line = comparison.wording_summary(cmp, table, comparison.split_table(cmp))
+    assert line.startswith("Best on all held-out prompts: dpo (0.750)")
+    assert "while smpo leads there with 0.875" in line
+    assert (
+        "its lead over dpo on the 20 held-out-wording prompts, tested as its own contrast" in line
     )
-    line = comparison.wording_summary(table, splits)
-    assert line.startswith("Best on all held-out prompts: a (0.620)")
-    assert "b leads there with 0.570 [0.52, 0.62]" in line and "does not carry over" in line
+    assert "difference +0.375 [" in line and "(paired by training seed" in line
+    assert line.endswith("**shown**: the overall winner's lead does not carry over to new wording.")
+    # the same leader on both: nothing to contrast
+    res = synthetic()
+    cmp = comparison.Comparison(res, "fidelity", 300, 0.01)
+    table = comparison.comparison_table(cmp, ["fidelity"])
+    splits = comparison.split_table(cmp)
+    held = splits[splits.split == "heldout_wording"].set_index("model").win_vs_base
+    line = comparison.wording_summary(cmp, table, splits)
+    assert ("while" in line) == (held.idxmax() != "dpo")
 
 
 def test_shared_seeds_pair_objective_comparisons_and_the_report_says_so():

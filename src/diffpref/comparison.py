@@ -797,9 +797,12 @@ def _carries_over(splits: pd.DataFrame, name: str, lo: float) -> str:
     return "; the gain is **not shown to carry over** to " + " or ".join(notes)
 
 
-def wording_summary(table: pd.DataFrame, splits: pd.DataFrame) -> str:
+def wording_summary(cmp: Comparison, table: pd.DataFrame, splits: pd.DataFrame) -> str:
     """Whether the ranking on all held-out prompts survives new wording: the best objective
-    on all prompts, and the best on held-out wording, each with its held-out-wording CI."""
+    on all prompts, and the best on held-out wording; when they differ, the held-out-wording
+    leader's lead over the overall winner is tested as its own contrast (their seed-aware
+    difference on the held-out-wording prompts, paired as the design fixes), never read off
+    two point estimates."""
     if splits.empty or "heldout_wording" not in set(splits.split):
         return ""
     held = splits[splits.split == "heldout_wording"].set_index("model")
@@ -812,13 +815,25 @@ def wording_summary(table: pd.DataFrame, splits: pd.DataFrame) -> str:
         f"Best on all held-out prompts: {top} ({objectives.win_vs_base[top]:.3f}); on "
         f"held-out wording it scores {held.win_vs_base[top]:.3f} {held.win_vs_base_ci[top]}"
     )
-    if top_held != top:
-        line += (
-            f", while {top_held} leads there with {held.win_vs_base[top_held]:.3f} "
-            f"{held.win_vs_base_ci[top_held]}: the overall winner's lead does not carry over "
-            "to new wording"
+    if top_held == top:
+        return line + "."
+    ids = cmp.splits()["heldout_wording"]
+    cols = [cmp.prompt_ids.index(i) for i in ids]
+    mats = {n: m[:, cols] for n, m in cmp.win_matrices().items()}
+    d = st.seed_difference(
+        mats, top_held, top, cmp.n_draws, cmp.seed, DIFFERENCE, paired=cmp.paired(top_held, top)
+    )
+    shown = d["ci_low"] > 0
+    return line + (
+        f", while {top_held} leads there with {held.win_vs_base[top_held]:.3f} "
+        f"{held.win_vs_base_ci[top_held]}: its lead over {top} on the {len(ids)} held-out-wording "
+        f"prompts, tested as its own contrast, is {_difference(d)} ({_p(d['p_value'])}) — "
+        + (
+            "**shown**: the overall winner's lead does not carry over to new wording."
+            if shown
+            else "**not shown**: which of the two leads on new wording is undecided."
         )
-    return line + "."
+    )
 
 
 CLAIMS = [

@@ -277,7 +277,7 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
         ]
         legend = "\n".join(f"- {k}: {v}" for k, v in comparison.SPLITS.items())
         text = legend + "\n\n" + report.to_markdown(splits[cols])
-        if summary_line := comparison.wording_summary(table, splits):
+        if summary_line := comparison.wording_summary(cmp, table, splits):
             text += "\n\n" + summary_line
         overlap = comparison.wording_overlap(cmp.res)
         if not overlap.empty:
