@@ -197,13 +197,15 @@ def test_pickapic_import_gives_trainable_human_pairs(models, tmp_path):
         run(params, stage)
     run(params, "train", "--objective", "dpo", "--seed", "0")
     res = tmp_path / "results"
-    held_out = set(pd.read_parquet(res / "prompts" / "eval.parquet").prompt)
+    held_out = set().union(  # test and validation prompts: never trained on
+        *(pd.read_parquet(res / "prompts" / f"{s}.parquet").prompt for s in ("eval", "val"))
+    )
     cands = pd.read_parquet(res / "candidates" / "prompts.parquet")
     assert held_out and not held_out & set(cands.prompt)
     prefs = pd.read_parquet(res / "candidates" / "preferences.parquet")
     pairs = pd.read_parquet(res / "labels" / "pairwise.parquet")
     assert prefs[["prompt_id", "winner", "loser"]].equals(pairs[["prompt_id", "winner", "loser"]])
-    # each kept row is one pair; the tie and the held-out captions are gone
+    # each kept row is one pair; the tie and the eval and validation captions are gone
     train_rows = [r for r in rows if r[0] not in held_out and r[3] != 0.5]
     assert len(pairs) == len(train_rows)
     assert np.load(res / "candidates" / "images.npy").shape[1:] == (3, 32, 32)
