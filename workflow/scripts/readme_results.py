@@ -3,11 +3,13 @@
     dvc repro   # or: snakemake --cores all   (a fresh clone, default profile)
     python3 workflow/scripts/readme_results.py [--root .]
 
-One row per objective, best win rate first: the win rate vs the base with its calibrated 95%
-CI, the IQM over seeds x categories, the between-seed sd (evaluation noise removed), the mean
-rewards, the verdict raw and Holm-adjusted over the family "beats the base" (with "not shown
-on held-out wording" where the gain does not carry over), and the training cost. The verdict
-text, the seed claims and the wording overlap are in ``results/report/report.md``.
+One row per objective, best win rate first: the win rate vs the base on the judge with its
+calibrated 95% CI, on training wording (the `seen` prompts, where preference data can act),
+the win rate on the label reward and the difference (over-optimisation of the label model),
+the gap closed toward the base's best-of-K on training wording, the verdict raw and
+Holm-adjusted over the family "beats the base", the between-seed sd and the training cost.
+The verdict notes, the seed claims and the other yardsticks are in
+``results/report/report.md``.
 """
 
 from __future__ import annotations
@@ -18,48 +20,49 @@ from pathlib import Path
 import pandas as pd
 
 
-def verdict(row: pd.Series, held: pd.Series | None) -> str:
+def verdict(row: pd.Series) -> str:
     raw, fam = row.beats_base, row.beats_base_holm
-    out = raw if raw == fam else f"{raw} (Holm: {fam})"
-    if raw == "yes" and held is not None and held.win_ci_low <= 0.5:
-        out += " (not shown on held-out wording)"
-    return out
+    return raw if raw == fam else f"{raw} (Holm: {fam})"
 
 
-def table(report: Path, reward: str = "fidelity") -> str:
+def table(report: Path) -> str:
     df = pd.read_csv(report / "comparison.csv")
-    splits = pd.read_csv(report / "splits.csv") if (report / "splits.csv").exists() else None
-    held = (
-        splits[splits.split == "heldout_wording"].set_index("model")
-        if splits is not None and not splits.empty
-        else pd.DataFrame()
-    )
+    splits = pd.read_csv(report / "splits.csv").set_index(["model", "split"])
+    gaps = pd.read_csv(report / "gap_closed.csv")
+    best = gaps[(gaps.split == "seen") & (gaps.yardstick == gaps.yardstick.iloc[0])]
+    gap = best.set_index("model")
     lines = [
-        "| model | win vs base [95% CI] | IQM | seed sd | fidelity | quality | beats base? "
-        "(raw; Holm over the family) | train time | pairs/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | win vs base (judge) [95% CI] | on training wording | on the label reward "
+        "| label − judge | gap closed to best-of-K, training wording | beats base? (raw; Holm) "
+        "| seed sd | train time | pairs/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = df[df.model != "base"].sort_values("win_vs_base", ascending=False)
-    for _, r in rows.iterrows():
-        h = held.loc[r.model] if r.model in held.index else None
+    for _, r in df[df.model != "base"].sort_values("win_vs_base", ascending=False).iterrows():
+        seen = splits.loc[(r.model, "seen")]
+        g = gap.loc[r.model]
+        closed = (
+            "undefined"
+            if g.gap_closed_ci == "undefined"
+            else f"{g.gap_closed:.2f} {g.gap_closed_ci}"
+        )
         lines.append(
-            f"| {r.model} | {r.win_vs_base:.3f} {r.win_vs_base_ci} | {r.win_iqm:.3f} | "
-            f"{r.win_seed_sd:.3f} | {r[f'{reward}_mean']:.3f} | {r.quality_mean:.3f} | "
-            f"{verdict(r, h)} | {r.train_time_s:.0f} s | {r.groups_per_s:.1f} |"
+            f"| {r.model} | {r.win_vs_base:.3f} {r.win_vs_base_ci} | {seen.win_vs_base:.3f} "
+            f"{seen.win_vs_base_ci} | {r.label_win_vs_base:.3f} | {r.label_minus_judge:+.3f} "
+            f"{r.label_minus_judge_ci} | {closed} | {verdict(r)} | {r.win_seed_sd:.3f} | "
+            f"{r.train_time_s:.0f} s | "
+            f"{r.groups_per_s:.1f} |"
         )
     base = df[df.model == "base"].iloc[0]
-    lines.append(
-        f"\n(base: {reward} {base[f'{reward}_mean']:.3f}, quality {base.quality_mean:.3f})"
-    )
-    return "\n".join(lines)
+    means = ", ".join(f"{c.removesuffix('_mean')} {base[c]:.3f}" for c in df if c.endswith("_mean"))
+    n_seen = int(best.n_prompts.iloc[0])
+    return "\n".join(lines) + f"\n\n(base: {means}; {n_seen} prompts in training wording)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("."))
-    ap.add_argument("--reward", default="fidelity")
     a = ap.parse_args()
-    print(table(a.root / "results" / "report", a.reward))
+    print(table(a.root / "results" / "report"))
 
 
 if __name__ == "__main__":
