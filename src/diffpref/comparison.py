@@ -467,6 +467,21 @@ def gap_table(cmp: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headline(splits: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per objective, the numbers on training wording (the `seen` subset), where preference
+    pairs can act: the win rate vs base and the gap closed toward the base's best-of-K, each
+    with its interval; empty without the subsets (a prompt file)."""
+    if splits.empty or "seen" not in set(splits.split):
+        return pd.DataFrame(columns=["model"])
+    seen = splits[splits.split == "seen"][["model", "win_vs_base", "win_vs_base_ci"]]
+    out = seen.rename(columns={"win_vs_base": "seen_win", "win_vs_base_ci": "seen_win_ci"})
+    best = gaps[(gaps.split == "seen") & (gaps.yardstick == YARDSTICK_NAMES["best_of_k"])]
+    if not best.empty:
+        cols = {"gap_closed": "seen_gap_best_of_k", "gap_closed_ci": "seen_gap_best_of_k_ci"}
+        out = out.merge(best[["model", *cols]].rename(columns=cols), on="model", how="left")
+    return out
+
+
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     """The distinct word n-grams of ``text`` (words as the world's parser reads them)."""
     w = ngram_words(text)

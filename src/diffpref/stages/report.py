@@ -32,6 +32,7 @@ def run(ctx) -> None:
     splits = comparison.split_table(cmp)
     yard = comparison.yardstick_table(cmp, rewards)
     gaps = comparison.gap_table(cmp)
+    table = table.merge(comparison.headline(splits, gaps), on="model", how="left")
     poi = cmp.poi_matrix()
     world = read_json(res / "world" / "metrics.json")
     online = _online(cfg, cmp) if cfg.online.rounds else None  # no rounds: as before
@@ -195,8 +196,12 @@ def _online(cfg, cmp: comparison.Comparison) -> Online:
     )
 
 
-SUMMARY = [
+SUMMARY = [  # training wording first: where preference data can act
     "model",
+    "seen_win",
+    "seen_win_ci",
+    "seen_gap_best_of_k",
+    "seen_gap_best_of_k_ci",
     "win_vs_base",
     "win_vs_base_ci",
     "beats_base",
@@ -205,11 +210,7 @@ SUMMARY = [
     "label_minus_judge",
     "win_seed_sd",
     "{r}_mean",
-    "quality_mean",
-    "diversity",
-    "train_time_s",
-    "groups_per_s",
-]
+]  # quality, diversity and cost: "All metrics" (the first screen must fit a window)
 
 
 def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
@@ -255,7 +256,9 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
     ]
     sections = [
         Section(
-            "Summary (held-out prompts)", report.to_markdown(table[summary]), [fig["win_vs_base"]]
+            "Summary (held-out prompts)",
+            _summary_legend(splits) + report.to_markdown(table[summary]),
+            [fig["win_vs_base"]],
         ),
         Section(
             BEATS_TITLE,
@@ -477,6 +480,19 @@ def _label_note(label: str, judge: str) -> str:
         f"label_minus_judge: it minus the judge's ({judge}) on the same samples, with its "
         "interval: a positive difference is gain only the label model sees, over-optimisation "
         "of the label model"
+    )
+
+
+def _summary_legend(splits: pd.DataFrame) -> str:
+    """What the summary's first columns are: the training-wording headline, when there is one."""
+    if "seen" not in set(splits.get("split", [])):
+        return ""
+    n = int(splits[splits.split == "seen"].n_prompts.iloc[0])
+    return (
+        f"seen_*: on the {n} test prompts in training wording and a training combination, where "
+        "preference pairs can act (seen_gap_best_of_k: the gap closed toward the base's "
+        'best-of-K, section "How far toward what was reachable"); win_vs_base and the '
+        "verdicts: all test prompts, transfer included; label_*: the label reward's view.\n\n"
     )
 
 
