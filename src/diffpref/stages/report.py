@@ -489,10 +489,11 @@ def _summary_legend(splits: pd.DataFrame) -> str:
         return ""
     n = int(splits[splits.split == "seen"].n_prompts.iloc[0])
     return (
-        f"seen_*: on the {n} test prompts in training wording and a training combination, where "
-        "preference pairs can act (seen_gap_best_of_k: the gap closed toward the base's "
-        'best-of-K, section "How far toward what was reachable"); win_vs_base and the '
-        "verdicts: all test prompts, transfer included; label_*: the label reward's view.\n\n"
+        f"`seen_*`: on the {n} test prompts in training wording and a training combination, "
+        "where preference pairs can act (`seen_gap_best_of_k`: the gap closed toward the "
+        'base\'s best-of-K, section "How far toward what was reachable"); `win_vs_base` and '
+        "the verdicts: all test prompts, transfer included; `label_*`: the label reward's "
+        "view.\n\n"
     )
 
 
