@@ -196,29 +196,47 @@ def _online(cfg, cmp: comparison.Comparison) -> Online:
     )
 
 
-SUMMARY = [  # training wording first: where preference data can act
-    "model",
-    "seen_win",
-    "seen_win_ci",
-    "seen_gap_best_of_k",
-    "seen_gap_best_of_k_ci",
-    "win_vs_base",
-    "win_vs_base_ci",
-    "beats_base",
-    "beats_base_holm",
-    "label_win_vs_base",
-    "label_minus_judge",
-    "win_seed_sd",
-    "{r}_mean",
-]  # quality, diversity and cost: "All metrics" (the first screen must fit a window)
+# the summary's columns, training wording first (where preference data can act): header ->
+# (value, interval); quality, diversity and cost are in "All metrics" (the first table must
+# fit a window, so each value shares its cell with its interval)
+SUMMARY = {
+    "seen win": ("seen_win", "seen_win_ci"),
+    "seen gap": ("seen_gap_best_of_k", "seen_gap_best_of_k_ci"),
+    "win vs base": ("win_vs_base", "win_vs_base_ci"),
+    "label win": ("label_win_vs_base", None),
+    "label − judge": ("label_minus_judge", None),
+    "seed sd": ("win_seed_sd", None),
+}
+
+
+def _summary(table: pd.DataFrame, judge: str) -> pd.DataFrame:
+    """The first table: per model the headline numbers with their intervals, the verdict raw
+    (and Holm where it differs) and the judge's mean reward."""
+
+    def cell(r: pd.Series, value: str, ci: str | None) -> str:
+        v = r.get(value)
+        if not isinstance(v, float) or v != v:
+            return ""
+        return f"{v:.3f}" + (f" {r[ci]}" if ci and isinstance(r.get(ci), str) else "")
+
+    rows = []
+    for _, r in table.iterrows():
+        row = {"model": r.model}
+        row |= {h: cell(r, v, ci) for h, (v, ci) in SUMMARY.items() if v in table}
+        if "beats_base" in table and isinstance(r.beats_base, str):
+            same = r.beats_base == r.beats_base_holm
+            row["beats base"] = r.beats_base + ("" if same else f" (Holm: {r.beats_base_holm})")
+        else:
+            row["beats base"] = ""
+        row[judge] = f"{r[f'{judge}_mean']:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
     ev = cfg.evaluate
     n_prompts = len(cmp.prompt_ids)
-    summary = [c.format(r=ev.judge) for c in SUMMARY]
     n_obj = len(cmp.res.objectives)
-    summary = list(dict.fromkeys(c for c in summary if c in table.columns))
     full = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high", "_metric"))]
     notes = [
         f"- {len(seeds)} training seeds per objective ({seeds}), each evaluated on the same "
@@ -257,7 +275,7 @@ def _sections(cfg, cmp, table, splits, poi, world, seeds, fig) -> list[Section]:
     sections = [
         Section(
             "Summary (held-out prompts)",
-            _summary_legend(splits) + report.to_markdown(table[summary]),
+            _summary_legend(splits) + report.to_markdown(_summary(table, ev.judge)),
             [fig["win_vs_base"]],
         ),
         Section(
@@ -484,16 +502,21 @@ def _label_note(label: str, judge: str) -> str:
 
 
 def _summary_legend(splits: pd.DataFrame) -> str:
-    """What the summary's first columns are: the training-wording headline, when there is one."""
-    if "seen" not in set(splits.get("split", [])):
-        return ""
-    n = int(splits[splits.split == "seen"].n_prompts.iloc[0])
+    """What the summary's columns are; the training-wording headline when there is one."""
+    seen = ""
+    if "seen" in set(splits.get("split", [])):
+        n = int(splits[splits.split == "seen"].n_prompts.iloc[0])
+        seen = (
+            f"*seen win*, *seen gap*: on the {n} test prompts in training wording and a training "
+            "combination, where preference pairs can act: the win rate vs base and the gap "
+            "closed toward the base's best-of-K (section \"How far toward what was "
+            'reachable"); '
+        )
     return (
-        f"`seen_*`: on the {n} test prompts in training wording and a training combination, "
-        "where preference pairs can act (`seen_gap_best_of_k`: the gap closed toward the "
-        'base\'s best-of-K, section "How far toward what was reachable"); `win_vs_base` and '
-        "the verdicts: all test prompts, transfer included; `label_*`: the label reward's "
-        "view.\n\n"
+        seen + "*win vs base* and *beats base*: all test prompts, transfer included (the "
+        "verdicts); *label win*, *label − judge*: the label reward's win rate and its excess "
+        "over the judge's; *seed sd*: the between-seed sd of the win rate. 95% intervals in "
+        "brackets.\n\n"
     )
 
 
