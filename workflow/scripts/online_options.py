@@ -1,4 +1,4 @@
-"""The measured comparison behind the online defaults (README "Online rounds"): each option of
+"""The measured comparison behind the online defaults (docs/online-rounds.md): each option of
 an online round (candidates per prompt ``online.k``, pairs ``online.pairs``, the margin
 ``online.tie_threshold``, ``online.prompts``) against the defaults, on dpo's round 2.
 

@@ -314,7 +314,7 @@ class OnlineRound(Settings):
 
 
 class OnlineParams(Settings):
-    """Online (on-policy) rounds: README "Online rounds"."""
+    """Online (on-policy) rounds: docs/online-rounds.md."""
 
     objectives: list[Name] = Field(
         max_length=64, description="objectives retrained on their own samples, round by round"
