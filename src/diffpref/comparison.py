@@ -537,8 +537,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _p_value(p: float) -> str:
+    """A p-value as a table cell prints it: three decimals, or "< 0.001"."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    return f"p {_p_value(p)}" if p < 0.001 else f"p = {_p_value(p)}"
 
 
 MAX_SCALE = 20  # beyond this many times the data, "how much more" stops being useful advice
@@ -698,9 +703,9 @@ def verdict_table(verdicts: list[Verdict], subject: str, estimate: str) -> pd.Da
                 subject: v.subject,
                 estimate: v.estimate,
                 "95% CI": f"[{v.ci_low:.3f}, {v.ci_high:.3f}]",
-                "p": _p(v.p_value).removeprefix("p ").removeprefix("= "),
+                "p": _p_value(v.p_value),
                 "verdict": WORD[v.raw],
-                "Holm": f"{WORD[v.holm]} ({_p(v.p_holm).removeprefix('p ').removeprefix('= ')})",
+                "Holm": f"{WORD[v.holm]} ({_p_value(v.p_holm)})",
                 "shown beyond ±": v.half_width,
                 "80% power at ±": v.detectable_80,
                 "note": f"[{i}]",
