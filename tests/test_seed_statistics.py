@@ -121,16 +121,21 @@ def test_mean_squares_and_variance_hand_computed():
     assert st.variance(d) == pytest.approx(2 * 2.0 / 2 + 4.0 / 3)
 
 
+def crossed(rng, n: int, r: int, p: int, seed_sd: float, prompt_sd: float, resid_sd: float):
+    """``n`` simulated [seeds, prompts] matrices of the crossed model: seed + prompt + residual."""
+    return (
+        rng.normal(0, seed_sd, (n, r, 1))
+        + rng.normal(0, prompt_sd, (n, 1, p))
+        + rng.normal(0, resid_sd, (n, r, p))
+    )
+
+
 def test_method_of_moments_variance_is_unbiased_for_the_crossed_model():
     # 20000 runs of seeds (var 0.04) x prompts (var 1) + residual (var 0.5): the estimated
     # variance of the grand mean averages to the true one, 0.04/3 + 1/16 + 0.5/48
     rng = np.random.default_rng(0)
     n, r, p = 20000, 3, 16
-    m = (
-        rng.normal(0, 0.2, (n, r, 1))
-        + rng.normal(0, 1.0, (n, 1, p))
-        + rng.normal(0, np.sqrt(0.5), (n, r, p))
-    )
+    m = crossed(rng, n, r, p, 0.2, 1.0, np.sqrt(0.5))
     truth = 0.04 / r + 1.0 / p + 0.5 / (r * p)
     assert st.variance(st.squares([m], [1.0])).mean() == pytest.approx(truth, rel=0.02)
     assert m.mean((1, 2)).var() == pytest.approx(truth, rel=0.03)
@@ -349,11 +354,7 @@ def test_seed_sd_upper_bound_covers_the_true_seed_sd():
     # above the truth ~95% of the time, and the point estimate is 0 in many runs
     rng = np.random.default_rng(10)
     n, r, p = 2000, 3, 64
-    m = (
-        rng.normal(0, 0.05, (n, r, 1))
-        + rng.normal(0, 0.3, (n, 1, p))
-        + rng.normal(0, 0.3, (n, r, p))
-    )
+    m = crossed(rng, n, r, p, 0.05, 0.3, 0.3)
     sq = st.squares([m], [1.0])
     upper = st.seed_sd_upper(sq, 1000, seed=0)
     assert (st.components(sq)["seed"][0] == 0).mean() > 0.1
