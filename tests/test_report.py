@@ -110,6 +110,7 @@ def test_the_smoke_run_gives_verdicts_on_the_judge_beside_the_label_model(smoke_
     assert abs(dpo.label_minus_judge - (dpo.label_win_vs_base - dpo.win_vs_base)) < 1e-9
     md = (res / "report" / "report.md").read_text()
     summary = md.split("## Summary")[1].split("##")[0]
-    assert "label_win_vs_base" in summary and "label_minus_judge" in summary
+    assert "| label win | label − judge |" in summary  # the summary's display headers
+    assert f"| {dpo.label_win_vs_base:.3f} | {dpo.label_minus_judge:.3f} |" in summary
     assert "win rates and verdicts use the judge, judge," in md
     assert "Over-optimisation of the label model: win rate vs base on the label reward " in md
